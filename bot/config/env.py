@@ -1,0 +1,35 @@
+"""The environment variables opsbot reads: this module is the only reader of os.environ.
+
+``.env.example`` lists exactly these names; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# name -> (config key path it overrides, or None, and what it is for)
+ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "OPSBOT_CONFIG": (None, "config file used when --config is not given"),
+    "OPSBOT_LOG_LEVEL": (("bot", "log_level"), "debug, info, warning or error"),
+    "OPSBOT_LOG_FORMAT": (("bot", "log_format"), "json, console or auto (console on a TTY)"),
+    "OPSBOT_HTTP_HOST": (("http", "host"), "address the HTTP server binds"),
+    "OPSBOT_HTTP_PORT": (("http", "port"), "port of the HTTP server (0 picks a free one)"),
+}
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The subset of ``environ`` opsbot cares about (empty values count as unset)."""
+    return {name: environ[name] for name in ENV_VARS if environ.get(name)}
+
+
+def apply_overrides(raw: dict[str, object], env: Mapping[str, str]) -> list[str]:
+    """Write env overrides into the raw config dict; returns the names applied."""
+    applied: list[str] = []
+    for name, (path, _) in ENV_VARS.items():
+        if path is None or name not in env:
+            continue
+        section = raw.setdefault(path[0], {})
+        if isinstance(section, dict):
+            section[path[1]] = env[name]
+            applied.append(name)
+    return applied

@@ -1,0 +1,177 @@
+"""The configuration, as typed models. Loaded once at start-up and passed in.
+
+Every model forbids unknown keys: a typo in an allow-list must stop the bot,
+not silently grant or deny (errbot#711, #1606).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from bot.config.platform_ids import check_channel_id, check_user_id
+from bot.durations import parse_duration
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value.total_seconds() <= 0:
+        raise ValueError("must be longer than zero")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from exc
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+UserId = Annotated[str, AfterValidator(check_user_id)]
+ChannelId = Annotated[str, AfterValidator(check_channel_id)]
+Pattern = Annotated[str, AfterValidator(_regex)]
+HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class BotSection(Strict):
+    name: Name = "opsbot"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: LogFormat = LogFormat.AUTO
+    command_timeout: Duration = timedelta(seconds=30)
+
+
+class HttpSection(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class FloodSection(Strict):
+    """Per-person command budget: a burst of ``max_commands``, refilled over ``per``."""
+
+    max_commands: int = Field(default=15, ge=1)
+    per: Duration = timedelta(seconds=10)
+
+
+class Role(Strict):
+    description: str = ""
+    includes: list[Name] = []
+
+
+class Identity(Strict):
+    ids: Annotated[list[UserId], Field(min_length=1)]
+    roles: list[Name] = []
+
+
+class ChannelGroup(Strict):
+    ids: Annotated[list[ChannelId], Field(min_length=1)]
+
+
+class ResponseShape(enum.StrEnum):
+    AUTO = "auto"
+    HTTP = "http"
+    JSON = "json"
+
+
+class Service(Strict):
+    name: Name
+    health_url: HttpUrl
+    version_url: HttpUrl | None = None
+    timeout: Duration = timedelta(seconds=3)
+    shape: ResponseShape = ResponseShape.AUTO
+
+
+class ArgumentRule(Strict):
+    """Extra roles needed when an argument has a certain value."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
+    pattern: Pattern = ".*"
+    roles: Annotated[list[Name], Field(min_length=1)]
+
+
+class CommandPolicy(Strict):
+    roles: Annotated[list[str], Field(min_length=1)]
+    channels: list[Name] = []
+    args: list[ArgumentRule] = []
+
+
+class PolicyMode(enum.StrEnum):
+    STRICT = "strict"
+    OFF = "off"
+
+
+class PolicySection(Strict):
+    mode: PolicyMode = PolicyMode.STRICT
+    off_ttl: Duration | None = None
+    max_off_ttl: Duration = timedelta(hours=4)
+    admin_roles: Annotated[list[Name], Field(min_length=1)] = ["admin"]
+    commands: dict[Name, CommandPolicy] = {}
+
+    @model_validator(mode="after")
+    def _off_needs_ttl(self) -> PolicySection:
+        if self.mode is PolicyMode.OFF and self.off_ttl is None:
+            raise ValueError("off_ttl is required when mode is 'off' (the window must end)")
+        if self.off_ttl is not None and self.off_ttl > self.max_off_ttl:
+            raise ValueError(f"off_ttl is longer than max_off_ttl ({self.max_off_ttl})")
+        return self
+
+
+class ConsoleSection(Strict):
+    principal: Name | None = None
+    channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
+
+
+# Sections that later features fill in; they validate their outer shape now so a
+# config written today keeps loading tomorrow.
+Stub = list[dict[str, Any]]
+
+
+class Config(Strict):
+    bot: BotSection = BotSection()
+    http: HttpSection = HttpSection()
+    flood: FloodSection = FloodSection()
+    console: ConsoleSection = ConsoleSection()
+    roles: dict[Name, Role] = {}
+    identities: dict[Name, Identity] = {}
+    channels: dict[Name, ChannelGroup] = {}
+    services: list[Service] = []
+    policy: PolicySection = PolicySection()
+    queues: Stub = []
+    actions: Stub = []
+    heartbeat: Stub = []
+    checks: Stub = []
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)

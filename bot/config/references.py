@@ -1,0 +1,90 @@
+"""Checks that span sections: roles that exist, ids claimed twice, known commands."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from bot.config.models import Config
+
+ANY_ROLE = "*"
+
+
+def reference_problems(config: Config, command_names: Collection[str]) -> list[str]:
+    problems: list[str] = []
+    roles = set(config.roles)
+
+    def need_role(path: str, role: str, allow_any: bool = False) -> None:
+        if allow_any and role == ANY_ROLE:
+            return
+        if role not in roles:
+            known = ", ".join(sorted(roles)) or "none defined"
+            problems.append(f"{path}: unknown role '{role}' (roles: {known})")
+
+    for name, role in config.roles.items():
+        for i, included in enumerate(role.includes):
+            need_role(f"roles.{name}.includes[{i}]", included)
+    problems.extend(_role_cycles(config))
+
+    owners: dict[str, str] = {}
+    for name, identity in config.identities.items():
+        for i, role in enumerate(identity.roles):
+            need_role(f"identities.{name}.roles[{i}]", role)
+        for i, platform_id in enumerate(identity.ids):
+            if platform_id in owners:
+                problems.append(
+                    f"identities.{name}.ids[{i}]: '{platform_id}' already belongs to "
+                    f"'{owners[platform_id]}'"
+                )
+            owners.setdefault(platform_id, name)
+
+    channel_owners: dict[str, str] = {}
+    for name, group in config.channels.items():
+        for i, channel_id in enumerate(group.ids):
+            if channel_id in channel_owners:
+                problems.append(
+                    f"channels.{name}.ids[{i}]: '{channel_id}' is already in channel "
+                    f"'{channel_owners[channel_id]}'"
+                )
+            channel_owners.setdefault(channel_id, name)
+
+    seen_services: set[str] = set()
+    for i, service in enumerate(config.services):
+        if service.name in seen_services:
+            problems.append(f"services[{i}].name: duplicate service name '{service.name}'")
+        seen_services.add(service.name)
+
+    for i, role in enumerate(config.policy.admin_roles):
+        need_role(f"policy.admin_roles[{i}]", role)
+    for command, rule in config.policy.commands.items():
+        path = f"policy.commands.{command}"
+        if command not in command_names:
+            problems.append(f"{path}: unknown command (commands: {', '.join(sorted(command_names))})")
+        for i, role in enumerate(rule.roles):
+            need_role(f"{path}.roles[{i}]", role, allow_any=True)
+        for i, channel in enumerate(rule.channels):
+            if channel not in config.channels:
+                problems.append(f"{path}.channels[{i}]: unknown channel '{channel}'")
+        for j, arg_rule in enumerate(rule.args):
+            for i, role in enumerate(arg_rule.roles):
+                need_role(f"{path}.args[{j}].roles[{i}]", role)
+
+    principal = config.console.principal
+    if principal is not None and principal not in config.identities:
+        problems.append(f"console.principal: unknown identity '{principal}'")
+    return problems
+
+
+def _role_cycles(config: Config) -> list[str]:
+    problems: list[str] = []
+    for start in config.roles:
+        stack, seen = list(config.roles[start].includes), set[str]()
+        while stack:
+            role = stack.pop()
+            if role == start:
+                problems.append(f"roles.{start}.includes: role includes itself through a cycle")
+                break
+            if role in seen or role not in config.roles:
+                continue
+            seen.add(role)
+            stack.extend(config.roles[role].includes)
+    return problems

@@ -1,0 +1,77 @@
+"""What a command handler receives: who asked, where, and the bot's shared tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from bot.clock import Clock
+from bot.config.models import Config
+from bot.directory import Principal
+from bot.message import Message
+from bot.policy import PolicySwitch
+
+if TYPE_CHECKING:
+    import httpx
+
+    from bot.catalog import Catalog
+
+
+class HttpClients:
+    """One shared httpx client, made on first use (httpx is slow to import)."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                follow_redirects=True,
+                max_redirects=3,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                headers={"User-Agent": "opsbot"},
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@dataclass(slots=True)
+class AdapterBoard:
+    """Each adapter's state as /status and /ready report it."""
+
+    states: dict[str, str] = field(default_factory=dict)
+
+    def set(self, adapter: str, state: str) -> None:
+        self.states[adapter] = state
+
+    @property
+    def connected(self) -> list[str]:
+        return sorted(name for name, state in self.states.items() if state == "connected")
+
+
+@dataclass(slots=True)
+class Toolbox:
+    config: Config
+    clock: Clock
+    policy: PolicySwitch
+    catalog: Catalog
+    http: HttpClients
+    adapters: AdapterBoard
+    started_at: datetime
+    config_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    request_id: str
+    message: Message
+    principal: Principal
+    channel: str | None  # the configured channel name, None outside configured channels
+    tools: Toolbox

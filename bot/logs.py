@@ -1,0 +1,64 @@
+"""Structured logging: one JSON (or console) line per event, request context bound.
+
+The pipeline binds ``request_id``, ``platform``, ``user`` and ``command`` with
+structlog's contextvars, so every line a command causes carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+class SecretMasker:
+    """Replaces known secret values anywhere in an event with ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        if not self._secrets:
+            return event
+        return {key: self._mask(value) for key, value in event.items()}
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, "***")
+        return value
+
+
+def configure_logging(
+    level: str, fmt: str, stream: TextIO | None = None, secrets: Iterable[str] = ()
+) -> None:
+    out = stream or sys.stderr
+    json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            SecretMasker(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries log through the standard library; keep them at the same threshold.
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=out, force=True)

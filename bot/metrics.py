@@ -1,0 +1,53 @@
+"""Prometheus metrics, on a registry owned by one bot (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from bot import __version__
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.commands = Counter(
+            "opsbot_commands",
+            "Commands handled, by command and outcome",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "opsbot_command_duration_seconds",
+            "Time from receiving a command to its reply",
+            ["command"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.denials = Counter(
+            "opsbot_denials",
+            "Commands refused by authorization, by command and matched rule",
+            ["command", "rule"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "opsbot_errors",
+            "Commands that failed inside the bot or a dependency",
+            ["command"],
+            registry=self.registry,
+        )
+        self.policy_off = Gauge(
+            "opsbot_policy_off", "1 while the policy mode is off", registry=self.registry
+        )
+        self.build = Gauge(
+            "opsbot_build_info", "Build information", ["version"], registry=self.registry
+        )
+        self.build.labels(__version__).set(1)
+        self.started = Gauge(
+            "opsbot_start_time_seconds", "Unix time the bot started", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

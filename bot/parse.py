@@ -1,0 +1,93 @@
+"""Turn chat text into a command name, positional arguments and options.
+
+Accepted forms: ``/cmd a b``, ``/cmd@botname a``, ``--flag``, ``--key=value``,
+``key=value`` (the value may itself contain ``=``, as URLs do), shell-like quoting.
+Typographic quotes, which phones and chat clients substitute, count as plain quotes.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from bot.errors import UsageError
+
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
+_NEEDS_SHLEX = frozenset("\"'\\")
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommand:
+    name: str
+    positionals: tuple[str, ...] = ()
+    options: dict[str, str | bool] = field(default_factory=dict)
+    raw_args: str = ""
+
+
+def parse(text: str, *, bot_names: frozenset[str], addressed: bool) -> ParsedCommand | None:
+    """Parse one message. ``None`` means it is not a command for this bot.
+
+    Raises ``UsageError`` for text that is a command but cannot be split (an
+    unbalanced quote, say); the name is known by then, so the reply can say which.
+    """
+    stripped = text.strip()
+    if stripped.startswith("/"):
+        stripped = stripped[1:]
+    elif not addressed:
+        return None
+    parts = stripped.split(maxsplit=1)
+    if not parts:
+        return None
+    head, rest = parts[0], (parts[1] if len(parts) > 1 else "")
+    name, _, target = head.partition("@")
+    if target and target.lower() not in bot_names:
+        return None
+    name = name.lower()
+    if not name:
+        return None
+    if not _NAME.fullmatch(name):
+        return ParsedCommand(name=name[:32], raw_args=rest[:MAX_TEXT])
+    if len(rest) > MAX_TEXT:
+        raise UsageError(f"/{name}: arguments longer than {MAX_TEXT} characters")
+    return _split_arguments(name, rest)
+
+
+def _split_arguments(name: str, rest: str) -> ParsedCommand:
+    rest = rest.translate(_SMART_QUOTES)
+    if _NEEDS_SHLEX.isdisjoint(rest):
+        tokens = rest.split()
+    else:
+        try:
+            tokens = shlex.split(rest)
+        except ValueError as exc:
+            raise UsageError(f"/{name}: {exc}".replace("No closing", "no closing")) from exc
+    positionals: list[str] = []
+    options: dict[str, str | bool] = {}
+    only_positionals = False
+    for token in tokens:
+        if only_positionals:
+            positionals.append(token)
+        elif token == "--":
+            only_positionals = True
+        elif token.startswith("--") and len(token) > 2:
+            key, eq, value = token[2:].partition("=")
+            _set_option(name, options, key, value if eq else True)
+        elif "=" in token and _KEY.fullmatch(token.partition("=")[0]):
+            key, _, value = token.partition("=")
+            _set_option(name, options, key, value)
+        else:
+            positionals.append(token)
+    return ParsedCommand(name, tuple(positionals), options, rest)
+
+
+def _set_option(command: str, options: dict[str, str | bool], key: str, value: str | bool) -> None:
+    if not _KEY.fullmatch(key):
+        raise UsageError(f"/{command}: '{key}' is not a valid option name")
+    normalized = key.replace("-", "_").lower()
+    if normalized in options:
+        raise UsageError(f"/{command}: option '{key}' given twice")
+    options[normalized] = value

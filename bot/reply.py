@@ -1,0 +1,54 @@
+"""What the core hands an adapter back: a platform-neutral reply each adapter renders."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    DENIED = "denied"
+    USAGE = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply: a title line with a status, then optional text, fields, table, code block.
+
+    ``request_id`` is filled in by the pipeline so every answer can be traced to
+    its log lines and audit record.
+    """
+
+    title: str = ""
+    status: Status = Status.INFO
+    text: str = ""
+    fields: tuple[Field, ...] = ()
+    table: Table | None = None
+    code: str | None = None
+    request_id: str = ""
+
+    def with_request_id(self, request_id: str) -> Reply:
+        return replace(self, request_id=request_id)
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status in _FAILURES
+
+
+_FAILURES = frozenset({Status.WARNING, Status.ERROR, Status.DENIED, Status.USAGE})

@@ -1,0 +1,108 @@
+"""Assembles one bot from its config: the pipeline, its state, the HTTP server.
+
+No I/O happens in the constructor; ``start()`` and ``stop()`` (or ``async with``)
+own every connection and background task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from bot.audit import AuditSink, MemoryAuditSink
+from bot.authz import Authorizer
+from bot.catalog import Catalog
+from bot.clock import Clock, SystemClock
+from bot.command import CommandSpec
+from bot.config.models import Config
+from bot.context import AdapterBoard, HttpClients, Toolbox
+from bot.directory import Directory
+from bot.flood import FloodGuard
+from bot.http_server import HttpServer, build_app
+from bot.message import Message
+from bot.metrics import Metrics
+from bot.pipeline import Dispatcher
+from bot.policy import PolicySwitch
+from bot.reply import Reply
+
+
+class Bot:
+    def __init__(
+        self,
+        config: Config,
+        commands: Sequence[CommandSpec[Any]],
+        *,
+        clock: Clock | None = None,
+        audit: AuditSink | None = None,
+        config_source: str = "",
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.audit: AuditSink = audit or MemoryAuditSink()
+        self.metrics = Metrics()
+        self.directory = Directory(config)
+        self.authorizer = Authorizer(config, list(commands))
+        self.catalog = Catalog(commands, self.authorizer)
+        self.policy = PolicySwitch(config.policy, self.clock, self.audit, self.metrics)
+        self.adapters = AdapterBoard()
+        self.http_clients = HttpClients()
+        self.tools = Toolbox(
+            config=config,
+            clock=self.clock,
+            policy=self.policy,
+            catalog=self.catalog,
+            http=self.http_clients,
+            adapters=self.adapters,
+            started_at=self.clock.now(),
+            config_source=config_source,
+        )
+        self.dispatcher = Dispatcher(
+            tools=self.tools,
+            directory=self.directory,
+            authorizer=self.authorizer,
+            catalog=self.catalog,
+            flood=FloodGuard(config.flood.max_commands, config.flood.per.total_seconds()),
+            audit=self.audit,
+            metrics=self.metrics,
+        )
+        self.http_server: HttpServer | None = None
+
+    async def start(self, *, serve_http: bool | None = None) -> None:
+        self.tools.started_at = self.clock.now()
+        self.metrics.started.set(time.time())
+        await self.policy.start()
+        if self.config.http.enabled if serve_http is None else serve_http:
+            server = HttpServer(
+                build_app(self.metrics, self.readiness), self.config.http.host, self.config.http.port
+            )
+            await server.start()
+            self.http_server = server
+
+    async def stop(self) -> None:
+        if self.http_server is not None:
+            await self.http_server.stop()
+        await self.policy.close()
+        await self.http_clients.close()
+        await self.audit.close()
+
+    async def handle(self, message: Message) -> Reply | None:
+        return await self.dispatcher.handle(message)
+
+    async def readiness(self) -> dict[str, str]:
+        checks = {"audit": "ok"}
+        checks.update({f"adapter:{name}": state for name, state in self.adapters.states.items()})
+        return checks
+
+    async def __aenter__(self) -> Bot:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,46 @@
+"""/help [command]: what the asker may run here, with usage."""
+
+from __future__ import annotations
+
+from bot.command import Access, Args, CommandSpec
+from bot.context import Context
+from bot.errors import UsageError
+from bot.reply import Field, Reply, Table
+
+USAGE = "/help [command]"
+
+
+class HelpArgs(Args):
+    command: str | None = None
+
+
+async def run(ctx: Context, args: HelpArgs) -> Reply:
+    visible = ctx.tools.catalog.visible_to(ctx.principal, ctx.channel)
+    if args.command is None:
+        rows = tuple((spec.usage, spec.summary) for spec in visible)
+        return Reply(
+            title="Commands you may run here",
+            table=Table(("command", "what it does"), rows),
+            text="Add --help to any command for its usage.",
+        )
+    name = args.command.lstrip("/").lower()
+    spec = next((s for s in visible if s.name == name), None)
+    if spec is None:
+        # Same answer whether it exists or is merely forbidden: help never advertises.
+        raise UsageError(f"no command /{name} that you may run here", USAGE)
+    return Reply(
+        title=f"/{spec.name}: {spec.summary}",
+        text=f"Usage: {spec.usage}",
+        fields=(Field("risk", str(spec.risk)),),
+    )
+
+
+SPEC = CommandSpec(
+    name="help",
+    summary="List the commands you may run here",
+    usage=USAGE,
+    args_model=HelpArgs,
+    run=run,
+    positional=("command",),
+    default_access=Access.ANY_PRINCIPAL,
+)

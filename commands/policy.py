@@ -1,0 +1,68 @@
+"""/policy [off <duration> [reason] | strict [reason]]: show or switch the policy mode."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bot.command import Args, CommandSpec, Risk
+from bot.config.models import PolicyMode
+from bot.context import Context
+from bot.durations import format_duration, parse_duration
+from bot.errors import UsageError
+from bot.policy import PolicyState
+from bot.reply import Field, Reply, Status
+
+USAGE = "/policy [off <duration> [reason] | strict [reason]]"
+
+
+class PolicyArgs(Args):
+    mode: Literal["off", "strict"] | None = None
+    duration: str | None = None
+    reason: str = ""
+
+
+async def run(ctx: Context, args: PolicyArgs) -> Reply:
+    switch = ctx.tools.policy
+    who = ctx.principal.name
+    if args.mode is None:
+        return _describe(await switch.current(), ctx, "Policy mode", Status.INFO)
+    if args.mode == "strict":
+        reason = " ".join(part for part in (args.duration, args.reason) if part)
+        state = await switch.restore(who, reason, ctx.request_id)
+        return _describe(state, ctx, "Policy mode is now", Status.OK)
+    if args.duration is None:
+        raise UsageError("policy off needs a duration, e.g. /policy off 30m", USAGE)
+    try:
+        ttl = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(str(exc), USAGE) from exc
+    if ttl.total_seconds() <= 0:
+        raise UsageError("the duration must be longer than zero", USAGE)
+    state = await switch.turn_off(ttl, who, args.reason, ctx.request_id)
+    return _describe(state, ctx, "Policy mode is now", Status.OK)
+
+
+def _describe(state: PolicyState, ctx: Context, prefix: str, status: Status) -> Reply:
+    fields = [Field("changed by", state.changed_by)]
+    if state.reason:
+        fields.append(Field("reason", state.reason))
+    if state.mode is PolicyMode.OFF and state.until is not None:
+        left = format_duration(state.until - ctx.tools.clock.now())
+        title = f"{prefix} OFF until {state.until:%H:%M} UTC ({left} left)"
+        text = "High-risk actions skip second-person approval; roles still apply."
+    else:
+        title, text = f"{prefix} STRICT", "Every rule applies, including approvals."
+    return Reply(title=title, status=status, text=text, fields=tuple(fields))
+
+
+SPEC = CommandSpec(
+    name="policy",
+    summary="Show the policy mode; admins switch it off for a window or back to strict",
+    usage=USAGE,
+    args_model=PolicyArgs,
+    run=run,
+    positional=("mode", "duration"),
+    rest="reason",
+    risk=Risk.WRITE,
+    admin_args=("mode",),
+)
