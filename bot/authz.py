@@ -49,7 +49,9 @@ class Authorizer:
         self._rules: dict[str, _CommandRule] = {}
         for spec in specs:
             builtin = tuple(
-                _ArgRule(arg, _ANYTHING, admin_roles, f"builtin:{spec.name}.{arg}->policy.admin_roles")
+                _ArgRule(
+                    arg, _ANYTHING, admin_roles, f"builtin:{spec.name}.{arg}->policy.admin_roles"
+                )
                 for arg in spec.admin_args
             )
             configured = config.policy.commands.get(spec.name)

@@ -24,7 +24,9 @@ class Catalog:
     def all(self) -> list[CommandSpec[Any]]:
         return list(self._specs.values())
 
-    def visible_to(self, principal: Principal | None, channel: str | None) -> list[CommandSpec[Any]]:
+    def visible_to(
+        self, principal: Principal | None, channel: str | None
+    ) -> list[CommandSpec[Any]]:
         """Only what this person may run here: help never advertises a denial."""
         return [
             spec

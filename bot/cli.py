@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
     console = sub.add_parser("console", help="talk to the bot in this terminal (no tokens needed)")
     _config_option(console)
-    console.add_argument("--as", dest="principal", help="identity to act as (default: console.principal)")
+    console.add_argument(
+        "--as", dest="principal", help="identity to act as (default: console.principal)"
+    )
     console.add_argument("--channel", help="console channel id (default: console.channel)")
     console.add_argument("-c", "--command", help="run one command, print the reply and exit")
     console.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
@@ -69,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(run)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("file", nargs="?", type=Path, help="config file (default: --config/OPSBOT_CONFIG)")
+    check.add_argument(
+        "file", nargs="?", type=Path, help="config file (default: --config/OPSBOT_CONFIG)"
+    )
     _config_option(check)
     return parser
 
@@ -104,7 +108,9 @@ def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
 def _configure_logging(config: Config, *, quiet: bool) -> None:
     from bot.logs import configure_logging
 
-    level = "warning" if quiet and config.bot.log_level in ("debug", "info") else config.bot.log_level
+    level = (
+        "warning" if quiet and config.bot.log_level in ("debug", "info") else config.bot.log_level
+    )
     configure_logging(level, config.bot.log_format)
 
 
@@ -124,8 +130,10 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
         if args.command is not None:
             reply = await console.send(args.command)
             return _print_reply(reply)
-        print(f"opsbot {__version__} console as '{principal}' ({source}). /help lists commands; "
-              "Ctrl-D quits.")
+        print(
+            f"opsbot {__version__} console as '{principal}' ({source}). /help lists commands; "
+            "Ctrl-D quits."
+        )
         await console.repl(_read_line, print)
         return 0
     finally:

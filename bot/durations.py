@@ -1,12 +1,12 @@
-"""Human durations as people type them in chat: ``90s``, ``30m``, ``1h30m``, ``7d``."""
+"""Human durations as people type them in chat: ``90s``, ``30m``, ``1h30m``, ``7d``, ``0.5s``."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)")
-_WHOLE = re.compile(r"^\s*(?:\d+\s*(?:ms|s|m|h|d|w)\s*)+$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -17,7 +17,7 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(seconds=int(stripped))
     if not _WHOLE.match(stripped):
         raise ValueError(f"'{text}' is not a duration (examples: 90s, 30m, 1h30m, 7d)")
-    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(stripped))
+    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(stripped))
     return timedelta(seconds=seconds)
 
 

@@ -39,7 +39,9 @@ def build_app(metrics: Metrics, readiness: ReadinessProbe) -> Starlette:
     async def ready(_: Request) -> Response:
         checks = await readiness()
         is_ready = all(state in READY_STATES for state in checks.values())
-        return JSONResponse({"ready": is_ready, "checks": checks}, status_code=200 if is_ready else 503)
+        return JSONResponse(
+            {"ready": is_ready, "checks": checks}, status_code=200 if is_ready else 503
+        )
 
     async def version(_: Request) -> Response:
         return JSONResponse({"name": "opsbot", "version": __version__})

@@ -68,19 +68,19 @@ def _split_arguments(name: str, rest: str) -> ParsedCommand:
     positionals: list[str] = []
     options: dict[str, str | bool] = {}
     only_positionals = False
-    for token in tokens:
+    for word in tokens:
         if only_positionals:
-            positionals.append(token)
-        elif token == "--":
+            positionals.append(word)
+        elif word == "--":
             only_positionals = True
-        elif token.startswith("--") and len(token) > 2:
-            key, eq, value = token[2:].partition("=")
+        elif word.startswith("--") and len(word) > 2:
+            key, eq, value = word[2:].partition("=")
             _set_option(name, options, key, value if eq else True)
-        elif "=" in token and _KEY.fullmatch(token.partition("=")[0]):
-            key, _, value = token.partition("=")
+        elif "=" in word and _KEY.fullmatch(word.partition("=")[0]):
+            key, _, value = word.partition("=")
             _set_option(name, options, key, value)
         else:
-            positionals.append(token)
+            positionals.append(word)
     return ParsedCommand(name, tuple(positionals), options, rest)
 
 

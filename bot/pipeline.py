@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -119,9 +120,11 @@ class Dispatcher:
             inv.outcome = Outcome.THROTTLED
             if admission is Admission.THROTTLE_SILENTLY:
                 return None
+            refill = self._flood.refill_seconds
+            every = f"{refill:.1f} s" if refill < 60 else format_duration(timedelta(seconds=refill))
             return Reply(
                 title="You are sending commands faster than a person can; ignoring them "
-                f"for a few seconds (one more allowed every {self._flood.refill_seconds:.1f} s)",
+                f"for now (one more allowed every {every})",
                 status=Status.WARNING,
             )
         principal = self._directory.principal_for(message.qualified_user)
@@ -135,7 +138,9 @@ class Dispatcher:
         channel = self._directory.channel_name(message.qualified_channel)
         spec = self._catalog.get(parsed.name)
         if spec is None:
-            raise UnknownCommand(parsed.name, self._catalog.suggest(parsed.name, principal, channel))
+            raise UnknownCommand(
+                parsed.name, self._catalog.suggest(parsed.name, principal, channel)
+            )
         inv.known_command = True
         self._authorize(principal, channel, spec, None, inv)
         if parsed.options.get("help") is True and "help" not in spec.args_model.model_fields:

@@ -74,7 +74,9 @@ class PolicySwitch:
         return self._state
 
     async def restore(self, principal: str, reason: str, request_id: str) -> PolicyState:
-        await self._set(PolicyState(PolicyMode.STRICT, None, principal, reason), request_id, "strict")
+        await self._set(
+            PolicyState(PolicyMode.STRICT, None, principal, reason), request_id, "strict"
+        )
         return self._state
 
     async def _switch_off(self, ttl: timedelta, by: str, reason: str, request_id: str) -> None:

@@ -40,8 +40,10 @@ def format_table(table: Table) -> str:
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
+
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(cells)).rstrip()
+
     return "\n".join([line(table.columns), *(line(row) for row in rows)])
 
 
@@ -71,4 +73,6 @@ def split_message(text: str, limit: int) -> list[str]:
     if current:
         chunks.append(current)
     total = len(chunks)
-    return [chunk if i == 0 else f"(cont. {i + 1}/{total})\n{chunk}" for i, chunk in enumerate(chunks)]
+    return [
+        chunk if i == 0 else f"(cont. {i + 1}/{total})\n{chunk}" for i, chunk in enumerate(chunks)
+    ]

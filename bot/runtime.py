@@ -75,7 +75,9 @@ class Bot:
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
-                build_app(self.metrics, self.readiness), self.config.http.host, self.config.http.port
+                build_app(self.metrics, self.readiness),
+                self.config.http.host,
+                self.config.http.port,
             )
             await server.start()
             self.http_server = server

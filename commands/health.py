@@ -9,7 +9,8 @@ from bot.errors import UsageError
 from bot.reply import Reply, Status, Table
 
 USAGE = "/health [service]"
-_MARK = {"up": "✅ up", "degraded": "⚠️ degraded", "down": "❌ down"}
+# Upper case marks what needs attention; emoji would break column alignment.
+_MARK = {"up": "up", "degraded": "DEGRADED", "down": "DOWN"}
 
 
 class HealthArgs(Args):
@@ -40,9 +41,7 @@ async def run(ctx: Context, args: HealthArgs) -> Reply:
     ]
     results = await probe_all(ctx.tools.http.client(), targets, request_id=ctx.request_id)
     counts = {state: sum(1 for r in results if r.state == state) for state in _MARK}
-    status = (
-        Status.ERROR if counts["down"] else Status.WARNING if counts["degraded"] else Status.OK
-    )
+    status = Status.ERROR if counts["down"] else Status.WARNING if counts["degraded"] else Status.OK
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     rows = tuple(
         (

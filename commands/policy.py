@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Literal
 
 from bot.command import Args, CommandSpec, Risk
@@ -47,7 +49,13 @@ def _describe(state: PolicyState, ctx: Context, prefix: str, status: Status) -> 
     if state.reason:
         fields.append(Field("reason", state.reason))
     if state.mode is PolicyMode.OFF and state.until is not None:
-        left = format_duration(state.until - ctx.tools.clock.now())
+        seconds = (state.until - ctx.tools.clock.now()).total_seconds()
+        # "29m 59s" right after "off 30m" reads like a bug; whole minutes read right.
+        left = format_duration(
+            timedelta(minutes=math.ceil(seconds / 60))
+            if seconds > 90
+            else timedelta(seconds=seconds)
+        )
         title = f"{prefix} OFF until {state.until:%H:%M} UTC ({left} left)"
         text = "High-risk actions skip second-person approval; roles still apply."
     else:

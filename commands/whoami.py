@@ -15,7 +15,9 @@ async def run(ctx: Context, _: NoArgs) -> Reply:
             Field("principal", ctx.principal.name),
             Field("roles", ", ".join(sorted(ctx.principal.roles)) or "none"),
             Field("platform id", message.qualified_user),
-            Field("channel", ctx.channel or f"{message.qualified_channel} (not a configured channel)"),
+            Field(
+                "channel", ctx.channel or f"{message.qualified_channel} (not a configured channel)"
+            ),
         ),
     )
 

@@ -65,7 +65,8 @@ def _describe(error: ValidationError) -> list[str]:
         else:
             message = item["msg"].removeprefix("Value error, ")
             value = item.get("input")
-            shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            plain = isinstance(value, str | int | float) and str(value) not in message
+            shown = f" (got {value!r})" if plain else ""
             lines.append(f"{path}: {message}{shown}")
     return lines
 
@@ -85,11 +86,16 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def _suggest(loc: tuple[int | str, ...]) -> str:
     """Nearest valid key for a misspelt one, found by walking the models along ``loc``."""
     model: type[BaseModel] | None = Config
+    in_container = False  # the next part is a dict key or list index, not a field
     for part in loc[:-1]:
-        if model is None or isinstance(part, int):
+        if in_container or isinstance(part, int):
+            in_container = False
             continue
-        field = model.model_fields.get(str(part))
-        model = _model_of(field.annotation) if field else None
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return ""
+        model = _model_of(field.annotation)
+        in_container = getattr(field.annotation, "__origin__", None) in (dict, list)
     if model is None:
         return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)

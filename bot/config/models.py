@@ -47,12 +47,18 @@ def _regex(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"'{value}' is not an http:// or https:// URL")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 UserId = Annotated[str, AfterValidator(check_user_id)]
 ChannelId = Annotated[str, AfterValidator(check_channel_id)]
 Pattern = Annotated[str, AfterValidator(_regex)]
-HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class Strict(BaseModel):

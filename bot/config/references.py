@@ -20,8 +20,8 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             known = ", ".join(sorted(roles)) or "none defined"
             problems.append(f"{path}: unknown role '{role}' (roles: {known})")
 
-    for name, role in config.roles.items():
-        for i, included in enumerate(role.includes):
+    for name, definition in config.roles.items():
+        for i, included in enumerate(definition.includes):
             need_role(f"roles.{name}.includes[{i}]", included)
     problems.extend(_role_cycles(config))
 
@@ -58,7 +58,9 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
     for command, rule in config.policy.commands.items():
         path = f"policy.commands.{command}"
         if command not in command_names:
-            problems.append(f"{path}: unknown command (commands: {', '.join(sorted(command_names))})")
+            problems.append(
+                f"{path}: unknown command (commands: {', '.join(sorted(command_names))})"
+            )
         for i, role in enumerate(rule.roles):
             need_role(f"{path}.roles[{i}]", role, allow_any=True)
         for i, channel in enumerate(rule.channels):

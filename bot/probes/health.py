@@ -346,12 +346,12 @@ def _http_note(fetched: Fetched) -> str | None:
 def _body_verdict(fetched: Fetched, shape: ResponseShape) -> _BodyVerdict:
     if shape is ResponseShape.HTTP:
         return _NO_VERDICT
-    if fetched.body_truncated:
-        # The verdict might be past the cut: refuse to call it UP.
-        return _BodyVerdict(HealthState.DOWN, (), f"body larger than {MAX_BODY_BYTES // 1024} KiB")
     wants_json = shape is ResponseShape.JSON or fetched.declares_json
     if not (wants_json or fetched.looks_like_json_object()):
         return _NO_VERDICT
+    if fetched.body_truncated:
+        # The verdict might be past the cut: refuse to call it UP.
+        return _BodyVerdict(HealthState.DOWN, (), f"body larger than {MAX_BODY_BYTES // 1024} KiB")
     parsed, document = parse_json(fetched.body)
     if parsed:
         return _judge_document(document)

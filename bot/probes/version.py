@@ -17,8 +17,8 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import httpx
 import structlog
 
 from bot.probes.health import (
@@ -30,9 +30,6 @@ from bot.probes.health import (
     fetch,
     parse_json,
 )
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["VersionResult", "fetch_all_versions", "fetch_version"]
 

@@ -1,0 +1,128 @@
+"""Drive the real bot through the console adapter: a chat message in, the reply out.
+
+Modelled on errbot's ``testbot.exec_command``::
+
+    async with running_bot(BASE_CONFIG) as tb:
+        assert "You are alice" in await tb.exec("/whoami", as_="alice")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapters.console import ConsoleAdapter
+from bot.audit import AuditRecord, MemoryAuditSink
+from bot.command import CommandSpec
+from bot.config import parse_config
+from bot.reply import Reply
+from bot.runtime import Bot
+from commands import COMMANDS
+
+BASE_CONFIG = """
+[bot]
+name = "opsbot"
+
+[http]
+port = 0
+
+[roles.admin]
+includes = ["oncall"]
+[roles.oncall]
+[roles.viewer]
+[roles.deployer]
+
+[identities.alice]
+roles = ["admin"]
+ids = ["console:alice", "slack:U0ALICE01"]
+[identities.bob]
+roles = ["oncall"]
+ids = ["console:bob"]
+[identities.carol]
+roles = ["viewer"]
+ids = ["console:carol"]
+[identities.dave]
+roles = ["deployer"]
+ids = ["console:dave"]
+
+[channels.ops]
+ids = ["console:ops"]
+[channels.incident]
+ids = ["console:incident"]
+
+[policy]
+admin_roles = ["admin"]
+
+[policy.commands.status]
+roles = ["*"]
+[policy.commands.version]
+roles = ["oncall", "viewer"]
+[policy.commands.policy]
+roles = ["oncall"]
+channels = ["ops", "incident"]
+"""
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
+        self._mono += delta.total_seconds()
+
+
+class TestBot:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, bot: Bot, console: ConsoleAdapter, audit: MemoryAuditSink) -> None:
+        self.bot = bot
+        self.console = console
+        self._audit = audit
+
+    async def send(self, text: str, *, as_: str = "alice", channel: str = "ops") -> Reply | None:
+        return await self.console.send(text, user=as_, channel=channel)
+
+    async def exec(self, text: str, *, as_: str = "alice", channel: str = "ops") -> str:
+        return await self.console.exec(text, user=as_, channel=channel)
+
+    @property
+    def audit(self) -> list[AuditRecord]:
+        return self._audit.records
+
+    def commands_audited(self) -> list[AuditRecord]:
+        return [r for r in self.audit if r.kind == "command"]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    config_text: str = BASE_CONFIG,
+    *,
+    extra_commands: Sequence[CommandSpec[Any]] = (),
+    clock: Any = None,
+    serve_http: bool = False,
+) -> AsyncIterator[TestBot]:
+    specs = [*COMMANDS, *extra_commands]
+    config = parse_config(config_text, "test", {}, [s.name for s in specs])
+    audit = MemoryAuditSink()
+    bot = Bot(config, specs, clock=clock, audit=audit, config_source="test")
+    console = ConsoleAdapter("alice", "ops", bot.clock)
+    await bot.start(serve_http=serve_http)
+    await console.start(bot.handle)
+    bot.adapters.set("console", "connected")
+    try:
+        yield TestBot(bot, console, audit)
+    finally:
+        await console.stop()
+        await bot.stop()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.botharness import TestBot, running_bot
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests may talk to 127.0.0.1 only; anything else fails loudly (cf. PTB's OfflineRequest)."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def check(address: Any) -> None:
+        if isinstance(address, tuple):
+            host = address[0]
+            try:
+                if ipaddress.ip_address(host).is_loopback:
+                    return
+            except ValueError:
+                if host == "localhost":
+                    return
+            raise OSError(f"test tried to reach {address!r}: only loopback is allowed")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        check(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        check(address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+@pytest.fixture
+async def testbot() -> AsyncIterator[TestBot]:
+    async with running_bot() as tb:
+        yield tb

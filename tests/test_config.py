@@ -1,0 +1,172 @@
+"""Bad configs are refused with messages naming the key path and the reason, through
+the same entry point an operator uses: ``opsbot check-config FILE``."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.cli import EXIT_CONFIG, main
+from bot.config import ENV_VARS, read_environment
+from bot.logs import configure_logging
+from tests.botharness import BASE_CONFIG
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    path = tmp_path / "opsbot.toml"
+    path.write_text(text)
+    code = main(["check-config", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("[console]\nchanel = 'x'\n", "console.chanel: unknown key; did you mean 'channel'?"),
+        (
+            "[roles.extra]\nincludez = []\n",
+            "roles.extra.includez: unknown key; did you mean 'includes'?",
+        ),
+        ("[flood]\nmax_commands = 'many'\n", "flood.max_commands: Input should be a valid integer"),
+        (
+            "[identities.eve]\nids = ['slack:abc']\n",
+            "identities.eve.ids[0]: 'slack:abc' is not a valid slack user id",
+        ),
+        (
+            "[identities.eve]\nids = ['console:eve', 'slak:U123']\n",
+            "identities.eve.ids[1]: unknown platform 'slak'",
+        ),
+        (
+            "[identities.eve]\nids = ['U123']\n",
+            "identities.eve.ids[0]: 'U123' lacks a platform prefix",
+        ),
+        (
+            "[identities.eve]\nids = ['telegram:-5']\n",
+            "identities.eve.ids[0]: 'telegram:-5' is not a valid telegram user id",
+        ),
+        (
+            "[channels.ops2]\nids = ['discord:12']\n",
+            "channels.ops2.ids[0]: 'discord:12' is not a valid discord channel id",
+        ),
+        (
+            "[identities.eve]\nids = ['console:eve']\nroles = ['root']\n",
+            "identities.eve.roles[0]: unknown role 'root'",
+        ),
+        (
+            "[identities.eve]\nids = ['console:alice']\n",
+            "identities.eve.ids[0]: 'console:alice' already belongs to 'alice'",
+        ),
+        (
+            "[[services]]\nname = 'a'\nhealth_url = 'http://x/h'\n"
+            "[[services]]\nname = 'a'\nhealth_url = 'http://y/h'\n",
+            "services[1].name: duplicate service name 'a'",
+        ),
+        (
+            "[[services]]\nname = 'a'\nhealth_url = 'ftp://x'\n",
+            "services[0].health_url: 'ftp://x' is not an http",
+        ),
+        (
+            "[[services]]\nname = 'a'\nhealth_url = 'http://x/'\ntimeout = 'soon'\n",
+            "services[0].timeout: 'soon' is not a duration",
+        ),
+        (
+            "[policy.commands.rollbak]\nroles = ['admin']\n",
+            "policy.commands.rollbak: unknown command",
+        ),
+        (
+            "[policy.commands.health]\nroles = ['admin']\nchannels = ['nowhere']\n",
+            "policy.commands.health.channels[0]: unknown channel 'nowhere'",
+        ),
+        (
+            "[policy.commands.health]\nroles = ['admin']\n"
+            "[[policy.commands.health.args]]\nname = 'service'\npattern = '('\nroles = ['admin']\n",
+            "policy.commands.health.args[0].pattern: invalid regular expression",
+        ),
+        (
+            "[roles.a]\nincludes = ['b']\n[roles.b]\nincludes = ['a']\n",
+            "roles.a.includes: role includes itself",
+        ),
+        ("[console]\nprincipal = 'zed'\n", "console.principal: unknown identity 'zed'"),
+    ],
+)
+def test_each_bad_key_is_named_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet: str, expected: str
+) -> None:
+    code, output = check(tmp_path, _merge(BASE_CONFIG, snippet), capsys)
+    assert code == EXIT_CONFIG
+    assert expected in output
+
+
+def test_policy_off_needs_a_ttl_within_the_maximum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE_CONFIG.replace("[policy]\n", '[policy]\nmode = "off"\n')
+    code, output = check(tmp_path, text, capsys)
+    assert code == EXIT_CONFIG
+    assert "policy: off_ttl is required when mode is 'off'" in output
+    text = BASE_CONFIG.replace("[policy]\n", '[policy]\nmode = "off"\noff_ttl = "9h"\n')
+    assert "off_ttl is longer than max_off_ttl" in check(tmp_path, text, capsys)[1]
+
+
+def test_all_problems_are_reported_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = check(tmp_path, "bogus = 1\n[bot]\nname = 'Bad Name'\n", capsys)
+    assert code == EXIT_CONFIG
+    assert "2 problem(s)" in output
+    assert "bogus: unknown key" in output
+    assert "bot.name: String should match pattern" in output
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = check(tmp_path, "[bot\n", capsys)
+    assert code == EXIT_CONFIG and "not valid TOML" in output and "line 1" in output
+    assert main(["check-config", str(tmp_path / "nope.toml")]) == EXIT_CONFIG
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_shipped_configs_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / "examples" / "opsbot.toml")]) == 0
+    assert "examples/opsbot.toml: ok (3 identities" in capsys.readouterr().out
+
+
+def test_env_example_lists_exactly_the_variables_the_code_reads() -> None:
+    listed = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if re.match(r"^[A-Z_]+=", line)
+    }
+    assert listed == set(ENV_VARS)
+    assert read_environment({"OPSBOT_HTTP_PORT": "9", "HOME": "/root", "OPSBOT_LOG_LEVEL": ""}) == {
+        "OPSBOT_HTTP_PORT": "9"
+    }
+
+
+def test_environment_overrides_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPSBOT_HTTP_PORT", "not-a-port")
+    code, output = check(tmp_path, BASE_CONFIG, capsys)
+    assert code == EXIT_CONFIG
+    assert "http.port: Input should be a valid integer" in output
+
+
+def test_secret_values_are_masked_in_log_lines() -> None:
+    buffer = io.StringIO()
+    configure_logging("info", "json", buffer, secrets=["xoxb-very-secret-token"])
+    structlog.get_logger("t").info("calling", url="https://x/?token=xoxb-very-secret-token")
+    line = json.loads(buffer.getvalue())
+    assert line["url"] == "https://x/?token=***"
+
+
+def _merge(base: str, snippet: str) -> str:
+    """Append a snippet; tables it defines that the base has already are merged in."""
+    return base + "\n" + snippet

@@ -1,0 +1,291 @@
+"""The pipeline's promises: parse edge cases, one place for failures, flood protection,
+audit records for everything, request ids in replies and logs, nothing silently cut."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.command import Access, Args, CommandSpec, NoArgs, Risk
+from bot.context import Context
+from bot.errors import DependencyError, UsageError
+from bot.logs import configure_logging
+from bot.parse import parse
+from bot.render import render_text, split_message
+from bot.reply import Reply, Status
+from tests.botharness import BASE_CONFIG, TestBot, running_bot
+
+NAMES = frozenset({"opsbot"})
+
+
+class EchoArgs(Args):
+    words: str = ""
+    url: str | None = None
+    count: int = 1
+    dry_run: bool = False
+
+
+async def _echo(_: Context, args: EchoArgs) -> Reply:
+    return Reply(title="echo", text=json.dumps(args.model_dump(), sort_keys=True))
+
+
+async def _crash(_: Context, __: NoArgs) -> Reply:
+    raise KeyError("secret internals")
+
+
+async def _unreachable(_: Context, __: NoArgs) -> Reply:
+    raise DependencyError("payments-db", "connection reset")
+
+
+async def _slow(_: Context, __: NoArgs) -> Reply:
+    await asyncio.sleep(30)
+    return Reply(title="never")
+
+
+async def _long(_: Context, __: NoArgs) -> Reply:
+    return Reply(title="long", code="\n".join(f"line {i:05d}" for i in range(3000)))
+
+
+def _spec(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> CommandSpec[Any]:
+    return CommandSpec(
+        name=name,
+        summary=f"test command {name}",
+        usage=f"/{name}",
+        args_model=args,
+        run=run,
+        default_access=Access.ANY_PRINCIPAL,
+        **kw,
+    )
+
+
+EXTRA = [
+    _spec("echo", _echo, EchoArgs, positional=(), rest="words", risk=Risk.READ),
+    _spec("crash", _crash),
+    _spec("unreachable", _unreachable),
+    _spec("slow", _slow),
+    _spec("long", _long),
+]
+FAST_TIMEOUT = BASE_CONFIG.replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "0.3s"')
+
+
+@pytest.fixture
+async def tb() -> Any:
+    async with running_bot(FAST_TIMEOUT, extra_commands=EXTRA) as bot:
+        yield bot
+
+
+async def _echoed(tb: TestBot, text: str) -> dict[str, Any]:
+    reply = await tb.send(text)
+    assert reply is not None, text
+    assert reply.status is Status.INFO, render_text(reply)
+    return dict(json.loads(reply.text))
+
+
+# --- parsing, through the chat entry point -------------------------------------------
+
+
+async def test_quoting_flags_and_key_value_with_equals_in_value(tb: TestBot) -> None:
+    got = await _echoed(
+        tb, '/echo "two words" url=https://x.test/a?b=c&d=e --count=3 --dry-run tail'
+    )
+    assert got == {
+        "words": "two words tail",
+        "url": "https://x.test/a?b=c&d=e",
+        "count": 3,
+        "dry_run": True,
+    }
+
+
+async def test_addressed_to_this_bot_or_another(tb: TestBot) -> None:
+    assert (await _echoed(tb, "/echo@opsbot hi"))["words"] == "hi"
+    assert (await _echoed(tb, "/echo@OpsBot hi"))["words"] == "hi"
+    assert await tb.send("/echo@otherbot hi") is None
+    assert tb.commands_audited()[-1].command == "echo"  # the ignored one left no record
+
+
+async def test_typographic_quotes_and_double_dash(tb: TestBot) -> None:
+    assert (await _echoed(tb, "/echo “a b” -- --count=2"))["words"] == "a b --count=2"
+
+
+async def test_slash_is_optional_when_addressed(tb: TestBot) -> None:
+    assert "You are alice" in await tb.exec("whoami")
+
+
+async def test_bad_quoting_is_a_usage_line_not_a_trace(tb: TestBot) -> None:
+    out = await tb.exec('/echo "unterminated')
+    assert out.startswith("❓ /echo: no closing quotation")
+    assert "Traceback" not in out
+
+
+async def test_bad_argument_types_and_unknown_options(tb: TestBot) -> None:
+    assert "bad value for 'count'" in await tb.exec("/echo --count=many")
+    assert "unknown option 'colour'. Usage: /echo" in await tb.exec("/echo colour=red")
+    assert "option 'count' given twice" in await tb.exec("/echo --count=1 count=2")
+    assert "unexpected argument 'extra'. Usage: /whoami" in await tb.exec("/whoami extra")
+
+
+async def test_unknown_command_suggests_a_close_one(tb: TestBot) -> None:
+    out = await tb.exec("/whoamii")
+    assert out.startswith("❓ Unknown command /whoamii. Did you mean /whoami?")
+    assert tb.commands_audited()[-1].outcome == "unknown-command"
+
+
+def test_parse_unit_cases() -> None:
+    assert parse("hello there", bot_names=NAMES, addressed=False) is None
+    assert parse("   ", bot_names=NAMES, addressed=True) is None
+    assert parse("/", bot_names=NAMES, addressed=False) is None
+    parsed = parse("/Rollback\tv1.2\n--dry-run", bot_names=NAMES, addressed=False)
+    assert parsed is not None
+    assert (parsed.name, parsed.positionals, parsed.options) == (
+        "rollback",
+        ("v1.2",),
+        {"dry_run": True},
+    )
+    with pytest.raises(UsageError, match="longer than 4000"):
+        parse("/echo " + "x" * 5000, bot_names=NAMES, addressed=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_parser_never_raises_anything_but_usage_errors(text: str) -> None:
+    with contextlib.suppress(UsageError):
+        parse(text, bot_names=NAMES, addressed=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda a, b: f"/{a} {b}",
+            st.sampled_from(["echo", "policy", "help", "x"]),
+            st.text(max_size=100),
+        ),
+    )
+)
+def test_any_chat_input_gets_a_reply_or_silence_never_an_exception(text: str) -> None:
+    async def scenario() -> None:
+        async with running_bot(extra_commands=EXTRA) as bot:
+            reply = await bot.send(text, as_="bob")
+            if reply is not None:
+                assert reply.request_id
+                rendered = render_text(reply)
+                assert "Traceback" not in rendered
+                assert reply.status is not Status.ERROR or "failed inside" not in rendered
+
+    asyncio.run(scenario())
+
+
+# --- one place for failures ------------------------------------------------------------
+
+
+async def test_a_crash_is_one_line_with_the_request_id_and_the_log_has_detail(tb: TestBot) -> None:
+    buffer = io.StringIO()
+    configure_logging("info", "json", buffer)
+    reply = await tb.send("/crash")
+    assert reply is not None
+    out = render_text(reply)
+    expected = "❌ /crash failed inside the bot; the details are in the log"
+    assert out == f"{expected}  · request {reply.request_id}"
+    assert "secret internals" not in out
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    crash = next(line for line in lines if line["event"] == "command.crashed")
+    assert crash["request_id"] == reply.request_id
+    assert "secret internals" in crash["exception"]
+    done = next(line for line in lines if line["event"] == "command.done")
+    assert (done["request_id"], done["outcome"], done["command"]) == (
+        reply.request_id,
+        "error",
+        "crash",
+    )
+    record = tb.commands_audited()[-1]
+    assert record.outcome == "error" and "secret internals" in (record.error or "")
+    # the process keeps serving
+    assert "You are alice" in await tb.exec("/whoami")
+
+
+async def test_dependency_failure_names_the_dependency(tb: TestBot) -> None:
+    out = await tb.exec("/unreachable")
+    assert "/unreachable could not reach payments-db; the details are in the log" in out
+
+
+async def test_a_hanging_command_times_out_with_one_line(tb: TestBot) -> None:
+    out = await tb.exec("/slow")
+    assert out.startswith("❌ /slow did not finish within")
+    assert tb.commands_audited()[-1].outcome == "timeout"
+
+
+async def test_every_log_line_of_a_command_carries_its_request_id(tb: TestBot) -> None:
+    buffer = io.StringIO()
+    configure_logging("debug", "json", buffer)
+    reply = await tb.send("/policy off 10m window", as_="alice")
+    assert reply is not None
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert {line["event"] for line in lines} >= {"policy.switched", "command.done"}
+    assert all(line["request_id"] == reply.request_id for line in lines)
+
+
+# --- audit, flood, splitting -------------------------------------------------------------
+
+
+async def test_audit_record_has_who_where_what_decision_outcome_duration(tb: TestBot) -> None:
+    reply = await tb.send("/echo hello --count=2", as_="bob", channel="incident")
+    assert reply is not None
+    record = tb.commands_audited()[-1]
+    assert record.request_id == reply.request_id
+    assert (record.platform, record.channel, record.user_id, record.principal) == (
+        "console",
+        "incident",
+        "bob",
+        "bob",
+    )
+    assert (record.command, record.raw_text) == ("echo", "/echo hello --count=2")
+    assert record.args == {"words": "hello", "count": 2}
+    assert (record.decision, record.rule, record.outcome) == (
+        "allowed",
+        "builtin:any-principal",
+        "ok",
+    )
+    assert record.duration_ms > 0
+
+
+async def test_flooding_user_gets_one_notice_and_others_are_unaffected() -> None:
+    # A budget that refills over an hour, so the test does not race the leak.
+    config = BASE_CONFIG + '\n[flood]\nmax_commands = 5\nper = "1h"\n'
+    async with running_bot(config) as tb:
+        replies = [await tb.send("/whoami", as_="bob") for _ in range(12)]
+        answered = [r for r in replies if r is not None and r.title == "You are bob"]
+        notices = [r for r in replies if r is not None and "faster than a person" in r.title]
+        assert len(answered) == 5
+        assert len(notices) == 1
+        assert replies.count(None) == 6
+        assert "You are alice" in await tb.exec("/whoami", as_="alice")
+        throttled = [r for r in tb.commands_audited() if r.outcome == "throttled"]
+        assert len(throttled) == 7
+        assert all(r.user_id == "bob" for r in throttled)
+
+
+async def test_long_output_is_split_never_cut(tb: TestBot) -> None:
+    reply = await tb.send("/long")
+    assert reply is not None
+    text = render_text(reply)
+    chunks = split_message(text, 4000)
+    assert len(chunks) > 1
+    assert all(len(chunk) <= 4000 for chunk in chunks)
+    rejoined = "\n".join(chunk.split("\n", 1)[1] if i else chunk for i, chunk in enumerate(chunks))
+    assert rejoined == text
+    assert chunks[1].startswith(f"(cont. 2/{len(chunks)})")
+
+
+def test_split_cuts_overlong_lines_without_losing_characters() -> None:
+    text = "a" * 250 + "\nb"
+    chunks = split_message(text, 100)
+    body = "".join(chunk.split("\n", 1)[1] if i else chunk for i, chunk in enumerate(chunks))
+    assert body.replace("\n", "") == text.replace("\n", "")
