@@ -193,7 +193,8 @@ class Dispatcher:
         self._metrics.latency.labels(label).observe(seconds)
         if inv.outcome is Outcome.DENIED:
             self._metrics.denials.labels(label, inv.rule or "").inc()
-        elif inv.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
+        elif inv.error is not None and inv.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
+            # A reply that reports a down service is an answer; only crashes count here.
             self._metrics.errors.labels(label).inc()
         record = AuditRecord(
             kind="command",

@@ -220,6 +220,7 @@ async def test_a_hanging_command_times_out_with_one_line(tb: TestBot) -> None:
     out = await tb.exec("/slow")
     assert out.startswith("❌ /slow did not finish within")
     assert tb.commands_audited()[-1].outcome == "timeout"
+    assert 'opsbot_errors_total{command="slow"} 1.0' in tb.bot.metrics.render().decode()
 
 
 async def test_every_log_line_of_a_command_carries_its_request_id(tb: TestBot) -> None:

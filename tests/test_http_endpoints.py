@@ -1,0 +1,76 @@
+"""The bot's own HTTP endpoints, over a real socket: liveness, readiness, version, metrics."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from bot import __version__
+from bot.errors import DependencyError
+from bot.http_server import HttpServer, build_app
+from bot.metrics import Metrics
+from tests.botharness import BASE_CONFIG, running_bot
+
+
+async def test_health_ready_version_and_metrics() -> None:
+    async with running_bot(serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        await tb.exec("/whoami", as_="alice")
+        await tb.exec("/whoami", as_="bob")
+        await tb.exec("/policy", as_="carol")  # denied: wrong role
+        await tb.exec("/nosuch", as_="alice")
+        async with httpx.AsyncClient(base_url=base) as client:
+            health = await client.get("/health")
+            ready = await client.get("/ready")
+            version = await client.get("/version")
+            metrics = await client.get("/metrics")
+            tb.bot.adapters.set("slack", "failed: SLACK_BOT_TOKEN is not set")
+            not_ready = await client.get("/ready")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "ready": True,
+        "checks": {"audit": "ok", "adapter:console": "connected"},
+    }
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["adapter:slack"].startswith("failed")
+    assert version.json() == {"name": "opsbot", "version": __version__}
+    text = metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'opsbot_commands_total{command="whoami",outcome="ok"} 2.0' in text
+    assert 'opsbot_commands_total{command="policy",outcome="denied"} 1.0' in text
+    assert 'opsbot_commands_total{command="unknown",outcome="unknown-command"} 1.0' in text
+    assert 'opsbot_denials_total{command="policy",rule="policy.commands.policy"} 1.0' in text
+    assert 'opsbot_command_duration_seconds_count{command="whoami"} 2.0' in text
+    assert 'opsbot_command_duration_seconds_bucket{command="whoami",le="0.005"}' in text
+    assert "opsbot_policy_off 0.0" in text
+    assert f'opsbot_build_info{{version="{__version__}"}} 1.0' in text
+
+
+async def test_errors_are_counted() -> None:
+    config = BASE_CONFIG + (
+        '\n[policy.commands.health]\nroles = ["admin"]\n'
+        '[[services]]\nname = "a"\nhealth_url = "http://127.0.0.1:9/"\ntimeout = "1s"\n'
+    )
+    async with running_bot(config) as tb:
+        await tb.exec("/health")
+        text = tb.bot.metrics.render().decode()
+    # a down service is an answer, not a bot error
+    assert 'opsbot_commands_total{command="health",outcome="error"} 1.0' in text
+    assert 'opsbot_errors_total{command="health"}' not in text
+
+
+async def test_a_busy_port_is_a_clear_start_up_error() -> None:
+    first = HttpServer(build_app(Metrics(), _ready), "127.0.0.1", 0)
+    await first.start()
+    try:
+        second = HttpServer(build_app(Metrics(), _ready), "127.0.0.1", first.bound_port or 0)
+        with pytest.raises(DependencyError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
+            await second.start()
+    finally:
+        await first.stop()
+
+
+async def _ready() -> dict[str, str]:
+    return {}
