@@ -1,0 +1,129 @@
+"""The ``opsbot`` command line, run as a real process, as a newcomer or a script would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "examples" / "opsbot.toml")
+
+
+def opsbot(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env or _clean_env(),
+        check=False,
+    )
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+    env.update(extra)
+    return env
+
+
+def test_one_command_exit_codes_tell_scripts_what_happened() -> None:
+    ok = opsbot("console", "--config", EXAMPLE, "--no-http", "-c", "/whoami")
+    assert ok.returncode == 0, ok.stderr
+    assert "You are alice" in ok.stdout
+    denied = opsbot(
+        "console", "--config", EXAMPLE, "--no-http", "--as", "bob", "-c", "/policy off 1h"
+    )
+    assert denied.returncode == 77
+    assert "needs role admin" in denied.stdout
+    usage = opsbot("console", "--config", EXAMPLE, "--no-http", "-c", "/nosuch")
+    assert usage.returncode == 64
+    down = opsbot("console", "--config", EXAMPLE, "--no-http", "-c", "/health billing")
+    assert down.returncode == 2
+    assert "connection refused" in down.stdout
+
+
+def test_example_config_shows_a_healthy_and_a_failing_service(tmp_path: Path) -> None:
+    # The example probes the bot's own port 8080; move it to a port that is surely free.
+    port = _free_port()
+    config = tmp_path / "example.toml"
+    config.write_text(Path(EXAMPLE).read_text().replace("8080", str(port)))
+    result = opsbot("console", "--config", str(config), "-c", "/health")
+    assert result.returncode == 2, result.stderr  # one service is down
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("❌ Health: 1 up, 1 down")
+    assert any(line.split()[:3] == ["opsbot", "up", "200"] for line in lines)
+    assert any(line.split()[:2] == ["billing", "DOWN"] for line in lines)
+
+
+def test_interactive_session_reads_until_end_of_input() -> None:
+    result = opsbot(
+        "console", "--config", EXAMPLE, "--no-http", stdin="/whoami\n\n/status\n/quit\n/help\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "You are alice" in result.stdout
+    assert "policy    strict" in result.stdout
+    assert "Commands you may run here" not in result.stdout  # after /quit
+
+
+def test_built_in_default_config_needs_nothing() -> None:
+    result = opsbot("console", "--no-http", "-c", "/whoami")
+    assert result.returncode == 0, result.stderr
+    assert "You are operator" in result.stdout
+
+
+def test_invalid_config_exits_78_with_the_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[identities.x]\nids = ['slack:nope']\n")
+    result = opsbot("console", "--config", str(bad), "-c", "/whoami")
+    assert result.returncode == 78
+    assert "identities.x.ids[0]: 'slack:nope' is not a valid slack user id" in result.stderr
+    assert opsbot("check-config", str(bad)).returncode == 78
+    assert opsbot("check-config", EXAMPLE).returncode == 0
+
+
+def test_run_serves_http_and_stops_gracefully_on_sigterm() -> None:
+    port = _free_port()
+    env = _clean_env(OPSBOT_HTTP_PORT=str(port), OPSBOT_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", EXAMPLE],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        answer = None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert answer == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert '"event": "opsbot.started"' in output
+    assert '"event": "opsbot.stopped"' in output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
