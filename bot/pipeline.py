@@ -30,7 +30,6 @@ from bot.metrics import Metrics
 from bot.parse import parse
 from bot.reply import Reply, Status
 
-log = structlog.get_logger("opsbot.pipeline")
 
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
@@ -77,15 +76,20 @@ class Dispatcher:
         self._metrics = metrics
         self._bot_names = frozenset({tools.config.bot.name})
         self._timeout = tools.config.bot.command_timeout.total_seconds()
+        # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
+        # so logging must be configured before the bot is built.
+        self._log = structlog.get_logger("opsbot.pipeline").bind()
 
     async def handle(self, message: Message) -> Reply | None:
         """Answer one message; ``None`` when it was not for this bot (or is throttled)."""
         started = time.perf_counter()
         request_id = secrets.token_hex(6)
         inv = _Invocation()
-        with structlog.contextvars.bound_contextvars(
+        # Tokens and one reset are much cheaper than nested bound_contextvars blocks.
+        tokens = structlog.contextvars.bind_contextvars(
             request_id=request_id, platform=message.platform, user=message.user_id
-        ):
+        )
+        try:
             try:
                 reply = await self._process(message, request_id, inv)
             except UserError as exc:
@@ -99,7 +103,7 @@ class Dispatcher:
                 )
             except Exception as exc:
                 inv.outcome, inv.error = Outcome.ERROR, f"{type(exc).__name__}: {exc}"
-                log.exception("command.crashed", command=inv.command)
+                self._log.exception("command.crashed", command=inv.command)
                 reply = Reply(title=_internal_title(inv.command, exc), status=Status.ERROR)
             if inv.command is None:
                 return None
@@ -108,7 +112,9 @@ class Dispatcher:
                 if inv.outcome is Outcome.OK:
                     inv.outcome = _OUTCOME_OF_STATUS[reply.status]
             await self._finish(message, request_id, inv, time.perf_counter() - started)
-        return reply
+            return reply
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _process(self, message: Message, request_id: str, inv: _Invocation) -> Reply | None:
         parsed = parse(message.text, bot_names=self._bot_names, addressed=message.addressed)
@@ -150,9 +156,13 @@ class Dispatcher:
             inv.args = args.model_dump(mode="json", exclude_defaults=True)
             self._authorize(principal, channel, spec, inv.args, inv)
         ctx = Context(request_id, message, principal, channel, self._tools)
-        with structlog.contextvars.bound_contextvars(command=spec.name, principal=principal.name):
+        # handle() resets these with its own tokens; only the same names are reset here.
+        tokens = structlog.contextvars.bind_contextvars(command=spec.name, principal=principal.name)
+        try:
             async with asyncio.timeout(self._timeout):
                 return await spec.run(ctx, args)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     def _authorize(
         self,
@@ -220,8 +230,8 @@ class Dispatcher:
         except Exception:
             # Losing the reply because the audit store hiccuped helps nobody at 3 a.m.;
             # the durable sink spools, and this line makes the gap visible.
-            log.exception("audit.record_failed", command=inv.command)
-        log.info(
+            self._log.exception("audit.record_failed", command=inv.command)
+        self._log.info(
             "command.done",
             command=inv.command,
             principal=inv.principal,

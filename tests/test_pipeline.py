@@ -186,29 +186,30 @@ def test_any_chat_input_gets_a_reply_or_silence_never_an_exception(text: str) ->
 # --- one place for failures ------------------------------------------------------------
 
 
-async def test_a_crash_is_one_line_with_the_request_id_and_the_log_has_detail(tb: TestBot) -> None:
+async def test_a_crash_is_one_line_with_the_request_id_and_the_log_has_detail() -> None:
     buffer = io.StringIO()
-    configure_logging("info", "json", buffer)
-    reply = await tb.send("/crash")
-    assert reply is not None
-    out = render_text(reply)
-    expected = "❌ /crash failed inside the bot; the details are in the log"
-    assert out == f"{expected}  · request {reply.request_id}"
-    assert "secret internals" not in out
-    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    crash = next(line for line in lines if line["event"] == "command.crashed")
-    assert crash["request_id"] == reply.request_id
-    assert "secret internals" in crash["exception"]
-    done = next(line for line in lines if line["event"] == "command.done")
-    assert (done["request_id"], done["outcome"], done["command"]) == (
-        reply.request_id,
-        "error",
-        "crash",
-    )
-    record = tb.commands_audited()[-1]
-    assert record.outcome == "error" and "secret internals" in (record.error or "")
-    # the process keeps serving
-    assert "You are alice" in await tb.exec("/whoami")
+    configure_logging("info", "json", buffer)  # before the bot is built
+    async with running_bot(FAST_TIMEOUT, extra_commands=EXTRA) as tb:
+        reply = await tb.send("/crash")
+        assert reply is not None
+        out = render_text(reply)
+        expected = "❌ /crash failed inside the bot; the details are in the log"
+        assert out == f"{expected}  · request {reply.request_id}"
+        assert "secret internals" not in out
+        lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+        crash = next(line for line in lines if line["event"] == "command.crashed")
+        assert crash["request_id"] == reply.request_id
+        assert "secret internals" in crash["exception"]
+        done = next(line for line in lines if line["event"] == "command.done")
+        assert (done["request_id"], done["outcome"], done["command"]) == (
+            reply.request_id,
+            "error",
+            "crash",
+        )
+        record = tb.commands_audited()[-1]
+        assert record.outcome == "error" and "secret internals" in (record.error or "")
+        # the process keeps serving
+        assert "You are alice" in await tb.exec("/whoami")
 
 
 async def test_dependency_failure_names_the_dependency(tb: TestBot) -> None:
@@ -223,14 +224,16 @@ async def test_a_hanging_command_times_out_with_one_line(tb: TestBot) -> None:
     assert 'opsbot_errors_total{command="slow"} 1.0' in tb.bot.metrics.render().decode()
 
 
-async def test_every_log_line_of_a_command_carries_its_request_id(tb: TestBot) -> None:
+async def test_every_log_line_of_a_command_carries_its_request_id() -> None:
     buffer = io.StringIO()
-    configure_logging("debug", "json", buffer)
-    reply = await tb.send("/policy off 10m window", as_="alice")
+    configure_logging("debug", "json", buffer)  # before the bot is built
+    async with running_bot(FAST_TIMEOUT, extra_commands=EXTRA) as tb:
+        reply = await tb.send("/policy off 10m window", as_="alice")
     assert reply is not None
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    assert {line["event"] for line in lines} >= {"policy.switched", "command.done"}
-    assert all(line["request_id"] == reply.request_id for line in lines)
+    mine = [line for line in lines if line["event"] in ("policy.switched", "command.done")]
+    assert len(mine) == 2
+    assert all(line["request_id"] == reply.request_id for line in mine)
 
 
 # --- audit, flood, splitting -------------------------------------------------------------
