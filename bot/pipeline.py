@@ -30,7 +30,6 @@ from bot.metrics import Metrics
 from bot.parse import parse
 from bot.reply import Reply, Status
 
-
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
     Status.INFO: Outcome.OK,
