@@ -65,6 +65,10 @@ def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tupl
             "identities.eve.ids[0]: 'console:alice' already belongs to 'alice'",
         ),
         (
+            "[channels.war_room]\nids = ['console:ops']\n",
+            "channels.war_room.ids[0]: 'console:ops' is already in channel 'ops'",
+        ),
+        (
             "[[services]]\nname = 'a'\nhealth_url = 'http://x/h'\n"
             "[[services]]\nname = 'a'\nhealth_url = 'http://y/h'\n",
             "services[1].name: duplicate service name 'a'",

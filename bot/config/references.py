@@ -25,27 +25,13 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             need_role(f"roles.{name}.includes[{i}]", included)
     problems.extend(_role_cycles(config))
 
-    owners: dict[str, str] = {}
     for name, identity in config.identities.items():
         for i, role in enumerate(identity.roles):
             need_role(f"identities.{name}.roles[{i}]", role)
-        for i, platform_id in enumerate(identity.ids):
-            if platform_id in owners:
-                problems.append(
-                    f"identities.{name}.ids[{i}]: '{platform_id}' already belongs to "
-                    f"'{owners[platform_id]}'"
-                )
-            owners.setdefault(platform_id, name)
-
-    channel_owners: dict[str, str] = {}
-    for name, group in config.channels.items():
-        for i, channel_id in enumerate(group.ids):
-            if channel_id in channel_owners:
-                problems.append(
-                    f"channels.{name}.ids[{i}]: '{channel_id}' is already in channel "
-                    f"'{channel_owners[channel_id]}'"
-                )
-            channel_owners.setdefault(channel_id, name)
+    ids_of_people = {name: identity.ids for name, identity in config.identities.items()}
+    problems.extend(_claimed_twice("identities", ids_of_people, "already belongs to"))
+    ids_of_channels = {name: group.ids for name, group in config.channels.items()}
+    problems.extend(_claimed_twice("channels", ids_of_channels, "is already in channel"))
 
     seen_services: set[str] = set()
     for i, service in enumerate(config.services):
@@ -73,6 +59,20 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
     principal = config.console.principal
     if principal is not None and principal not in config.identities:
         problems.append(f"console.principal: unknown identity '{principal}'")
+    return problems
+
+
+def _claimed_twice(section: str, ids_by_owner: dict[str, list[str]], clash: str) -> list[str]:
+    """An id may map to one owner only; a second claim would make lookups ambiguous."""
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for name, ids in ids_by_owner.items():
+        for i, platform_id in enumerate(ids):
+            if platform_id in owners:
+                problems.append(
+                    f"{section}.{name}.ids[{i}]: '{platform_id}' {clash} '{owners[platform_id]}'"
+                )
+            owners.setdefault(platform_id, name)
     return problems
 
 
