@@ -26,14 +26,14 @@ class ParsedCommand:
     positionals: tuple[str, ...] = ()
     options: dict[str, str | bool] = field(default_factory=dict)
     raw_args: str = ""
+    # Why the arguments could not be read (an unbalanced quote, say). Reported by the
+    # pipeline only after the sender is identified and the command resolved, so a
+    # stranger's malformed text is throttled and denied like any other.
+    problem: str | None = None
 
 
 def parse(text: str, *, bot_names: frozenset[str], addressed: bool) -> ParsedCommand | None:
-    """Parse one message. ``None`` means it is not a command for this bot.
-
-    Raises ``UsageError`` for text that is a command but cannot be split (an
-    unbalanced quote, say); the name is known by then, so the reply can say which.
-    """
+    """Parse one message. ``None`` means it is not a command for this bot. Never raises."""
     stripped = text.strip()
     if stripped.startswith("/"):
         stripped = stripped[1:]
@@ -52,8 +52,11 @@ def parse(text: str, *, bot_names: frozenset[str], addressed: bool) -> ParsedCom
     if not _NAME.fullmatch(name):
         return ParsedCommand(name=name[:32], raw_args=rest[:MAX_TEXT])
     if len(rest) > MAX_TEXT:
-        raise UsageError(f"/{name}: arguments longer than {MAX_TEXT} characters")
-    return _split_arguments(name, rest)
+        return ParsedCommand(name, problem=f"arguments longer than {MAX_TEXT} characters")
+    try:
+        return _split_arguments(name, rest)
+    except UsageError as exc:
+        return ParsedCommand(name, raw_args=rest, problem=str(exc))
 
 
 def _split_arguments(name: str, rest: str) -> ParsedCommand:
@@ -64,7 +67,7 @@ def _split_arguments(name: str, rest: str) -> ParsedCommand:
         try:
             tokens = shlex.split(rest)
         except ValueError as exc:
-            raise UsageError(f"/{name}: {exc}".replace("No closing", "no closing")) from exc
+            raise UsageError(str(exc).replace("No closing", "no closing")) from exc
     positionals: list[str] = []
     options: dict[str, str | bool] = {}
     only_positionals = False
@@ -75,19 +78,19 @@ def _split_arguments(name: str, rest: str) -> ParsedCommand:
             only_positionals = True
         elif word.startswith("--") and len(word) > 2:
             key, eq, value = word[2:].partition("=")
-            _set_option(name, options, key, value if eq else True)
+            _set_option(options, key, value if eq else True)
         elif "=" in word and _KEY.fullmatch(word.partition("=")[0]):
             key, _, value = word.partition("=")
-            _set_option(name, options, key, value)
+            _set_option(options, key, value)
         else:
             positionals.append(word)
     return ParsedCommand(name, tuple(positionals), options, rest)
 
 
-def _set_option(command: str, options: dict[str, str | bool], key: str, value: str | bool) -> None:
+def _set_option(options: dict[str, str | bool], key: str, value: str | bool) -> None:
     if not _KEY.fullmatch(key):
-        raise UsageError(f"/{command}: '{key}' is not a valid option name")
+        raise UsageError(f"'{key}' is not a valid option name")
     normalized = key.replace("-", "_").lower()
     if normalized in options:
-        raise UsageError(f"/{command}: option '{key}' given twice")
+        raise UsageError(f"option '{key}' given twice")
     options[normalized] = value

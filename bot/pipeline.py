@@ -150,6 +150,8 @@ class Dispatcher:
         self._authorize(principal, channel, spec, None, inv)
         if parsed.options.get("help") is True and "help" not in spec.args_model.model_fields:
             return Reply(title=f"/{spec.name}: {spec.summary}", text=f"Usage: {spec.usage}")
+        if parsed.problem is not None:
+            raise UsageError(parsed.problem, spec.usage)
         args = spec.bind(parsed)
         if parsed.positionals or parsed.options:
             inv.args = args.model_dump(mode="json", exclude_defaults=True)
@@ -187,8 +189,6 @@ class Dispatcher:
             return Reply(title=str(exc), status=Status.USAGE)
         if isinstance(exc, UsageError):
             inv.outcome = Outcome.USAGE
-            if inv.command is None:  # the text could not even be split into words
-                inv.command = "?"
             return Reply(title=str(exc), status=Status.USAGE)
         inv.outcome = Outcome.ERROR
         return Reply(title=str(exc), status=Status.ERROR)

@@ -4,7 +4,6 @@ audit records for everything, request ids in replies and logs, nothing silently 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 from typing import Any
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.command import Access, Args, CommandSpec, NoArgs, Risk
 from bot.context import Context
-from bot.errors import DependencyError, UsageError
+from bot.errors import DependencyError
 from bot.logs import configure_logging
 from bot.parse import parse
 from bot.render import render_text, split_message
@@ -118,10 +117,15 @@ async def test_slash_is_optional_when_addressed(tb: TestBot) -> None:
     assert "You are alice" in await tb.exec("whoami")
 
 
-async def test_bad_quoting_is_a_usage_line_not_a_trace(tb: TestBot) -> None:
+async def test_bad_quoting_is_that_commands_usage_line_not_a_trace(tb: TestBot) -> None:
     out = await tb.exec('/echo "unterminated')
-    assert out.startswith("❓ /echo: no closing quotation")
+    assert out.startswith("❓ no closing quotation. Usage: /echo")
     assert "Traceback" not in out
+    assert tb.commands_audited()[-1].command == "echo"
+
+
+async def test_malformed_text_from_a_stranger_is_denied_not_parsed(tb: TestBot) -> None:
+    assert "I don't know you" in await tb.exec('/echo "unterminated', as_="mallory")
 
 
 async def test_bad_argument_types_and_unknown_options(tb: TestBot) -> None:
@@ -148,15 +152,19 @@ def test_parse_unit_cases() -> None:
         ("v1.2",),
         {"dry_run": True},
     )
-    with pytest.raises(UsageError, match="longer than 4000"):
-        parse("/echo " + "x" * 5000, bot_names=NAMES, addressed=False)
+    too_long = parse("/echo " + "x" * 5000, bot_names=NAMES, addressed=False)
+    assert too_long is not None
+    assert too_long.problem == "arguments longer than 4000 characters"
+    twice = parse("/echo --a=1 a=2", bot_names=NAMES, addressed=False)
+    assert twice is not None
+    assert twice.problem == "option 'a' given twice"
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
-def test_parser_never_raises_anything_but_usage_errors(text: str) -> None:
-    with contextlib.suppress(UsageError):
-        parse(text, bot_names=NAMES, addressed=True)
+def test_parser_never_raises(text: str) -> None:
+    parsed = parse(text, bot_names=NAMES, addressed=True)
+    assert parsed is None or parsed.name
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
