@@ -1,0 +1,29 @@
+"""The durable, tamper-evident audit store (SQLite or PostgreSQL, hash-chained).
+
+store = AuditStore("sqlite+aiosqlite:///var/lib/opsbot/audit.db", spool_path=...)
+await upgrade(url); await check_schema(url)
+await store.start(); await store.close_interrupted()
+await store.append(entry)            # queued; group-committed by one writer task
+await store.append_durably(entry)    # returns once committed (or fsynced to the spool)
+result = await store.verify()        # the first edited/deleted/reordered row, if any
+await store.close()
+"""
+
+from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
+from bot.auditlog.migrate import check_schema, head_revision, upgrade
+from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json
+from bot.auditlog.store import AuditStore
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditStore",
+    "ChainVerifier",
+    "StoredEntry",
+    "VerifyResult",
+    "canonical_json",
+    "check_schema",
+    "entry_hash",
+    "head_revision",
+    "upgrade",
+]

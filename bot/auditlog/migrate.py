@@ -1,0 +1,106 @@
+"""Schema migrations for the audit database (Alembic, configured in code).
+
+``upgrade(url)`` brings the database to this opsbot's revision; ``check_schema(url)`` is
+the start-up check: it raises :class:`~bot.errors.DependencyError` unless the database
+is at exactly that revision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.auditlog.engine import begin_immediate, make_engine
+from bot.errors import DependencyError
+
+DEPENDENCY = "audit database"
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Two replicas starting at once must not both run the same DDL.
+_PG_MIGRATION_LOCK = 0x6F707362_6F7401  # "opsbot" + 1; any constant shared by all replicas
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the audit migrations have no head revision"
+    return head
+
+
+async def upgrade(url: str, *, schema: str | None = None) -> None:
+    """Create or upgrade the audit tables at ``url`` to this opsbot's revision."""
+    engine = make_engine(url, schema=schema)
+    try:
+        async with engine.connect() as conn:
+            await begin_immediate(conn)
+            async with conn.begin():
+                await conn.run_sync(_upgrade_sync)
+    except SQLAlchemyError as exc:
+        raise DependencyError(DEPENDENCY, f"migration failed: {exc}", exc) from exc
+    except OSError as exc:
+        raise DependencyError(DEPENDENCY, f"cannot connect: {exc}", exc) from exc
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(url: str, *, schema: str | None = None) -> str | None:
+    engine = make_engine(url, schema=schema)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current_sync)
+    except (SQLAlchemyError, OSError) as exc:
+        raise DependencyError(DEPENDENCY, f"cannot read the schema revision: {exc}", exc) from exc
+    finally:
+        await engine.dispose()
+
+
+async def check_schema(url: str, *, schema: str | None = None) -> None:
+    """Raise :class:`DependencyError` unless the database is at this opsbot's revision."""
+    current = await current_revision(url, schema=schema)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise DependencyError(
+            DEPENDENCY, "the audit database is not migrated: run `opsbot db upgrade`"
+        )
+    try:
+        known = ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
+    except CommandError:
+        known = False
+    if known:
+        raise DependencyError(
+            DEPENDENCY,
+            f"the audit database schema (rev {current}) is older than this opsbot "
+            f"(rev {head}): run `opsbot db upgrade`",
+        )
+    raise DependencyError(
+        DEPENDENCY,
+        f"the audit database schema (rev {current}) is newer than this opsbot (rev {head})",
+    )
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+        )
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _current_sync(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()

@@ -1,0 +1,672 @@
+"""The durable audit store: a hash-chained table on SQLite or PostgreSQL, with a disk spool.
+
+Writing
+    ``append`` queues an entry and returns; ``append_durably`` returns once the entry is
+    committed or fsynced to the spool. One writer task drains the queue in batches (group
+    commit). Per batch, in one transaction: lock the chain head, give each entry the next
+    ``seq`` and its hash, insert the rows, move the head, commit, then wake the waiters.
+
+The chain lock
+    PostgreSQL: ``SELECT … FROM audit_chain_head WHERE id = 1 FOR UPDATE``. A second writer
+    (another replica) blocks on that row until the first commits, then reads the head the
+    first one left, so both extend one chain. SQLite: the transaction starts with
+    ``BEGIN IMMEDIATE``, which takes the database's write lock before the head is read
+    (``busy_timeout`` makes a second writer wait for it).
+
+Database down
+    A batch that fails with a connection-level error is written as JSON lines to the spool
+    file and fsynced; its waiters are released. While the spool holds entries, newer ones
+    are appended behind them, and the writer retries the database with capped backoff,
+    sending spooled entries in order, then empties the spool. Spooled entries get their
+    ``seq`` and hash when they reach the database. Delivery is at-least-once: a commit
+    whose acknowledgement is lost with the connection is sent again from the spool.
+
+One store (one spool file) per process; never share a spool file between replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, link
+from bot.auditlog.engine import begin_immediate, make_engine
+from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json, format_at
+from bot.auditlog.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
+from bot.clock import Clock, SystemClock
+from bot.errors import DependencyError, InternalError
+
+DEPENDENCY = "audit database"
+_PAGE = 2_000
+
+_log = structlog.get_logger("opsbot.auditlog")
+
+
+@dataclass(slots=True)
+class _Pending:
+    entry: AuditEntry | None  # None: a flush barrier
+    done: asyncio.Future[None] | None
+
+
+_STOP = _Pending(None, None)
+
+
+class _DatabaseDown(Exception):
+    """A batch could not reach the database; it belongs in the spool."""
+
+
+# asyncpg errors that mean the server went away or cannot take us now, whatever
+# SQLAlchemy wrapped them in.
+_ASYNCPG_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors that mean "the database is unreachable right now", worth spooling and retrying."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    original = getattr(exc, "orig", None)
+    chain = (exc, original, getattr(original, "__cause__", None), exc.__cause__)
+    return any(isinstance(e, (*_ASYNCPG_UNAVAILABLE, OSError)) for e in chain if e is not None)
+
+
+class AuditStore:
+    """The durable, tamper-evident audit trail. ``start()`` before use, ``close()`` after.
+
+    ``url``: ``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://…`` (migrated with
+    :func:`bot.auditlog.migrate.upgrade`). ``spool_path``: where entries wait while the
+    database is unreachable; its directory must exist.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_path: Path,
+        schema: str | None = None,
+        batch_size: int = 500,
+        queue_size: int = 10_000,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._url = url
+        self._schema = schema
+        self._spool_path = spool_path
+        self._offset_path = spool_path.with_name(spool_path.name + ".offset")
+        self._batch_size = batch_size
+        self._queue_size = queue_size
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._clock = clock or SystemClock()
+        self._engine: AsyncEngine | None = None
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._spool_depth = 0
+        self._backoff = retry_initial
+        self._next_retry = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            raise InternalError("AuditStore.start() called twice")
+        self._engine = make_engine(self._url, schema=self._schema)
+        self._queue = asyncio.Queue(self._queue_size)
+        # Entries left in the spool by an earlier run are sent first.
+        self._spool_depth = len(await asyncio.to_thread(self._read_spool))
+        self._writer = asyncio.create_task(self._run(), name="auditlog-writer")
+
+    async def close(self) -> None:
+        """Write everything queued (to the database or the spool), stop, release connections."""
+        if self._engine is None:
+            return
+        self._closing = True
+        try:
+            if self._writer is not None and self._queue is not None:
+                if not self._writer.done():
+                    await self._queue.put(_STOP)
+                await asyncio.shield(self._writer)
+        finally:
+            self._writer = None
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    @property
+    def spool_depth(self) -> int:
+        """Entries waiting in the spool for the database to come back."""
+        return self._spool_depth
+
+    # ------------------------------------------------------------------ writing
+
+    async def append(self, entry: AuditEntry) -> None:
+        """Queue ``entry``; returns at once (or when the queue has room)."""
+        await self._enqueue(_Pending(entry, None))
+
+    async def append_durably(self, entry: AuditEntry) -> None:
+        """Return once ``entry`` is committed, or fsynced to the spool if the database is down."""
+        done = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Pending(entry, done))
+        await done
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed or spooled."""
+        done = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Pending(None, done))
+        await done
+
+    async def _enqueue(self, item: _Pending) -> None:
+        if self._queue is None or self._closing:
+            raise InternalError("the audit store is not running (start() it; not after close())")
+        if self._writer is not None and self._writer.done():
+            raise InternalError("the audit store's writer has stopped")
+        await self._queue.put(item)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            items = await self._take_batch(loop)
+            if any(item is _STOP for item in items):
+                stopping = True
+                items = [item for item in items if item is not _STOP]
+            try:
+                await self._process(items, loop, final=stopping)
+            except Exception as exc:
+                # Never let the writer die: waiters would hang. Tell them and go on.
+                _log.exception("auditlog.writer_error")
+                _settle(items, DependencyError(DEPENDENCY, f"audit write failed: {exc}", exc))
+            else:
+                _settle(items, None)
+
+    async def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
+        assert self._queue is not None
+        items: list[_Pending] = []
+        if self._spool_depth:
+            timeout = max(0.0, self._next_retry - loop.time())
+            try:
+                async with asyncio.timeout(timeout):
+                    items.append(await self._queue.get())
+            except TimeoutError:
+                return items
+        else:
+            items.append(await self._queue.get())
+        while len(items) < self._batch_size and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
+    async def _process(
+        self, items: list[_Pending], loop: asyncio.AbstractEventLoop, *, final: bool
+    ) -> None:
+        if self._spool_depth and (final or loop.time() >= self._next_retry):
+            await self._replay(loop)
+        entries = [item.entry for item in items if item.entry is not None]
+        if not entries:
+            return
+        if self._spool_depth:
+            # Order is the chain's order: newer entries queue up behind the spooled ones.
+            await self._spool(entries)
+            return
+        try:
+            rejected = await self._write(entries)
+        except _DatabaseDown as exc:
+            _log.warning("auditlog.database_down", error=str(exc.__cause__), spooled=len(entries))
+            await self._spool(entries)
+            self._schedule_retry(loop, reset=True)
+            return
+        if rejected:
+            # The database refused these entries themselves (not the connection); their
+            # waiters get the error and the log keeps the entry, since the table will not.
+            for entry, err in rejected:
+                _log.error("auditlog.entry_rejected", error=str(err), entry=entry.to_json_dict())
+            first = rejected[0][1]
+            bad = {id(entry) for entry, _ in rejected}
+            for item in items:
+                if item.entry is not None and id(item.entry) in bad:
+                    _resolve(item, DependencyError(DEPENDENCY, f"entry rejected: {first}", first))
+
+    async def _write(self, entries: Sequence[AuditEntry]) -> list[tuple[AuditEntry, Exception]]:
+        """Commit ``entries`` as one batch; on a data error, one by one. Returns the rejects.
+
+        Raises :class:`_DatabaseDown` on a connection-level failure.
+        """
+        try:
+            await self._insert(entries)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise _DatabaseDown(str(exc)) from exc
+            if len(entries) == 1:
+                return [(entries[0], exc)]
+            _log.warning("auditlog.batch_rejected", error=str(exc), size=len(entries))
+            rejected: list[tuple[AuditEntry, Exception]] = []
+            for entry in entries:
+                rejected.extend(await self._write([entry]))
+            return rejected
+        return []
+
+    async def _insert(self, entries: Sequence[AuditEntry]) -> None:
+        async with self._write_transaction() as conn:
+            seq, prev = await _lock_head(conn)
+            rows = []
+            for entry in entries:
+                seq += 1
+                stored = link(prev, seq, entry)
+                rows.append(_row_values(stored))
+                prev = stored.hash
+            await conn.execute(audit_log.insert(), rows)
+            await conn.execute(
+                audit_chain_head.update()
+                .where(audit_chain_head.c.id == HEAD_ID)
+                .values(seq=seq, hash=prev)
+            )
+
+    def _write_transaction(self) -> _WriteTransaction:
+        return _WriteTransaction(self._require_engine())
+
+    def _require_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise InternalError("the audit store is not running (call start() first)")
+        return self._engine
+
+    def _schedule_retry(self, loop: asyncio.AbstractEventLoop, *, reset: bool) -> None:
+        self._backoff = self._retry_initial if reset else min(self._backoff * 2, self._retry_max)
+        self._next_retry = loop.time() + self._backoff
+
+    # ------------------------------------------------------------------ the spool
+
+    async def _spool(self, entries: Sequence[AuditEntry]) -> None:
+        lines = "".join(canonical_json(e.to_json_dict()) + "\n" for e in entries)
+        await asyncio.to_thread(self._append_spool, lines.encode("utf-8"))
+        self._spool_depth += len(entries)
+
+    def _append_spool(self, data: bytes) -> None:
+        created = not self._spool_path.exists()
+        fd = os.open(self._spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self._spool_path.parent)
+
+    def _read_spool(self) -> list[tuple[AuditEntry, int]]:
+        """Entries not yet replayed, each with the spool offset just after its line."""
+        try:
+            data = self._spool_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        start = self._read_offset()
+        out: list[tuple[AuditEntry, int]] = []
+        pos = start
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            if end < 0:
+                # A line cut short by a crash while it was written: it was never acknowledged.
+                _log.warning("auditlog.spool_torn_line", offset=pos)
+                break
+            line = data[pos:end]
+            pos = end + 1
+            if line.strip():
+                out.append((AuditEntry.from_json_dict(json.loads(line)), pos))
+        return out
+
+    def _read_offset(self) -> int:
+        try:
+            return int(self._offset_path.read_text(encoding="ascii").strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _write_offset(self, offset: int) -> None:
+        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(str(offset))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._offset_path)
+
+    def _clear_spool(self) -> None:
+        self._spool_path.unlink(missing_ok=True)
+        self._offset_path.unlink(missing_ok=True)
+        _fsync_dir(self._spool_path.parent)
+
+    async def _replay(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = await asyncio.to_thread(self._read_spool)
+        sent = 0
+        try:
+            for start in range(0, len(pending), self._batch_size):
+                chunk = pending[start : start + self._batch_size]
+                for entry, exc in await self._write([entry for entry, _ in chunk]):
+                    _log.error(
+                        "auditlog.entry_rejected", error=str(exc), entry=entry.to_json_dict()
+                    )
+                # Remember progress, so a crash now does not send this chunk twice.
+                await asyncio.to_thread(self._write_offset, chunk[-1][1])
+                sent += len(chunk)
+                self._spool_depth = len(pending) - sent
+        except _DatabaseDown as exc:
+            self._schedule_retry(loop, reset=False)
+            _log.warning(
+                "auditlog.replay_failed",
+                error=str(exc.__cause__),
+                waiting=self._spool_depth,
+                retry_in_s=round(self._backoff, 2),
+            )
+            return
+        await asyncio.to_thread(self._clear_spool)
+        self._spool_depth = 0
+        self._backoff = self._retry_initial
+        _log.info("auditlog.replayed", entries=sent)
+
+    # ------------------------------------------------------------------ reading
+
+    async def verify(self) -> VerifyResult:
+        """Walk the chain from the anchor and report the first broken link."""
+        engine = self._require_engine()
+        async with engine.connect() as conn:
+            head_seq, head_hash = await _read_head(conn)
+            anchor = (
+                await conn.execute(sa.select(audit_anchor.c.seq, audit_anchor.c.hash))
+            ).first()
+        verifier = ChainVerifier(*(anchor if anchor is not None else (0, GENESIS_HASH)))
+        after: int | None = None
+        while not verifier.failed:
+            query = sa.select(audit_log).where(audit_log.c.seq <= head_seq)
+            if after is not None:
+                query = query.where(audit_log.c.seq > after)
+            async with engine.connect() as conn:
+                rows = (
+                    (await conn.execute(query.order_by(audit_log.c.seq).limit(_PAGE)))
+                    .mappings()
+                    .all()
+                )
+            for row in rows:
+                if not verifier.feed(_stored_from_row(row)):
+                    break
+            if len(rows) < _PAGE:
+                break
+            after = rows[-1]["seq"]
+            await asyncio.sleep(0)  # hashing is CPU work: let the loop breathe between pages
+        return verifier.finish(head_seq, head_hash)
+
+    async def query(
+        self,
+        user: str | None = None,
+        command: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredEntry]:
+        """Newest first. ``user`` is the principal (the person, across platforms)."""
+        query = sa.select(audit_log)
+        if user is not None:
+            query = query.where(audit_log.c.principal == user)
+        if command is not None:
+            query = query.where(audit_log.c.command == command)
+        if status is not None:
+            query = query.where(audit_log.c.status == status)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        query = query.order_by(audit_log.c.at.desc(), audit_log.c.seq.desc()).limit(limit)
+        async with self._require_engine().connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_stored_from_row(row) for row in rows]
+
+    async def export(self, since: datetime) -> AsyncIterator[StoredEntry]:
+        """Every row with ``at >= since``, in chain order, a page at a time.
+
+        No connection is held between pages, so a consumer that stops early leaks nothing.
+        """
+        after = 0
+        while True:
+            query = (
+                sa.select(audit_log)
+                .where(audit_log.c.at >= since, audit_log.c.seq > after)
+                .order_by(audit_log.c.seq)
+                .limit(_PAGE)
+            )
+            async with self._require_engine().connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+            for row in rows:
+                yield _stored_from_row(row)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["seq"]
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def close_interrupted(self, lookback: timedelta = timedelta(days=7)) -> int:
+        """Finish, as "interrupted", every command that started but never finished.
+
+        Call at start-up, after a crash. Looks back ``lookback`` (the table may be huge).
+        Entries still in the spool count, so a finish that is waiting there is not doubled.
+        With several replicas on one database, a command another replica is running right
+        now looks interrupted too: call this only when no other replica is running.
+        """
+        await self.flush()
+        since = self._clock.now() - lookback
+        finish = audit_log.alias("finish")
+        has_finish = (
+            sa.select(finish.c.seq)
+            .where(finish.c.request_id == audit_log.c.request_id, finish.c.stage == "finished")
+            .exists()
+        )
+        query = (
+            sa.select(audit_log)
+            .where(audit_log.c.stage == "started", audit_log.c.at >= since, ~has_finish)
+            .order_by(audit_log.c.seq)
+        )
+        async with self._require_engine().connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        spooled = await asyncio.to_thread(self._read_spool)
+        done_in_spool = {e.request_id for e, _ in spooled if e.stage == "finished"}
+        closed = 0
+        seen: set[str] = set()
+        now = self._clock.now()
+        for row in rows:
+            started = _stored_from_row(row).entry
+            if started.request_id in done_in_spool or started.request_id in seen:
+                continue
+            seen.add(started.request_id)
+            await self.append_durably(
+                AuditEntry(
+                    request_id=started.request_id,
+                    at=now,
+                    stage="finished",
+                    kind=started.kind,
+                    platform=started.platform,
+                    workspace=started.workspace,
+                    channel=started.channel,
+                    thread=started.thread,
+                    user_id=started.user_id,
+                    principal=started.principal,
+                    command=started.command,
+                    raw_text=started.raw_text,
+                    args=started.args,
+                    decision=started.decision,
+                    rule=started.rule,
+                    approvers=started.approvers,
+                    status="interrupted",
+                    detail="opsbot stopped before this command finished; its outcome is unknown",
+                )
+            )
+            closed += 1
+        return closed
+
+    async def apply_retention(self, older_than: datetime) -> int:
+        """Delete the oldest rows, up to the first one at or after ``older_than``.
+
+        Only a prefix of the chain goes (a row newer than the cutoff is never deleted, so an
+        older row behind it waits for a later run); the last deleted row becomes the anchor
+        verification starts from, and an "event" entry records the removal. Returns how many
+        rows were deleted.
+        """
+        await self.flush()
+        async with self._write_transaction() as conn:
+            await _lock_head(conn)  # one retention or batch at a time, on either database
+            first_kept = (
+                await conn.execute(
+                    sa.select(sa.func.min(audit_log.c.seq)).where(audit_log.c.at >= older_than)
+                )
+            ).scalar()
+            if first_kept is None:
+                last = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+            else:
+                last = first_kept - 1
+            if last is None:
+                return 0
+            boundary = (
+                await conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == last))
+            ).scalar()
+            if boundary is None:  # nothing at or below `last`: already removed
+                return 0
+            removed = (
+                await conn.execute(audit_log.delete().where(audit_log.c.seq <= last))
+            ).rowcount
+            values = {"seq": last, "hash": boundary, "applied_at": self._clock.now()}
+            if (
+                await conn.execute(
+                    audit_anchor.update().where(audit_anchor.c.id == HEAD_ID).values(**values)
+                )
+            ).rowcount == 0:
+                await conn.execute(audit_anchor.insert().values(id=HEAD_ID, **values))
+        if removed:
+            await self.append_durably(
+                AuditEntry(
+                    request_id=f"retention-{last}",
+                    at=self._clock.now(),
+                    stage="event",
+                    kind="retention",
+                    args={"removed": removed, "up_to_seq": last, "cutoff": format_at(older_than)},
+                    status="ok",
+                    detail=f"retention removed {removed} row(s) older than "
+                    f"{format_at(older_than)}, up to seq {last}",
+                )
+            )
+        return removed
+
+
+class _WriteTransaction:
+    """``async with``: a connection in a write transaction, committed on success."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        conn = await self._engine.connect()
+        try:
+            await begin_immediate(conn)
+            await conn.begin()
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            if exc_type is None:
+                await conn.commit()
+            else:
+                await conn.rollback()
+        finally:
+            await conn.close()
+
+
+async def _lock_head(conn: AsyncConnection) -> tuple[int, str]:
+    """The chain head, locked until the transaction ends (FOR UPDATE; SQLite already holds
+    the write lock from BEGIN IMMEDIATE and ignores the clause)."""
+    row = (
+        await conn.execute(
+            sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash)
+            .where(audit_chain_head.c.id == HEAD_ID)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise DependencyError(
+            DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
+        )
+    return int(row.seq), str(row.hash)
+
+
+async def _read_head(conn: AsyncConnection) -> tuple[int, str]:
+    row = (
+        await conn.execute(
+            sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
+                audit_chain_head.c.id == HEAD_ID
+            )
+        )
+    ).first()
+    if row is None:
+        raise DependencyError(
+            DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
+        )
+    return int(row.seq), str(row.hash)
+
+
+def _row_values(stored: StoredEntry) -> dict[str, Any]:
+    values = stored.entry.to_json_dict()
+    values["at"] = stored.entry.at
+    values["args"] = canonical_json(values["args"])
+    values["approvers"] = canonical_json(values["approvers"])
+    values.update(seq=stored.seq, prev_hash=stored.prev_hash, hash=stored.hash)
+    return values
+
+
+def _stored_from_row(row: RowMapping) -> StoredEntry:
+    values = dict(row)
+    seq, prev_hash, digest = values.pop("seq"), values.pop("prev_hash"), values.pop("hash")
+    values["args"] = json.loads(values["args"])
+    values["approvers"] = tuple(json.loads(values["approvers"]))
+    return StoredEntry(seq=int(seq), prev_hash=prev_hash, hash=digest, entry=AuditEntry(**values))
+
+
+def _resolve(item: _Pending, error: BaseException | None) -> None:
+    if item.done is None or item.done.done():
+        return
+    if error is None:
+        item.done.set_result(None)
+    else:
+        item.done.set_exception(error)
+
+
+def _settle(items: list[_Pending], error: BaseException | None) -> None:
+    for item in items:
+        _resolve(item, error)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
