@@ -28,9 +28,8 @@ class HttpClients:
         if self._client is None:
             import httpx
 
+            # Probes follow redirects themselves, hop by hop, within their own timeout.
             self._client = httpx.AsyncClient(
-                follow_redirects=True,
-                max_redirects=3,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
                 headers={"User-Agent": "opsbot"},
             )
@@ -50,10 +49,6 @@ class AdapterBoard:
 
     def set(self, adapter: str, state: str) -> None:
         self.states[adapter] = state
-
-    @property
-    def connected(self) -> list[str]:
-        return sorted(name for name, state in self.states.items() if state == "connected")
 
 
 @dataclass(slots=True)

@@ -17,14 +17,12 @@ class Principal:
 class Directory:
     def __init__(self, config: Config) -> None:
         self._by_platform_id: dict[str, Principal] = {}
-        self._principals: dict[str, Principal] = {}
         for name, identity in config.identities.items():
             principal = Principal(
                 name=name,
                 roles=_expand(identity.roles, config),
                 platform_ids=tuple(identity.ids),
             )
-            self._principals[name] = principal
             for platform_id in identity.ids:
                 self._by_platform_id[platform_id] = principal
         self._channel_names = {
@@ -33,9 +31,6 @@ class Directory:
 
     def principal_for(self, qualified_user_id: str) -> Principal | None:
         return self._by_platform_id.get(qualified_user_id)
-
-    def principal_named(self, name: str) -> Principal | None:
-        return self._principals.get(name)
 
     def channel_name(self, qualified_channel_id: str) -> str | None:
         return self._channel_names.get(qualified_channel_id)

@@ -43,10 +43,6 @@ class PolicySwitch:
         self._timer: asyncio.TimerHandle | None = None
         self._expiry_tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def max_off(self) -> timedelta:
-        return self._section.max_off_ttl
-
     async def start(self) -> None:
         if self._section.mode is PolicyMode.OFF and self._section.off_ttl is not None:
             await self._switch_off(self._section.off_ttl, "config", "configured at start-up", "")
