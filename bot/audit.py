@@ -1,21 +1,34 @@
-"""The audit trail: one structured record per decision, apart from the logs.
+"""The audit trail as the rest of the bot sees it: entries stamped with this replica,
+written to the durable store, with the durability each stage needs.
 
-``AuditSink`` is the interface the pipeline writes to; the durable,
-tamper-evident store plugs in behind it. ``MemoryAuditSink`` keeps the most
-recent records in process, for the console and tests.
+The store (``bot.auditlog``) knows nothing about commands; this module knows nothing
+about SQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from sqlalchemy.engine import make_url
+
+from bot.auditlog import AuditEntry, AuditStore, check_schema, upgrade
+from bot.auditlog.store import is_connection_error
+from bot.clock import Clock
+from bot.config.models import Config
+from bot.errors import DependencyError
+from bot.redact import Redactor
+
+log = structlog.get_logger("opsbot.audit")
 
 
 class Outcome(enum.StrEnum):
+    """The ``status`` of a command's last audit entry."""
+
     OK = "ok"
     WARNING = "warning"
     ERROR = "error"
@@ -24,46 +37,116 @@ class Outcome(enum.StrEnum):
     UNKNOWN_COMMAND = "unknown-command"
     THROTTLED = "throttled"
     TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    kind: str  # "command", or the name of a state change such as "policy"
-    request_id: str
-    at: datetime
-    outcome: str
-    platform: str = ""
-    workspace: str = ""
-    channel: str = ""
-    thread: str | None = None
-    user_id: str = ""
-    principal: str | None = None
-    command: str | None = None
-    raw_text: str = ""
-    args: Mapping[str, Any] = field(default_factory=dict)
-    decision: str | None = None  # "allowed" / "denied"; None when no decision was reached
-    rule: str | None = None
-    duration_ms: float = 0.0
-    error: str | None = None
-    detail: str = ""
+# Statuses of entries that are not an invocation's last word.
+ALLOWED = "allowed"
+STARTED = "started"
 
 
-class AuditSink(Protocol):
-    async def record(self, record: AuditRecord) -> None: ...
+class AuditTrail:
+    def __init__(
+        self,
+        store: AuditStore,
+        redactor: Redactor,
+        *,
+        replica: str,
+        excerpt_chars: int,
+        reply_wait: timedelta,
+    ) -> None:
+        self.store = store
+        self.redactor = redactor
+        self.replica = replica
+        self._excerpt_chars = excerpt_chars
+        self._reply_wait = reply_wait.total_seconds()
 
-    async def close(self) -> None: ...
+    async def record(self, entry: AuditEntry) -> None:
+        """Queue ``entry``; it is committed with the next group commit."""
+        await self.store.append(entry)
 
+    async def record_durably(self, entry: AuditEntry) -> None:
+        """Return once ``entry`` is committed (or fsynced to the spool): before anything
+        it describes happens."""
+        await self.store.append_durably(entry)
 
-class MemoryAuditSink:
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._records: deque[AuditRecord] = deque(maxlen=capacity)
+    async def record_before_reply(self, entry: AuditEntry) -> None:
+        """Wait for the commit, but at most ``audit.reply_wait``: a slow database must not
+        keep an engineer waiting for a read-only answer. The entry stays queued."""
+        receipt = await self.store.append_with_receipt(entry)
+        try:
+            async with asyncio.timeout(self._reply_wait):
+                await asyncio.shield(receipt)
+        except TimeoutError:
+            receipt.add_done_callback(_log_late_failure)
+            log.warning("audit.reply_not_waiting", request_id=entry.request_id)
 
-    async def record(self, record: AuditRecord) -> None:
-        self._records.append(record)
+    def output(self, rendered: str) -> tuple[str, str]:
+        """(sha256 of the whole output, its first ``excerpt_chars`` characters)."""
+        digest = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+        excerpt = rendered[: self._excerpt_chars]
+        if len(rendered) > self._excerpt_chars:
+            excerpt = excerpt[: max(0, self._excerpt_chars - 1)] + "…"
+        return digest, excerpt
 
     async def close(self) -> None:
-        return None
+        await self.store.close()
 
-    @property
-    def records(self) -> list[AuditRecord]:
-        return list(self._records)
+
+def _log_late_failure(receipt: asyncio.Future[None]) -> None:
+    if not receipt.cancelled() and receipt.exception() is not None:
+        log.error("audit.record_failed_late", error=str(receipt.exception()))
+
+
+def database_url(config: Config) -> str:
+    """The configured audit database, or the embedded default: an SQLite file in data_dir."""
+    if config.audit.database_url:
+        return config.audit.database_url
+    return f"sqlite+aiosqlite:///{(config.bot.data_dir / 'audit.db').absolute()}"
+
+
+def spool_path(config: Config) -> Path:
+    return config.audit.spool_path or config.bot.data_dir / "audit-spool.jsonl"
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+async def prepare_database(config: Config) -> None:
+    """Start-up's schema step. The embedded SQLite file is created and migrated here; a
+    configured server is only checked (replicas share it: `opsbot db upgrade` migrates).
+
+    Raises :class:`DependencyError` for an unmigrated, older or newer schema. A server that
+    cannot be reached is not fatal: the bot answers and spools until it is back.
+    """
+    url = database_url(config)
+    spool_path(config).parent.mkdir(parents=True, exist_ok=True)
+    if is_embedded(url):
+        Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+        await upgrade(url)
+        return
+    try:
+        await check_schema(url)
+    except DependencyError as exc:
+        if exc.original is None or not is_connection_error(exc.original):
+            raise
+        log.warning(
+            "audit.database_unreachable_at_start",
+            error=str(exc.original),
+            hint="answering anyway; audit records wait in the spool until it is back",
+        )
+
+
+def open_trail(config: Config, clock: Clock) -> AuditTrail:
+    """The trail for ``config``; nothing is opened until ``trail.store.start()``."""
+    url = database_url(config)
+    redactor = Redactor.for_config(url, config.audit.redact_patterns)
+    store = AuditStore(url, spool_path=spool_path(config), clock=clock)
+    return AuditTrail(
+        store,
+        redactor,
+        replica=config.bot.replica_id,
+        excerpt_chars=config.audit.excerpt_chars,
+        reply_wait=config.audit.reply_wait,
+    )

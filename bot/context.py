@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bot.audit import AuditTrail
 from bot.clock import Clock
 from bot.config.models import Config
 from bot.directory import Principal
@@ -59,6 +60,7 @@ class Toolbox:
     catalog: Catalog
     http: HttpClients
     adapters: AdapterBoard
+    audit: AuditTrail
     started_at: datetime
     config_source: str
 

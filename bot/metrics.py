@@ -45,6 +45,11 @@ class Metrics:
             "opsbot_build_info", "Build information", ["version"], registry=self.registry
         )
         self.build.labels(__version__).set(1)
+        self.audit_spool = Gauge(
+            "opsbot_audit_spool_depth",
+            "Audit records waiting in the local spool for the database to come back",
+            registry=self.registry,
+        )
         self.started = Gauge(
             "opsbot_start_time_seconds", "Unix time the bot started", registry=self.registry
         )

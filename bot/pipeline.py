@@ -1,5 +1,11 @@
 """The pipeline: message -> parse -> flood check -> identify -> resolve -> authorize
--> run -> reply, with one audit record, one metrics update and one log line each.
+-> run -> reply, with its audit entries, one metrics update and one log line each.
+
+Audit entries per message addressed to the bot: one "decided" entry when it is turned
+away (denied, unknown, malformed, throttled); "decided" (allowed), "started" and
+"finished" when it runs. A command that changes something (risk above read) runs only
+after its "started" entry is committed; every reply waits for its last entry's commit
+(at most ``audit.reply_wait`` for read-only commands).
 
 Every failure ends here: the person gets one readable line carrying the request
 id, the log gets the detail.
@@ -11,15 +17,16 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from bot.audit import AuditRecord, AuditSink, Outcome
+from bot.audit import ALLOWED, STARTED, AuditTrail, Outcome
+from bot.auditlog import AuditEntry
 from bot.authz import UNKNOWN_USER_RULE, Authorizer
 from bot.catalog import Catalog
-from bot.command import CommandSpec
+from bot.command import CommandSpec, Risk
 from bot.context import Context, Toolbox
 from bot.directory import Directory, Principal
 from bot.durations import format_duration
@@ -28,6 +35,8 @@ from bot.flood import Admission, FloodGuard
 from bot.message import Message
 from bot.metrics import Metrics
 from bot.parse import parse
+from bot.redact import Redactor
+from bot.render import render_text
 from bot.reply import Reply, Status
 
 _OUTCOME_OF_STATUS = {
@@ -52,6 +61,8 @@ class _Invocation:
     rule: str | None = None
     outcome: Outcome = Outcome.OK
     error: str | None = None
+    raw_text: str = ""  # redacted
+    started: bool = False  # a "started" entry was written: the last one is "finished"
 
 
 class Dispatcher:
@@ -63,7 +74,7 @@ class Dispatcher:
         authorizer: Authorizer,
         catalog: Catalog,
         flood: FloodGuard,
-        audit: AuditSink,
+        audit: AuditTrail,
         metrics: Metrics,
     ) -> None:
         self._tools = tools
@@ -72,6 +83,9 @@ class Dispatcher:
         self._catalog = catalog
         self._flood = flood
         self._audit = audit
+        self._redactor: Redactor = audit.redactor
+        self._replica = audit.replica
+        self._clock = tools.clock
         self._metrics = metrics
         self._bot_names = frozenset({tools.config.bot.name})
         self._timeout = tools.config.bot.command_timeout.total_seconds()
@@ -104,13 +118,19 @@ class Dispatcher:
                 inv.outcome, inv.error = Outcome.ERROR, f"{type(exc).__name__}: {exc}"
                 self._log.exception("command.crashed", command=inv.command)
                 reply = Reply(title=_internal_title(inv.command, exc), status=Status.ERROR)
+            except asyncio.CancelledError:
+                # Shutting down mid-command: say so in the trail, then let the cancel go on.
+                if inv.started:
+                    inv.outcome, inv.error = Outcome.INTERRUPTED, "cancelled by shutdown"
+                    await self._finish(message, request_id, inv, None, started, wait=False)
+                raise
             if inv.command is None:
                 return None
             if reply is not None:
-                reply = reply.with_request_id(request_id)
+                reply = self._redactor.reply(reply).with_request_id(request_id)
                 if inv.outcome is Outcome.OK:
                     inv.outcome = _OUTCOME_OF_STATUS[reply.status]
-            await self._finish(message, request_id, inv, time.perf_counter() - started)
+            await self._finish(message, request_id, inv, reply, started, wait=True)
             return reply
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
@@ -120,6 +140,7 @@ class Dispatcher:
         if parsed is None:
             return None
         inv.command = parsed.name
+        inv.raw_text = self._redactor.text(message.text)
         admission = await self._flood.admit(message.qualified_user)
         if admission is not Admission.ADMIT:
             inv.outcome = Outcome.THROTTLED
@@ -156,6 +177,8 @@ class Dispatcher:
         if parsed.positionals or parsed.options:
             inv.args = args.model_dump(mode="json", exclude_defaults=True)
             self._authorize(principal, channel, spec, inv.args, inv)
+            inv.args = self._redactor.value(inv.args)
+        await self._record_start(message, request_id, inv, spec)
         ctx = Context(request_id, message, principal, channel, self._tools)
         # handle() resets these with its own tokens; only the same names are reset here.
         tokens = structlog.contextvars.bind_contextvars(command=spec.name, principal=principal.name)
@@ -193,9 +216,72 @@ class Dispatcher:
         inv.outcome = Outcome.ERROR
         return Reply(title=str(exc), status=Status.ERROR)
 
-    async def _finish(
-        self, message: Message, request_id: str, inv: _Invocation, seconds: float
+    async def _record_start(
+        self, message: Message, request_id: str, inv: _Invocation, spec: CommandSpec[Any]
     ) -> None:
+        decided = self._entry("decided", message, request_id, inv, message.received_at, ALLOWED)
+        started = self._entry("started", message, request_id, inv, self._clock.now(), STARTED)
+        inv.started = True
+        if spec.risk is Risk.READ:
+            try:
+                await self._audit.record(decided)
+                await self._audit.record(started)
+            except Exception:
+                self._log.exception("audit.record_failed", command=inv.command)
+            return
+        # Nothing changes before the trail says it is about to: if "started" cannot be
+        # committed (or spooled), the command does not run, and the person is told why.
+        await self._audit.record(decided)
+        await self._audit.record_durably(started)
+
+    def _entry(
+        self,
+        stage: str,
+        message: Message,
+        request_id: str,
+        inv: _Invocation,
+        at: datetime,
+        status: str,
+        *,
+        duration_ms: float | None = None,
+        output: tuple[str, str] | None = None,
+    ) -> AuditEntry:
+        digest, excerpt = output if output is not None else (None, None)
+        return AuditEntry(
+            request_id=request_id,
+            at=at,
+            stage=stage,
+            kind="command",
+            platform=message.platform,
+            workspace=message.workspace,
+            channel=message.channel_id,
+            thread=message.thread_id,
+            user_id=message.user_id,
+            principal=inv.principal,
+            command=inv.command,
+            raw_text=inv.raw_text,
+            args=inv.args,
+            decision=inv.decision,
+            rule=inv.rule,
+            status=status,
+            duration_ms=duration_ms,
+            output_digest=digest,
+            output_excerpt=excerpt,
+            error=None if inv.error is None else self._redactor.text(inv.error),
+            replica=self._replica,
+        )
+
+    async def _finish(
+        self,
+        message: Message,
+        request_id: str,
+        inv: _Invocation,
+        reply: Reply | None,
+        started: float,
+        *,
+        wait: bool,
+    ) -> None:
+        seconds = time.perf_counter() - started
         label = inv.command if inv.known_command and inv.command else "unknown"
         outcome = str(inv.outcome)
         self._metrics.commands.labels(label, outcome).inc()
@@ -205,30 +291,24 @@ class Dispatcher:
         elif inv.error is not None and inv.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
             # A reply that reports a down service is an answer; only crashes count here.
             self._metrics.errors.labels(label).inc()
-        record = AuditRecord(
-            kind="command",
-            request_id=request_id,
-            at=message.received_at,
-            outcome=outcome,
-            platform=message.platform,
-            workspace=message.workspace,
-            channel=message.channel_id,
-            thread=message.thread_id,
-            user_id=message.user_id,
-            principal=inv.principal,
-            command=inv.command,
-            raw_text=message.text,
-            args=inv.args,
-            decision=inv.decision,
-            rule=inv.rule,
-            duration_ms=seconds * 1000,
-            error=inv.error,
+        entry = self._entry(
+            "finished" if inv.started else "decided",
+            message,
+            request_id,
+            inv,
+            self._clock.now() if inv.started else message.received_at,
+            outcome,
+            duration_ms=round(seconds * 1000, 3),
+            output=None if reply is None else self._audit.output(render_text(reply)),
         )
         try:
-            await self._audit.record(record)
+            if wait:
+                await self._audit.record_before_reply(entry)
+            else:
+                await self._audit.record(entry)
         except Exception:
-            # Losing the reply because the audit store hiccuped helps nobody at 3 a.m.;
-            # the durable sink spools, and this line makes the gap visible.
+            # Losing the reply because the audit store failed helps nobody at 3 a.m.;
+            # the store spools when the database is down, and this line shows the gap.
             self._log.exception("audit.record_failed", command=inv.command)
         self._log.info(
             "command.done",

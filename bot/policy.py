@@ -7,12 +7,14 @@ and unknown users are still denied. Every switch, and every expiry, is audited.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from bot.audit import AuditRecord, AuditSink
+from bot.audit import AuditTrail
+from bot.auditlog import AuditEntry
 from bot.clock import Clock
 from bot.config.models import PolicyMode, PolicySection
 from bot.durations import format_duration
@@ -33,7 +35,7 @@ class PolicyState:
 
 class PolicySwitch:
     def __init__(
-        self, section: PolicySection, clock: Clock, audit: AuditSink, metrics: Metrics
+        self, section: PolicySection, clock: Clock, audit: AuditTrail, metrics: Metrics
     ) -> None:
         self._section = section
         self._clock = clock
@@ -85,14 +87,18 @@ class PolicySwitch:
         self._metrics.policy_off.set(1 if state.mode is PolicyMode.OFF else 0)
         self._schedule_expiry()
         until = f" until {state.until.isoformat()}" if state.until else ""
-        await self._audit.record(
-            AuditRecord(
+        detail = f"mode {state.mode}{until}; {state.reason}".rstrip("; ")
+        # Durable: when the switch is acknowledged, the trail already shows it.
+        await self._audit.record_durably(
+            AuditEntry(
                 kind="policy",
-                request_id=request_id,
+                stage="event",
+                request_id=request_id or f"timer-{secrets.token_hex(6)}",
                 at=now,
-                outcome=outcome,
+                status=outcome,
                 principal=state.changed_by,
-                detail=f"mode {state.mode}{until}; {state.reason}".rstrip("; "),
+                detail=self._audit.redactor.text(detail),
+                replica=self._audit.replica,
             )
         )
         log.info("policy.switched", mode=str(state.mode), until=until.strip(), by=state.changed_by)

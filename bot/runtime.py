@@ -6,12 +6,17 @@ own every connection and background task.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from bot.audit import AuditSink, MemoryAuditSink
+import structlog
+
+from bot.audit import AuditTrail, open_trail, prepare_database
 from bot.authz import Authorizer
 from bot.catalog import Catalog
 from bot.clock import Clock, SystemClock
@@ -27,6 +32,8 @@ from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
 from bot.reply import Reply
 
+log = structlog.get_logger("opsbot")
+
 
 class Bot:
     def __init__(
@@ -35,12 +42,11 @@ class Bot:
         commands: Sequence[CommandSpec[Any]],
         *,
         clock: Clock | None = None,
-        audit: AuditSink | None = None,
         config_source: str = "",
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.audit: AuditSink = audit or MemoryAuditSink()
+        self.audit: AuditTrail = open_trail(config, self.clock)
         self.metrics = Metrics()
         self.directory = Directory(config)
         self.authorizer = Authorizer(config, list(commands))
@@ -55,6 +61,7 @@ class Bot:
             catalog=self.catalog,
             http=self.http_clients,
             adapters=self.adapters,
+            audit=self.audit,
             started_at=self.clock.now(),
             config_source=config_source,
         )
@@ -68,10 +75,18 @@ class Bot:
             metrics=self.metrics,
         )
         self.http_server: HttpServer | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
 
     async def start(self, *, serve_http: bool | None = None) -> None:
         self.tools.started_at = self.clock.now()
         self.metrics.started.set(time.time())
+        await prepare_database(self.config)
+        await self.audit.store.start()
+        closed = await self.audit.store.close_interrupted(replica=self.config.bot.replica_id)
+        if closed:
+            log.warning("audit.closed_interrupted", commands=closed)
+        self._retention = asyncio.create_task(self._retain(), name="audit-retention")
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -85,17 +100,42 @@ class Bot:
     async def stop(self) -> None:
         if self.http_server is not None:
             await self.http_server.stop()
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
         await self.policy.close()
         await self.http_clients.close()
         await self.audit.close()
+
+    async def _retain(self) -> None:
+        """Remove entries older than audit.retention_days, every audit.retention_every."""
+        every = self.config.audit.retention_every.total_seconds()
+        keep = timedelta(days=self.config.audit.retention_days)
+        while True:
+            try:
+                removed = await self.audit.store.apply_retention(self.clock.now() - keep)
+            except Exception:
+                # Retention can wait for the next round; the bot must not stop over it.
+                log.exception("audit.retention_failed")
+            else:
+                if removed:
+                    log.info("audit.retention", removed=removed)
+            await asyncio.sleep(every)
 
     async def handle(self, message: Message) -> Reply | None:
         return await self.dispatcher.handle(message)
 
     async def readiness(self) -> dict[str, str]:
-        checks = {"audit": "ok"}
+        checks = {"audit": self.audit_state()}
         checks.update({f"adapter:{name}": state for name, state in self.adapters.states.items()})
         return checks
+
+    def audit_state(self) -> str:
+        spooled = self.audit.store.spool_depth
+        if spooled:
+            return f"degraded: audit database unreachable, {spooled} record(s) in the spool"
+        return "ok"
 
     async def __aenter__(self) -> Bot:
         await self.start()

@@ -9,12 +9,14 @@ Modelled on errbot's ``testbot.exec_command``::
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from adapters.console import ConsoleAdapter
-from bot.audit import AuditRecord, MemoryAuditSink
+from bot.auditlog import AuditEntry
 from bot.command import CommandSpec
 from bot.config import parse_config
 from bot.reply import Reply
@@ -86,10 +88,9 @@ class ManualClock:
 class TestBot:
     __test__ = False  # not a pytest class
 
-    def __init__(self, bot: Bot, console: ConsoleAdapter, audit: MemoryAuditSink) -> None:
+    def __init__(self, bot: Bot, console: ConsoleAdapter) -> None:
         self.bot = bot
         self.console = console
-        self._audit = audit
 
     async def send(self, text: str, *, as_: str = "alice", channel: str = "ops") -> Reply | None:
         return await self.console.send(text, user=as_, channel=channel)
@@ -97,12 +98,20 @@ class TestBot:
     async def exec(self, text: str, *, as_: str = "alice", channel: str = "ops") -> str:
         return await self.console.exec(text, user=as_, channel=channel)
 
-    @property
-    def audit(self) -> list[AuditRecord]:
-        return self._audit.records
+    async def audit(self) -> list[AuditEntry]:
+        """Every entry in the bot's audit database, in chain order (after a flush)."""
+        store = self.bot.audit.store
+        await store.flush()
+        return [row.entry async for row in store.export(datetime(1970, 1, 1, tzinfo=UTC))]
 
-    def commands_audited(self) -> list[AuditRecord]:
-        return [r for r in self.audit if r.kind == "command"]
+    async def commands_audited(self) -> list[AuditEntry]:
+        """Each command's last entry ("finished", or "decided" when it was turned away)."""
+        last: dict[str, AuditEntry] = {}
+        for entry in await self.audit():
+            if entry.kind == "command":
+                last.pop(entry.request_id, None)
+                last[entry.request_id] = entry
+        return list(last.values())
 
 
 @contextlib.asynccontextmanager
@@ -115,14 +124,18 @@ async def running_bot(
 ) -> AsyncIterator[TestBot]:
     specs = [*COMMANDS, *extra_commands]
     config = parse_config(config_text, "test", {}, [s.name for s in specs])
-    audit = MemoryAuditSink()
-    bot = Bot(config, specs, clock=clock, audit=audit, config_source="test")
-    console = ConsoleAdapter("alice", "ops", bot.clock)
-    await bot.start(serve_http=serve_http)
-    await console.start(bot.handle)
-    bot.adapters.set("console", "connected")
-    try:
-        yield TestBot(bot, console, audit)
-    finally:
-        await console.stop()
-        await bot.stop()
+    with tempfile.TemporaryDirectory(prefix="opsbot-test-") as data_dir:
+        if config.bot.data_dir == Path(".opsbot"):  # never the developer's own directory
+            config = config.model_copy(
+                update={"bot": config.bot.model_copy(update={"data_dir": Path(data_dir)})}
+            )
+        bot = Bot(config, specs, clock=clock, config_source="test")
+        console = ConsoleAdapter("alice", "ops", bot.clock)
+        await bot.start(serve_http=serve_http)
+        await console.start(bot.handle)
+        bot.adapters.set("console", "connected")
+        try:
+            yield TestBot(bot, console)
+        finally:
+            await console.stop()
+            await bot.stop()

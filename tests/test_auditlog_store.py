@@ -112,12 +112,17 @@ def test_entry_is_normalised_so_it_hashes_the_same_everywhere() -> None:
         ({"at": datetime(2025, 1, 1)}, "timezone-aware"),
         ({"stage": "done"}, "stage"),
         ({"decision": "maybe"}, "decision"),
-        ({"args": {"x": float("nan")}}, "not JSON compliant"),
     ],
 )
 def test_entry_refuses_bad_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         entry(0, **overrides)
+
+
+def test_values_json_cannot_hold_are_stored_as_null_rather_than_lost() -> None:
+    # A float('nan') argument must not cost the whole record; it hashes as null.
+    e = entry(0, args={"x": float("nan"), "y": 1})
+    assert e.args == {"x": None, "y": 1}
 
 
 def test_verifier_names_the_first_problem() -> None:

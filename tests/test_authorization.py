@@ -17,7 +17,7 @@ async def test_unknown_user_gets_one_clear_line_and_is_audited(testbot: TestBot)
     assert out.count("\n") == 0
     assert "I don't know you (console:mallory)" in out
     assert "· request " in out
-    record = testbot.commands_audited()[-1]
+    record = (await testbot.commands_audited())[-1]
     assert (record.principal, record.decision, record.rule) == (None, "denied", "deny:unknown-user")
 
 
@@ -29,7 +29,7 @@ async def test_wrong_role_names_the_needed_role(testbot: TestBot) -> None:
     out = await testbot.exec("/policy", as_="carol")
     assert "Denied: /policy needs role one of oncall (you have: viewer)" not in out
     assert "Denied: /policy needs role oncall (you have: viewer)" in out
-    assert testbot.commands_audited()[-1].rule == "policy.commands.policy"
+    assert (await testbot.commands_audited())[-1].rule == "policy.commands.policy"
 
 
 async def test_wrong_channel_is_denied(testbot: TestBot) -> None:
@@ -41,7 +41,7 @@ async def test_wrong_channel_is_denied(testbot: TestBot) -> None:
 async def test_switching_policy_needs_an_admin_role(testbot: TestBot) -> None:
     out = await testbot.exec("/policy off 30m", as_="bob")
     assert "Denied: /policy mode=off needs role admin (you have: oncall)" in out
-    assert testbot.commands_audited()[-1].rule == "builtin:policy.mode->policy.admin_roles"
+    assert (await testbot.commands_audited())[-1].rule == "builtin:policy.mode->policy.admin_roles"
     assert "STRICT" in await testbot.exec("/policy", as_="bob")
 
 
@@ -60,10 +60,10 @@ async def test_argument_rule_requires_extra_role() -> None:
     async with running_bot(config) as tb:
         out = await tb.exec("/health payments", as_="bob")
         assert "Denied: /health service=payments needs role admin (you have: oncall)" in out
-        assert tb.commands_audited()[-1].rule == "policy.commands.health.args[0]"
+        assert (await tb.commands_audited())[-1].rule == "policy.commands.health.args[0]"
         allowed = await tb.exec("/health payments", as_="alice")
         assert "payments" in allowed and "DOWN" in allowed
-        assert tb.commands_audited()[-1].rule == "policy.commands.health.args[0]"
+        assert (await tb.commands_audited())[-1].rule == "policy.commands.health.args[0]"
 
 
 async def test_policy_off_expires_by_itself_and_the_expiry_is_recorded() -> None:
@@ -76,7 +76,7 @@ async def test_policy_off_expires_by_itself_and_the_expiry_is_recorded() -> None
         out = await tb.exec("/policy", as_="bob")
         assert "Policy mode STRICT" in out
         assert "timer" in out
-        outcomes = [r.outcome for r in tb.audit if r.kind == "policy"]
+        outcomes = [r.status for r in await tb.audit() if r.kind == "policy"]
         assert outcomes == ["off", "expired"]
 
 

@@ -64,8 +64,8 @@ async def test_policy_show_off_and_back_to_strict(testbot: TestBot) -> None:
     assert "deploy freeze lifted" in out
     assert "policy    off (until" in await testbot.exec("/status")
     assert "Policy mode is now STRICT" in await testbot.exec("/policy strict done", as_="alice")
-    switches = [r for r in testbot.audit if r.kind == "policy"]
-    assert [r.outcome for r in switches] == ["off", "strict"]
+    switches = [r for r in await testbot.audit() if r.kind == "policy"]
+    assert [r.status for r in switches] == ["off", "strict"]
     assert switches[0].principal == "alice"
     assert "deploy freeze lifted" in switches[0].detail
 

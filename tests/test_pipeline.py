@@ -106,7 +106,7 @@ async def test_addressed_to_this_bot_or_another(tb: TestBot) -> None:
     assert (await _echoed(tb, "/echo@opsbot hi"))["words"] == "hi"
     assert (await _echoed(tb, "/echo@OpsBot hi"))["words"] == "hi"
     assert await tb.send("/echo@otherbot hi") is None
-    assert tb.commands_audited()[-1].command == "echo"  # the ignored one left no record
+    assert (await tb.commands_audited())[-1].command == "echo"  # the ignored one left no record
 
 
 async def test_typographic_quotes_and_double_dash(tb: TestBot) -> None:
@@ -121,7 +121,7 @@ async def test_bad_quoting_is_that_commands_usage_line_not_a_trace(tb: TestBot) 
     out = await tb.exec('/echo "unterminated')
     assert out.startswith("❓ no closing quotation. Usage: /echo")
     assert "Traceback" not in out
-    assert tb.commands_audited()[-1].command == "echo"
+    assert (await tb.commands_audited())[-1].command == "echo"
 
 
 async def test_malformed_text_from_a_stranger_is_denied_not_parsed(tb: TestBot) -> None:
@@ -138,7 +138,7 @@ async def test_bad_argument_types_and_unknown_options(tb: TestBot) -> None:
 async def test_unknown_command_suggests_a_close_one(tb: TestBot) -> None:
     out = await tb.exec("/whoamii")
     assert out.startswith("❓ Unknown command /whoamii. Did you mean /whoami?")
-    assert tb.commands_audited()[-1].outcome == "unknown-command"
+    assert (await tb.commands_audited())[-1].status == "unknown-command"
 
 
 def test_parse_unit_cases() -> None:
@@ -214,8 +214,8 @@ async def test_a_crash_is_one_line_with_the_request_id_and_the_log_has_detail() 
             "error",
             "crash",
         )
-        record = tb.commands_audited()[-1]
-        assert record.outcome == "error" and "secret internals" in (record.error or "")
+        record = (await tb.commands_audited())[-1]
+        assert record.status == "error" and "secret internals" in (record.error or "")
         # the process keeps serving
         assert "You are alice" in await tb.exec("/whoami")
 
@@ -228,7 +228,7 @@ async def test_dependency_failure_names_the_dependency(tb: TestBot) -> None:
 async def test_a_hanging_command_times_out_with_one_line(tb: TestBot) -> None:
     out = await tb.exec("/slow")
     assert out.startswith("❌ /slow did not finish within")
-    assert tb.commands_audited()[-1].outcome == "timeout"
+    assert (await tb.commands_audited())[-1].status == "timeout"
     assert 'opsbot_errors_total{command="slow"} 1.0' in tb.bot.metrics.render().decode()
 
 
@@ -250,7 +250,7 @@ async def test_every_log_line_of_a_command_carries_its_request_id() -> None:
 async def test_audit_record_has_who_where_what_decision_outcome_duration(tb: TestBot) -> None:
     reply = await tb.send("/echo hello --count=2", as_="bob", channel="incident")
     assert reply is not None
-    record = tb.commands_audited()[-1]
+    record = (await tb.commands_audited())[-1]
     assert record.request_id == reply.request_id
     assert (record.platform, record.channel, record.user_id, record.principal) == (
         "console",
@@ -260,7 +260,7 @@ async def test_audit_record_has_who_where_what_decision_outcome_duration(tb: Tes
     )
     assert (record.command, record.raw_text) == ("echo", "/echo hello --count=2")
     assert record.args == {"words": "hello", "count": 2}
-    assert (record.decision, record.rule, record.outcome) == (
+    assert (record.decision, record.rule, record.status) == (
         "allowed",
         "builtin:any-principal",
         "ok",
@@ -279,7 +279,7 @@ async def test_flooding_user_gets_one_notice_and_others_are_unaffected() -> None
         assert len(notices) == 1
         assert replies.count(None) == 6
         assert "You are alice" in await tb.exec("/whoami", as_="alice")
-        throttled = [r for r in tb.commands_audited() if r.outcome == "throttled"]
+        throttled = [r for r in (await tb.commands_audited()) if r.status == "throttled"]
         assert len(throttled) == 7
         assert all(r.user_id == "bob" for r in throttled)
 

@@ -1,6 +1,6 @@
 """The hash chain: pure functions, no I/O.
 
-Row ``seq`` carries ``hash = sha256(prev_hash + canonical_json(fields + seq))`` (hex), where
+Row ``seq`` carries ``hash = sha256(prev_hash LF seq LF canonical_json(fields))`` (hex), where
 ``prev_hash`` is the hash of row ``seq - 1``, or the genesis/anchor hash for the first row.
 Editing, deleting, inserting or reordering any row breaks the chain at that row, and
 :class:`ChainVerifier` names the first such row.
@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
-from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json
+from bot.auditlog.record import AuditEntry, StoredEntry
 
 GENESIS_HASH = "0" * 64
 
 
-def hashed_payload(entry: AuditEntry, seq: int) -> dict[str, Any]:
-    payload = entry.to_json_dict()
-    payload["seq"] = seq
-    return payload
-
-
 def entry_hash(prev_hash: str, entry: AuditEntry, seq: int) -> str:
-    data = prev_hash + canonical_json(hashed_payload(entry, seq))
+    data = f"{prev_hash}\n{seq}\n{entry.canonical()}"
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 

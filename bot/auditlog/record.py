@@ -8,21 +8,20 @@ become lists), ``approvers`` a tuple of strings.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 STAGES = frozenset({"decided", "started", "finished", "approval", "event"})
 DECISIONS = frozenset({"allowed", "denied"})
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, no NaN: the one byte form a value is hashed in."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Sorted keys, no whitespace, UTF-8: the one byte form a value is hashed in."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +51,9 @@ class AuditEntry:
     output_excerpt: str | None = None
     error: str | None = None
     detail: str = ""
+    replica: str = ""  # the process that wrote it (bot.replica_id)
+    # The canonical JSON of the fields above, made once: hashed, spooled and exported.
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None or self.at.utcoffset() is None:
@@ -64,19 +66,42 @@ class AuditEntry:
             raise ValueError(
                 f"AuditEntry.decision must be None, 'allowed' or 'denied', got {self.decision!r}"
             )
-        # Frozen: normalise through object.__setattr__, once, at construction.
-        object.__setattr__(self, "at", self.at.astimezone(UTC))
-        object.__setattr__(self, "args", json.loads(canonical_json(dict(self.args))))
-        object.__setattr__(self, "approvers", tuple(str(a) for a in self.approvers))
-        if self.duration_ms is not None:
+        # Frozen: normalise through object.__setattr__, once, at construction. The common
+        # case (UTC time, no args, no approvers) skips the work: this runs per audit row.
+        if self.at.tzinfo is not UTC:
+            object.__setattr__(self, "at", self.at.astimezone(UTC))
+        if self.args:
+            object.__setattr__(self, "args", orjson.loads(canonical_json(dict(self.args))))
+        elif type(self.args) is not dict:
+            object.__setattr__(self, "args", {})
+        if self.approvers:
+            object.__setattr__(self, "approvers", tuple(str(a) for a in self.approvers))
+        if self.duration_ms is not None and type(self.duration_ms) is not float:
             object.__setattr__(self, "duration_ms", float(self.duration_ms))
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types only; the inverse of :meth:`from_json_dict`."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out: dict[str, Any] = {name: getattr(self, name) for name in _FIELD_NAMES}
         out["at"] = format_at(self.at)
         out["approvers"] = list(self.approvers)
         return out
+
+    def canonical(self) -> str:
+        """The hashed form: :func:`canonical_json` of the fields that are not empty.
+
+        Empty fields (None, "", {}, ()) are left out, so a field added in a later version
+        does not change the hash of rows written before it existed. Computed once.
+        """
+        if self._json is None:
+            values = {
+                name: value
+                for name in _FIELD_NAMES
+                if (value := getattr(self, name)) is not None and value not in _EMPTY
+            }
+            values["at"] = format_at(self.at)
+            object.__setattr__(self, "_json", canonical_json(values))
+        assert self._json is not None
+        return self._json
 
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
@@ -84,6 +109,10 @@ class AuditEntry:
         values["at"] = datetime.fromisoformat(values["at"])
         values["approvers"] = tuple(values.get("approvers", ()))
         return cls(**values)
+
+
+_EMPTY: tuple[Any, ...] = ("", {}, ())
+_FIELD_NAMES = tuple(f.name for f in fields(AuditEntry) if not f.name.startswith("_"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ audit_log = sa.Table(
     sa.Column("output_excerpt", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("replica", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_audit_log_principal_at", "principal", "at"),
     sa.Index("ix_audit_log_command_at", "command", "at"),
     sa.Index("ix_audit_log_status_at", "status", "at"),

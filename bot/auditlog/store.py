@@ -27,6 +27,7 @@ One store (one spool file) per process; never share a spool file between replica
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -42,7 +43,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, link
+from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
 from bot.auditlog.engine import begin_immediate, make_engine
 from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json, format_at
 from bot.auditlog.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
@@ -173,6 +174,12 @@ class AuditStore:
         await self._enqueue(_Pending(entry, done))
         await done
 
+    async def append_with_receipt(self, entry: AuditEntry) -> asyncio.Future[None]:
+        """Queue ``entry``; the future completes once it is committed or spooled."""
+        done = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Pending(entry, done))
+        return done
+
     async def flush(self) -> None:
         """Return once everything queued before this call is committed or spooled."""
         done = asyncio.get_running_loop().create_future()
@@ -272,13 +279,16 @@ class AuditStore:
     async def _insert(self, entries: Sequence[AuditEntry]) -> None:
         async with self._write_transaction() as conn:
             seq, prev = await _lock_head(conn)
+            sqlite = conn.dialect.name == "sqlite"
             rows = []
             for entry in entries:
                 seq += 1
-                stored = link(prev, seq, entry)
-                rows.append(_row_values(stored))
-                prev = stored.hash
-            await conn.execute(audit_log.insert(), rows)
+                digest = entry_hash(prev, entry, seq)
+                rows.append(_row_tuple(seq, prev, digest, entry, sqlite=sqlite))
+                prev = digest
+            # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
+            # than the rest of the write path together (bench/audit.py).
+            await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
             await conn.execute(
                 audit_chain_head.update()
                 .where(audit_chain_head.c.id == HEAD_ID)
@@ -300,7 +310,7 @@ class AuditStore:
     # ------------------------------------------------------------------ the spool
 
     async def _spool(self, entries: Sequence[AuditEntry]) -> None:
-        lines = "".join(canonical_json(e.to_json_dict()) + "\n" for e in entries)
+        lines = "".join(e.canonical() + "\n" for e in entries)
         await asyncio.to_thread(self._append_spool, lines.encode("utf-8"))
         self._spool_depth += len(entries)
 
@@ -460,13 +470,15 @@ class AuditStore:
 
     # ------------------------------------------------------------------ maintenance
 
-    async def close_interrupted(self, lookback: timedelta = timedelta(days=7)) -> int:
+    async def close_interrupted(
+        self, lookback: timedelta = timedelta(days=7), *, replica: str | None = None
+    ) -> int:
         """Finish, as "interrupted", every command that started but never finished.
 
         Call at start-up, after a crash. Looks back ``lookback`` (the table may be huge).
         Entries still in the spool count, so a finish that is waiting there is not doubled.
-        With several replicas on one database, a command another replica is running right
-        now looks interrupted too: call this only when no other replica is running.
+        ``replica`` limits it to the entries that replica wrote: with several replicas on
+        one database, another replica's running commands are not interrupted.
         """
         await self.flush()
         since = self._clock.now() - lookback
@@ -481,6 +493,8 @@ class AuditStore:
             .where(audit_log.c.stage == "started", audit_log.c.at >= since, ~has_finish)
             .order_by(audit_log.c.seq)
         )
+        if replica is not None:
+            query = query.where(audit_log.c.replica == replica)
         async with self._require_engine().connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         spooled = await asyncio.to_thread(self._read_spool)
@@ -513,6 +527,7 @@ class AuditStore:
                     approvers=started.approvers,
                     status="interrupted",
                     detail="opsbot stopped before this command finished; its outcome is unknown",
+                    replica=started.replica,
                 )
             )
             closed += 1
@@ -633,13 +648,87 @@ async def _read_head(conn: AsyncConnection) -> tuple[int, str]:
     return int(row.seq), str(row.hash)
 
 
-def _row_values(stored: StoredEntry) -> dict[str, Any]:
-    values = stored.entry.to_json_dict()
-    values["at"] = stored.entry.at
-    values["args"] = canonical_json(values["args"])
-    values["approvers"] = canonical_json(values["approvers"])
-    values.update(seq=stored.seq, prev_hash=stored.prev_hash, hash=stored.hash)
-    return values
+_COLUMNS = tuple(column.name for column in audit_log.columns)
+# _row_tuple builds rows positionally, in this order.
+_ROW_ORDER = (
+    "seq",
+    "prev_hash",
+    "hash",
+    "request_id",
+    "at",
+    "stage",
+    "kind",
+    "platform",
+    "workspace",
+    "channel",
+    "thread",
+    "user_id",
+    "principal",
+    "command",
+    "raw_text",
+    "args",
+    "decision",
+    "rule",
+    "approvers",
+    "status",
+    "exit_code",
+    "duration_ms",
+    "output_digest",
+    "output_excerpt",
+    "error",
+    "detail",
+    "replica",
+)
+assert _COLUMNS == _ROW_ORDER, "audit_log columns and _row_tuple are out of step"
+
+
+@functools.cache
+def _insert_sql(paramstyle: str) -> str:
+    if paramstyle == "qmark":
+        marks = ", ".join("?" for _ in _COLUMNS)
+    elif paramstyle == "numeric_dollar":
+        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    else:
+        raise InternalError(f"unsupported DB-API paramstyle {paramstyle!r}")
+    # Column names come from our own schema, values are bound: nothing user-supplied here.
+    return f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES ({marks})"  # noqa: S608
+
+
+def _row_tuple(
+    seq: int, prev_hash: str, digest: str, e: AuditEntry, *, sqlite: bool
+) -> tuple[Any, ...]:
+    """One row in ``_COLUMNS`` order, as the driver takes it."""
+    # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC); asyncpg takes the datetime.
+    at: Any = e.at.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else e.at
+    return (
+        seq,
+        prev_hash,
+        digest,
+        e.request_id,
+        at,
+        e.stage,
+        e.kind,
+        e.platform,
+        e.workspace,
+        e.channel,
+        e.thread,
+        e.user_id,
+        e.principal,
+        e.command,
+        e.raw_text,
+        canonical_json(e.args) if e.args else "{}",
+        e.decision,
+        e.rule,
+        canonical_json(list(e.approvers)) if e.approvers else "[]",
+        e.status,
+        e.exit_code,
+        e.duration_ms,
+        e.output_digest,
+        e.output_excerpt,
+        e.error,
+        e.detail,
+        e.replica,
+    )
 
 
 def _stored_from_row(row: RowMapping) -> StoredEntry:

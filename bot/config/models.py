@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import re
+import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -73,6 +75,13 @@ class LogFormat(enum.StrEnum):
 
 class BotSection(Strict):
     name: Name = "opsbot"
+    # Where the embedded defaults keep their files (the SQLite audit log, its spool).
+    data_dir: Path = Path(".opsbot")
+    # Names this process in the audit log; start-up closes only its own unfinished
+    # commands as interrupted. Give each replica a stable one (e.g. a StatefulSet ordinal).
+    replica_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "opsbot"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: LogFormat = LogFormat.AUTO
     command_timeout: Duration = timedelta(seconds=30)
@@ -154,6 +163,29 @@ class PolicySection(Strict):
         return self
 
 
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        raise ValueError(
+            "must start with sqlite+aiosqlite:/// (a file) or postgresql+asyncpg:// (a server)"
+        )
+    return value
+
+
+class AuditSection(Strict):
+    # None: an SQLite file in bot.data_dir, migrated at start-up. A configured URL
+    # (PostgreSQL shared by replicas) is migrated only by `opsbot db upgrade`.
+    database_url: Annotated[str, AfterValidator(_database_url)] | None = None
+    spool_path: Path | None = None  # default: <data_dir>/audit-spool.jsonl
+    retention_days: int = Field(default=365, ge=1)
+    retention_every: Duration = timedelta(hours=1)
+    # Regexes whose matches are replaced by *** in audit records and replies,
+    # on top of the built-in token shapes (Slack, Telegram, bearer, URL passwords).
+    redact_patterns: list[Pattern] = []
+    excerpt_chars: int = Field(default=300, ge=0, le=4000)
+    # A read-only command's reply waits at most this long for its audit record to commit.
+    reply_wait: Duration = timedelta(seconds=2)
+
+
 class ConsoleSection(Strict):
     principal: Name | None = None
     channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
@@ -174,6 +206,7 @@ class Config(Strict):
     channels: dict[Name, ChannelGroup] = {}
     services: list[Service] = []
     policy: PolicySection = PolicySection()
+    audit: AuditSection = AuditSection()
     queues: Stub = []
     actions: Stub = []
     heartbeat: Stub = []
