@@ -121,9 +121,9 @@ async def prepare_database(config: Config) -> None:
     cannot be reached is not fatal: the bot answers and spools until it is back.
     """
     url = database_url(config)
-    spool_path(config).parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(spool_path(config).parent, "audit spool")
     if is_embedded(url):
-        Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+        _make_dir(Path(make_url(url).database or "").parent, "audit database")
         await upgrade(url)
         return
     try:
@@ -136,6 +136,13 @@ async def prepare_database(config: Config) -> None:
             error=str(exc.original),
             hint="answering anyway; audit records wait in the spool until it is back",
         )
+
+
+def _make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DependencyError(what, f"cannot create directory {path}: {exc.strerror}") from exc
 
 
 def open_trail(config: Config, clock: Clock) -> AuditTrail:

@@ -76,6 +76,7 @@ class Bot:
         )
         self.http_server: HttpServer | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._interrupted_closed = asyncio.Event()
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
 
     async def start(self, *, serve_http: bool | None = None) -> None:
@@ -83,10 +84,10 @@ class Bot:
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
         await self.audit.store.start()
-        closed = await self.audit.store.close_interrupted(replica=self.config.bot.replica_id)
-        if closed:
-            log.warning("audit.closed_interrupted", commands=closed)
-        self._retention = asyncio.create_task(self._retain(), name="audit-retention")
+        self._retention = asyncio.create_task(self._maintain_audit(), name="audit-maintenance")
+        # Usually done before the first command; a database that is down is retried behind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._interrupted_closed.wait()), 10)
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -107,6 +108,29 @@ class Bot:
         await self.policy.close()
         await self.http_clients.close()
         await self.audit.close()
+
+    async def _maintain_audit(self) -> None:
+        """Close what the last run left unfinished, then apply retention periodically."""
+        await self._close_interrupted()
+        await self._retain()
+
+    async def _close_interrupted(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                closed = await self.audit.store.close_interrupted(
+                    replica=self.config.bot.replica_id
+                )
+            except Exception as exc:
+                log.warning("audit.close_interrupted_failed", error=str(exc), retry_in_s=delay)
+                self._interrupted_closed.set()  # start-up goes on; this keeps trying
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if closed:
+                log.warning("audit.closed_interrupted", commands=closed)
+            self._interrupted_closed.set()
+            return
 
     async def _retain(self) -> None:
         """Remove entries older than audit.retention_days, every audit.retention_every."""

@@ -82,6 +82,24 @@ async def pg_schema() -> AsyncIterator[tuple[str, str]]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh, empty database in the test PostgreSQL server, dropped afterwards: its
+    SQLAlchemy URL. For tests that configure the bot by URL alone (no schema option)."""
+    name = f"opsbot_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(infra.postgres_url(), timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield (
+            make_url(infra.postgres_sqlalchemy_url())
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
 def with_port(url: str, port: int) -> str:
     return make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 

@@ -64,6 +64,8 @@ roles = ["oncall", "viewer"]
 [policy.commands.policy]
 roles = ["oncall"]
 channels = ["ops", "incident"]
+[policy.commands.audit]
+roles = ["oncall"]
 """
 
 

@@ -158,6 +158,10 @@ class AuditStore:
             await engine.dispose()
 
     @property
+    def url(self) -> str:
+        return self._url
+
+    @property
     def spool_depth(self) -> int:
         """Entries waiting in the spool for the database to come back."""
         return self._spool_depth
@@ -431,11 +435,22 @@ class AuditStore:
         status: str | None = None,
         since: datetime | None = None,
         limit: int = 50,
+        *,
+        platform: str | None = None,
+        user_id: str | None = None,
+        exclude_status: Sequence[str] = (),
     ) -> list[StoredEntry]:
-        """Newest first. ``user`` is the principal (the person, across platforms)."""
+        """Newest first. ``user`` is the principal (the person, across platforms);
+        ``platform`` + ``user_id`` find people the config does not know."""
         query = sa.select(audit_log)
         if user is not None:
             query = query.where(audit_log.c.principal == user)
+        if platform is not None:
+            query = query.where(audit_log.c.platform == platform)
+        if user_id is not None:
+            query = query.where(audit_log.c.user_id == user_id)
+        if exclude_status:
+            query = query.where(audit_log.c.status.not_in(exclude_status))
         if command is not None:
             query = query.where(audit_log.c.command == command)
         if status is not None:

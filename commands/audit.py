@@ -1,0 +1,107 @@
+"""/audit [user=…] [command=…] [status=…] [since=24h] [limit=20]: who ran what, newest first."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field as ArgField
+from pydantic import field_validator
+
+from bot.audit import ALLOWED, STARTED
+from bot.auditlog import StoredEntry
+from bot.command import Args, CommandSpec
+from bot.context import Context
+from bot.durations import format_duration, parse_duration
+from bot.errors import DependencyError
+from bot.reply import Reply, Status, Table
+
+USAGE = (
+    "/audit [user=<name or platform:id>] [command=<name>] [status=<status>] [since=24h] [limit=20]"
+)
+MAX_SINCE = timedelta(days=400)
+
+
+class AuditArgs(Args):
+    user: Annotated[str, ArgField(min_length=1, max_length=200)] | None = None
+    command: Annotated[str, ArgField(min_length=1, max_length=64)] | None = None
+    status: Annotated[str, ArgField(min_length=1, max_length=32)] | None = None
+    since: str = "24h"
+    limit: Annotated[int, ArgField(ge=1, le=100)] = 20
+
+    @field_validator("since")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        window = parse_duration(value)  # ValueError names the accepted forms
+        if not timedelta(0) < window <= MAX_SINCE:
+            raise ValueError(f"must be between 1s and {MAX_SINCE.days}d")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _bare_name(cls, value: str) -> str:
+        return value.removeprefix("/")
+
+
+async def run(ctx: Context, args: AuditArgs) -> Reply:
+    window = parse_duration(args.since)
+    principal, platform, user_id = _who(args.user)
+    try:
+        rows = await ctx.tools.audit.store.query(
+            user=principal,
+            platform=platform,
+            user_id=user_id,
+            command=args.command,
+            status=args.status,
+            since=ctx.tools.clock.now() - window,
+            limit=args.limit,
+            # Without a status filter, one line per invocation: its last word.
+            exclude_status=() if args.status else (ALLOWED, STARTED),
+        )
+    except Exception as exc:
+        raise DependencyError("the audit database", str(exc), exc) from exc
+    filters = " ".join(
+        f"{name}={value}"
+        for name, value in (("user", args.user), ("command", args.command), ("status", args.status))
+        if value
+    )
+    scope = f"{filters + ' ' if filters else ''}in the last {format_duration(window)}"
+    if not rows:
+        return Reply(title=f"No audit entries {scope}", status=Status.INFO)
+    more = " (newest first; raise limit= for more)" if len(rows) == args.limit else ""
+    return Reply(
+        title=f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'} {scope}{more}",
+        status=Status.INFO,
+        table=Table(
+            columns=("when (UTC)", "who", "command", "status", "rule", "ms"),
+            rows=tuple(_row(row) for row in rows),
+        ),
+    )
+
+
+def _who(user: str | None) -> tuple[str | None, str | None, str | None]:
+    """``alice`` is a principal; ``slack:U123`` a platform id (people not in the config)."""
+    if user is None:
+        return None, None, None
+    platform, sep, user_id = user.partition(":")
+    if sep and platform and user_id:
+        return None, platform, user_id
+    return user, None, None
+
+
+def _row(row: StoredEntry) -> tuple[str, ...]:
+    e = row.entry
+    who = e.principal or f"{e.platform}:{e.user_id}"
+    text = e.raw_text if len(e.raw_text) <= 48 else e.raw_text[:47] + "…"
+    status = e.status if e.stage != "event" else f"{e.kind}: {e.status}"
+    ms = "" if e.duration_ms is None else f"{e.duration_ms:.{0 if e.duration_ms >= 10 else 1}f}"
+    return (f"{e.at:%m-%d %H:%M:%S}", who, text or e.detail[:48], status, e.rule or "", ms)
+
+
+SPEC = CommandSpec(
+    name="audit",
+    summary="Show who ran what, newest first (filters: user, command, status, since, limit)",
+    usage=USAGE,
+    args_model=AuditArgs,
+    run=run,
+)
