@@ -421,7 +421,7 @@ async def test_spool_outlives_the_process(tmp_path: Path) -> None:
 
 async def test_check_schema_on_an_empty_sqlite_database(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(DependencyError, match=r"not migrated: run `opsbot db upgrade`"):
+    with pytest.raises(DependencyError, match=r"not migrated yet: run `opsbot db upgrade`"):
         await check_schema(url)
     await upgrade(url)
     await upgrade(url)  # idempotent
@@ -431,7 +431,7 @@ async def test_check_schema_on_an_empty_sqlite_database(tmp_path: Path) -> None:
 @pytest.mark.postgres
 async def test_migrations_on_an_empty_postgres_schema() -> None:
     async with pg_schema() as (url, schema):
-        with pytest.raises(DependencyError, match=r"not migrated: run `opsbot db upgrade`"):
+        with pytest.raises(DependencyError, match=r"not migrated yet: run `opsbot db upgrade`"):
             await check_schema(url, schema=schema)
         await upgrade(url, schema=schema)
         await check_schema(url, schema=schema)
@@ -456,6 +456,8 @@ async def test_check_schema_refuses_a_newer_database(db: Db) -> None:
     with pytest.raises(DependencyError) as info:
         await check_schema(db.url, schema=db.schema)
     assert str(info.value) == (
-        f"audit database: the audit database schema (rev 9999) is newer than this opsbot "
-        f"(rev {head_revision()})"
+        f"audit database: schema rev 9999 is newer than this opsbot's (rev {head_revision()}); "
+        "run the opsbot version that wrote it, or restore a backup"
     )
+    with pytest.raises(DependencyError, match="is newer"):
+        await upgrade(db.url, schema=db.schema)  # upgrading cannot help, and touches nothing

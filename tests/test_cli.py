@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +32,13 @@ def opsbot(
     )
 
 
+# The bot keeps its audit log under data_dir (default ./.opsbot): never the checkout's.
+DATA_DIR = tempfile.mkdtemp(prefix="opsbot-cli-test-")
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+    env["OPSBOT_DATA_DIR"] = DATA_DIR
     env.update(extra)
     return env
 

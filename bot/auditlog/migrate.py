@@ -40,7 +40,17 @@ def head_revision() -> str:
 
 
 async def upgrade(url: str, *, schema: str | None = None) -> None:
-    """Create or upgrade the audit tables at ``url`` to this opsbot's revision."""
+    """Create or upgrade the audit tables at ``url`` to this opsbot's revision.
+
+    A schema newer than this opsbot raises :class:`SchemaMismatch`; nothing is touched.
+    """
+    try:
+        await check_schema(url, schema=schema)
+    except SchemaMismatch as exc:
+        if exc.newer:
+            raise
+    else:
+        return
     engine = make_engine(url, schema=schema)
     try:
         async with engine.connect() as conn:
@@ -66,29 +76,37 @@ async def current_revision(url: str, *, schema: str | None = None) -> str | None
         await engine.dispose()
 
 
+class SchemaMismatch(DependencyError):
+    """The database is not at this opsbot's revision; ``newer`` when upgrading cannot help."""
+
+    def __init__(self, message: str, *, newer: bool) -> None:
+        super().__init__(DEPENDENCY, message)
+        self.newer = newer
+
+
 async def check_schema(url: str, *, schema: str | None = None) -> None:
-    """Raise :class:`DependencyError` unless the database is at this opsbot's revision."""
+    """Raise :class:`SchemaMismatch` unless the database is at this opsbot's revision
+    (:class:`DependencyError` when it cannot be read at all)."""
     current = await current_revision(url, schema=schema)
     head = head_revision()
     if current == head:
         return
     if current is None:
-        raise DependencyError(
-            DEPENDENCY, "the audit database is not migrated: run `opsbot db upgrade`"
-        )
+        raise SchemaMismatch("not migrated yet: run `opsbot db upgrade`", newer=False)
     try:
         known = ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
     except CommandError:
         known = False
     if known:
-        raise DependencyError(
-            DEPENDENCY,
-            f"the audit database schema (rev {current}) is older than this opsbot "
-            f"(rev {head}): run `opsbot db upgrade`",
+        raise SchemaMismatch(
+            f"schema rev {current} is older than this opsbot's (rev {head}): "
+            "run `opsbot db upgrade`",
+            newer=False,
         )
-    raise DependencyError(
-        DEPENDENCY,
-        f"the audit database schema (rev {current}) is newer than this opsbot (rev {head})",
+    raise SchemaMismatch(
+        f"schema rev {current} is newer than this opsbot's (rev {head}); "
+        "run the opsbot version that wrote it, or restore a backup",
+        newer=True,
     )
 
 

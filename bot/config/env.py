@@ -14,6 +14,10 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "OPSBOT_LOG_FORMAT": (("bot", "log_format"), "json, console or auto (console on a TTY)"),
     "OPSBOT_HTTP_HOST": (("http", "host"), "address the HTTP server binds"),
     "OPSBOT_HTTP_PORT": (("http", "port"), "port of the HTTP server (0 picks a free one)"),
+    "OPSBOT_DATA_DIR": (
+        ("bot", "data_dir"),
+        "directory for the embedded SQLite audit log and spool",
+    ),
     "OPSBOT_DATABASE_URL": (
         ("audit", "database_url"),
         "audit database, e.g. postgresql+asyncpg://opsbot:PASSWORD@db/opsbot (secret)",

@@ -1,0 +1,190 @@
+"""The audit log across process lives: kill -9 mid-command, schema checks at start-up.
+Real `opsbot` processes, a real SQLite file, the test PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy.engine import make_url
+
+from bot.auditlog import AuditStore, upgrade
+from tests import infra
+from tests.auditlog_helpers import pg_database
+from tests.botharness import BASE_CONFIG
+from tests.httpfakes import FakeServer, Route, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+    env.update(extra)
+    return env
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "opsbot.toml"
+    text = BASE_CONFIG.replace("[http]\nport = 0", "[http]\nenabled = false")
+    text = text.replace('name = "opsbot"', f'name = "opsbot"\ndata_dir = "{tmp_path / "data"}"')
+    path.write_text(text + '\n[console]\nprincipal = "alice"\n' + extra)
+    return path
+
+
+@pytest.fixture
+async def hanging_service() -> AsyncIterator[FakeServer]:
+    async with serve({"/health": Route(hang=True)}) as server:
+        yield server
+
+
+async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
+    tmp_path: Path, hanging_service: FakeServer
+) -> None:
+    config = _config(
+        tmp_path,
+        f'\n[[services]]\nname = "stuck"\nhealth_url = "{hanging_service.url("/health")}"\n'
+        'timeout = "60s"\n\n[policy.commands.health]\nroles = ["oncall"]\n',
+    )
+    config.write_text(
+        config.read_text().replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "90s"')
+    )
+    database = tmp_path / "data" / "audit.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        "--config",
+        str(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+        env=_env(),
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"/health stuck\n")
+        await proc.stdin.drain()
+        started = await _wait_for_started(database, "health")
+    finally:
+        proc.kill()  # SIGKILL: no clean-up, no flush, nothing
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == -9
+
+    after = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bot", "console", "--config", str(config), "-c", "/whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_env(),
+        check=False,
+    )
+    assert after.returncode == 0, after.stderr
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT stage, status, command, raw_text, principal FROM audit_log "
+            "WHERE request_id = ? ORDER BY seq",
+            (started,),
+        ).fetchall()
+    assert rows == [
+        ("decided", "allowed", "health", "/health stuck", "alice"),
+        ("started", "started", "health", "/health stuck", "alice"),
+        ("finished", "interrupted", "health", "/health stuck", "alice"),
+    ]
+    store = AuditStore(f"sqlite+aiosqlite:///{database}", spool_path=tmp_path / "spool")
+    await store.start()
+    try:
+        assert (await store.verify()).ok
+    finally:
+        await store.close()
+
+
+async def _wait_for_started(database: Path, command: str, within: float = 20.0) -> str:
+    """The request id of the command once its "started" entry is committed."""
+
+    def committed() -> str | None:
+        if not database.exists():
+            return None
+        try:
+            with sqlite3.connect(database) as db:
+                row = db.execute(
+                    "SELECT request_id FROM audit_log WHERE stage = 'started' AND command = ?",
+                    (command,),
+                ).fetchone()
+        except sqlite3.OperationalError:  # the table is not there yet
+            return None
+        return None if row is None else str(row[0])
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = await asyncio.to_thread(committed)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no 'started' entry for /{command} within {within}s")
+
+
+def _console(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--config", str(config), "-c", "/whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.postgres
+async def test_start_up_refuses_an_unmigrated_then_a_newer_postgres_schema(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    async with pg_database() as url:
+        env = _env(OPSBOT_DATABASE_URL=url)
+        unmigrated = await asyncio.to_thread(_console, config, env)
+        assert unmigrated.returncode == 70
+        assert "audit database: not migrated yet: run `opsbot db upgrade`" in unmigrated.stderr
+        assert "Traceback" not in unmigrated.stderr
+
+        await upgrade(url)
+        current = await asyncio.to_thread(_console, config, env)
+        assert current.returncode == 0, current.stderr
+        assert "You are alice" in current.stdout
+
+        conn = await asyncpg.connect(
+            infra.postgres_url().rsplit("/", 1)[0] + "/" + make_url(url).database, timeout=10
+        )
+        try:
+            await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        finally:
+            await conn.close()
+        newer = await asyncio.to_thread(_console, config, env)
+        assert newer.returncode == 70
+        assert "schema rev 9999 is newer than this opsbot's" in newer.stderr
+
+
+async def test_start_up_refuses_a_newer_sqlite_schema_and_creates_the_default(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    first = await asyncio.to_thread(_console, config, _env())
+    assert first.returncode == 0, first.stderr  # the embedded default migrates itself
+    database = tmp_path / "data" / "audit.db"
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    newer = await asyncio.to_thread(_console, config, _env())
+    assert newer.returncode == 70
+    assert "schema rev 9999 is newer than this opsbot's" in newer.stderr
