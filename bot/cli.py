@@ -1,4 +1,4 @@
-"""The ``opsbot`` command line: console, run, check-config.
+"""The ``opsbot`` command line: console, run, check-config, db, audit.
 
 The only place that exits the process; everything below raises typed errors.
 """
@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from bot import __version__
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, source = _load(args, env)
         if args.action == "console":
             return asyncio.run(_console(args, config, source))
+        if args.action in ("db", "audit"):
+            return asyncio.run(_audit_database(args, config))
         return asyncio.run(_serve(config, source))
     except ConfigError as exc:
         print(f"opsbot: invalid config {exc}", file=sys.stderr)
@@ -50,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SOFTWARE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `opsbot audit export | head`: the reader left. Python flushes stdout again at
+        # exit, so point it at /dev/null or that flush fails with a second traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +83,73 @@ def _parser() -> argparse.ArgumentParser:
         "file", nargs="?", type=Path, help="config file (default: --config/OPSBOT_CONFIG)"
     )
     _config_option(check)
+    _db_parsers(sub)
+    _audit_parsers(sub)
     return parser
+
+
+def _db_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = sub.add_parser("db", help="migrate or check the audit database schema")
+    db_sub = db.add_subparsers(dest="db_action", required=True)
+    upgrade_help = "apply the audit database migrations (creates the embedded SQLite file)"
+    upgrade = db_sub.add_parser("upgrade", help=upgrade_help, description=upgrade_help)
+    _config_option(upgrade)
+    check_help = (
+        "exit 0 if the schema is this opsbot's, 1 if it needs `opsbot db upgrade` "
+        "(or is newer), 70 if the database cannot be read"
+    )
+    check = db_sub.add_parser("check", help=check_help, description=check_help)
+    _config_option(check)
+
+
+def _audit_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser("audit", help="read, export and verify the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_action", required=True)
+    tail = audit_sub.add_parser("tail", help="the newest entries, oldest first")
+    _config_option(tail)
+    tail.add_argument(
+        "-n", dest="count", type=_count, default=20, help="how many entries (default: 20)"
+    )
+    tail.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing new entries; SIGINT/SIGTERM stops it (exit 0)",
+    )
+    export = audit_sub.add_parser(
+        "export", help="every entry since a time, in chain order, as JSON lines or CSV"
+    )
+    _config_option(export)
+    export.add_argument(
+        "--since",
+        required=True,
+        type=_since,
+        help="a duration back from now (24h, 7d, 90m) or an ISO-8601 time (naive means UTC)",
+    )
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="(default: jsonl)"
+    )
+    export.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    verify_help = (
+        "check the hash chain: exit 0 if intact, 1 if a row was edited, deleted or "
+        "reordered (the first such row is named), 70 if the database cannot be read"
+    )
+    verify = audit_sub.add_parser("verify", help=verify_help, description=verify_help)
+    _config_option(verify)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, not {text!r}")
+    return int(text)
+
+
+def _since(text: str) -> datetime:
+    from bot.cli_audit import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +186,22 @@ def _configure_logging(config: Config, *, quiet: bool) -> None:
         "warning" if quiet and config.bot.log_level in ("debug", "info") else config.bot.log_level
     )
     configure_logging(level, config.bot.log_format)
+
+
+async def _audit_database(args: argparse.Namespace, config: Config) -> int:
+    from bot import cli_audit
+
+    # stdout carries the data (an export may be piped); logs go to stderr, warnings only.
+    _configure_logging(config, quiet=True)
+    if args.action == "db":
+        if args.db_action == "upgrade":
+            return await cli_audit.db_upgrade(config)
+        return await cli_audit.db_check(config)
+    if args.audit_action == "tail":
+        return await cli_audit.audit_tail(config, args.count, follow=args.follow)
+    if args.audit_action == "export":
+        return await cli_audit.audit_export(config, args.since, args.format, args.output)
+    return await cli_audit.audit_verify(config)
 
 
 async def _console(args: argparse.Namespace, config: Config, source: str) -> int:

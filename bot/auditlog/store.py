@@ -462,12 +462,13 @@ class AuditStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_stored_from_row(row) for row in rows]
 
-    async def export(self, since: datetime) -> AsyncIterator[StoredEntry]:
-        """Every row with ``at >= since``, in chain order, a page at a time.
+    async def export(self, since: datetime, *, after_seq: int = 0) -> AsyncIterator[StoredEntry]:
+        """Every row with ``at >= since`` and ``seq > after_seq``, in chain order, a page
+        at a time.
 
         No connection is held between pages, so a consumer that stops early leaks nothing.
         """
-        after = 0
+        after = after_seq
         while True:
             query = (
                 sa.select(audit_log)

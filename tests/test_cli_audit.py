@@ -1,0 +1,286 @@
+"""``opsbot db`` and ``opsbot audit``, run as real processes on a log the real bot wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.auditlog import AuditEntry, head_revision
+from bot.cli_audit import parse_since
+from tests.auditlog_helpers import pg_database
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+[bot]
+data_dir = {data_dir}
+log_level = "warning"
+
+[http]
+enabled = false
+
+[console]
+principal = "alice"
+
+[roles.admin]
+
+[identities.alice]
+roles = ["admin"]
+ids = ["console:alice"]
+
+[channels.ops]
+ids = ["console:ops"]
+
+[policy.commands.status]
+roles = ["*"]
+"""
+COLUMNS = [
+    "seq",
+    "prev_hash",
+    "hash",
+    *(f.name for f in dataclasses.fields(AuditEntry) if not f.name.startswith("_")),
+]
+CompletedProcess = subprocess.CompletedProcess[str]
+
+
+def opsbot(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=_clean_env(**(env or {})),
+        check=False,
+    )
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+    env.update(extra)
+    return env
+
+
+def write_config(directory: Path) -> str:
+    """A config keeping its audit log in ``directory/data``; returns its path."""
+    path = directory / "opsbot.toml"
+    path.write_text(CONFIG.format(data_dir=json.dumps(str(directory / "data"))))
+    return str(path)
+
+
+def database(config: str) -> Path:
+    return Path(config).parent / "data" / "audit.db"
+
+
+@pytest.fixture(scope="module")
+def written_log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The config of a log holding /whoami then /status (seq 1-6), as alice ran them."""
+    config = write_config(tmp_path_factory.mktemp("log"))
+    session = opsbot("console", "--config", config, stdin="/whoami\n/status\n")
+    assert session.returncode == 0, session.stderr
+    return config
+
+
+@pytest.fixture
+def log_copy(written_log: str, tmp_path: Path) -> str:
+    """A copy of ``written_log`` that a test may add to or tamper with."""
+    config = write_config(tmp_path)
+    database(config).parent.mkdir()
+    with (
+        contextlib.closing(sqlite3.connect(database(written_log))) as src,
+        contextlib.closing(sqlite3.connect(database(config))) as dst,
+    ):
+        src.backup(dst)
+    return config
+
+
+def sql(config: str, statement: str) -> None:
+    with contextlib.closing(sqlite3.connect(database(config))) as conn, conn:
+        conn.execute(statement)
+
+
+def test_audit_commands_on_a_missing_database_say_so_and_create_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    tail = opsbot("audit", "tail", "--config", config)
+    assert tail.returncode == 70
+    assert tail.stderr.splitlines() == [
+        f"opsbot: audit database: {database(config)} does not exist yet "
+        "(the bot creates it on first start, or run `opsbot db upgrade`)"
+    ]
+    assert not (tmp_path / "data").exists()
+
+    upgrade = opsbot("db", "upgrade", "--config", config)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert upgrade.stdout == (
+        f"audit database sqlite+aiosqlite:///{database(config)} is at revision {head_revision()}\n"
+    )
+    check = opsbot("db", "check", "--config", config)
+    assert check.returncode == 0, check.stderr
+    assert "is current" in check.stdout
+
+
+def test_db_check_fails_on_a_never_migrated_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    database(config).parent.mkdir()
+    sqlite3.connect(database(config)).close()
+    assert database(config).exists()
+    check = opsbot("db", "check", "--config", config)
+    assert check.returncode == 1
+    assert "run `opsbot db upgrade`" in check.stderr
+    assert len(check.stderr.splitlines()) == 1
+
+
+def test_tail_shows_the_newest_entries_oldest_first(written_log: str) -> None:
+    tail = opsbot("audit", "tail", "-n", "2", "--config", written_log)
+    assert tail.returncode == 0, tail.stderr
+    started, finished = (line.split("  ") for line in tail.stdout.splitlines())
+    assert started[1:] == [
+        "#5",
+        "started",
+        "started",
+        "alice(alice@console)",
+        "/status",
+        "policy.commands.status",
+        "-",
+    ]
+    assert finished[1:5] == ["#6", "finished", "ok", "alice(alice@console)"]
+    assert finished[5] == "/status"
+    assert finished[-1].endswith("ms")
+    assert datetime.strptime(finished[0], "%Y-%m-%d %H:%M:%SZ")
+
+
+def test_export_jsonl_is_every_entry_in_chain_order(written_log: str) -> None:
+    export = opsbot("audit", "export", "--since", "1h", "--config", written_log)
+    assert export.returncode == 0, export.stderr
+    records = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(list(r) == COLUMNS for r in records)
+    assert [r["command"] for r in records] == ["whoami"] * 3 + ["status"] * 3
+    assert [r["prev_hash"] for r in records[1:]] == [r["hash"] for r in records[:-1]]
+    assert records[2]["stage"] == "finished"
+    assert records[2]["principal"] == "alice"
+
+
+def test_export_csv_to_a_file(written_log: str, tmp_path: Path) -> None:
+    out = tmp_path / "audit.csv"
+    export = opsbot(
+        "audit",
+        "export",
+        "--since",
+        "2000-01-01T00:00:00",
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+        "--config",
+        written_log,
+    )
+    assert export.returncode == 0, export.stderr
+    assert export.stdout == ""
+    reader = csv.DictReader(io.StringIO(out.read_text(), newline=""))
+    rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    assert [row["seq"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert {row["args"] for row in rows} == {"{}"}
+    assert {row["approvers"] for row in rows} == {"[]"}
+    assert [row["status"] for row in rows[:3]] == ["allowed", "started", "ok"]
+    assert list(tmp_path.iterdir()) == [out]  # no partial file left behind
+
+
+def test_tail_follow_prints_new_entries_until_sigterm(log_copy: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "bot", "audit", "tail", "-n", "1", "--follow"],
+        cwd=ROOT,
+        env=_clean_env(OPSBOT_CONFIG=log_copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follower:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(follower, lines))
+        reader.start()
+        try:
+            assert "#6  finished" in lines.get(timeout=15)
+            ran = opsbot("console", "--config", log_copy, "-c", "/whoami")
+            assert ran.returncode == 0, ran.stderr
+            new = [lines.get(timeout=10) for _ in range(3)]
+            follower.send_signal(signal.SIGTERM)
+            assert follower.wait(timeout=10) == 0, follower.stderr and follower.stderr.read()
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+            reader.join()
+    assert [line.split("  ")[1:3] for line in new] == [
+        ["#7", "decided"],
+        ["#8", "started"],
+        ["#9", "finished"],
+    ]
+    assert all("/whoami" in line for line in new)
+
+    verify = opsbot("audit", "verify", "--config", log_copy)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stdout == "audit chain ok: 9 row(s) verified\n"
+
+
+def _read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
+    # A thread of its own, so a follower that prints nothing fails the test by timeout.
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.put(line)
+
+
+def test_verify_names_an_edited_row(log_copy: str) -> None:
+    sql(log_copy, "UPDATE audit_log SET raw_text = '/status --quiet' WHERE seq = 5")
+    verify = opsbot("audit", "verify", "--config", log_copy)
+    assert verify.returncode == 1
+    assert verify.stdout == (
+        "audit chain BROKEN after 4 good row(s): seq 5: hash mismatch (row edited)\n"
+    )
+
+
+def test_verify_finds_a_deleted_row(log_copy: str) -> None:
+    sql(log_copy, "DELETE FROM audit_log WHERE seq = 3")
+    verify = opsbot("audit", "verify", "--config", log_copy)
+    assert verify.returncode == 1
+    assert "gap in the chain: expected seq 3, found 4" in verify.stdout
+
+
+@pytest.mark.postgres
+async def test_db_upgrade_then_verify_on_a_fresh_postgresql_database() -> None:
+    async with pg_database() as url:
+        env = {"OPSBOT_DATABASE_URL": url}
+        before = await asyncio.to_thread(opsbot, "db", "check", env=env)
+        upgrade = await asyncio.to_thread(opsbot, "db", "upgrade", env=env)
+        verify = await asyncio.to_thread(opsbot, "audit", "verify", env=env)
+    assert before.returncode == 1
+    assert "run `opsbot db upgrade`" in before.stderr
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert upgrade.stdout.startswith("audit database postgresql+asyncpg://")
+    assert upgrade.stdout.endswith(f"is at revision {head_revision()}\n")
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stdout == "audit chain ok: 0 row(s) verified\n"
+
+
+def test_since_is_a_duration_back_from_now_or_an_iso_time() -> None:
+    now = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+    assert parse_since("24h", now) == now - timedelta(hours=24)
+    assert parse_since("90m", now) == now - timedelta(minutes=90)
+    assert parse_since("2026-11-20T10:00:00", now) == datetime(2026, 11, 20, 10, tzinfo=UTC)
+    assert parse_since("2026-11-20T12:00:00+02:00", now) == datetime(2026, 11, 20, 10, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_since("yesterday", now)
