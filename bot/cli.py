@@ -185,7 +185,11 @@ def _configure_logging(config: Config, *, quiet: bool) -> None:
     level = (
         "warning" if quiet and config.bot.log_level in ("debug", "info") else config.bot.log_level
     )
-    configure_logging(level, config.bot.log_format)
+    from bot.audit import database_url
+    from bot.redact import secrets_in_url
+
+    # The database password must not reach a log line, even inside a driver's error text.
+    configure_logging(level, config.bot.log_format, secrets=secrets_in_url(database_url(config)))
 
 
 async def _audit_database(args: argparse.Namespace, config: Config) -> int:
