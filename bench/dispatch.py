@@ -5,9 +5,10 @@ adapter's programmatic entry, sequentially and with many in flight.
 
 Prints msgs/s, p50/p99 latency, CPU microseconds per command, peak RSS and the
 start-up-to-first-reply time of a fresh ``opsbot console -c /whoami`` process.
-Policy is strict and every command is authorized, flood-checked, audited (in
-memory), counted in metrics and logged; the flood budget is raised so one
-benchmark user is not throttled.
+Policy is strict and every command is authorized, flood-checked, audited (the
+embedded SQLite audit log in a temporary data_dir, as `opsbot console` runs),
+counted in metrics and logged; the flood budget is raised so one benchmark user
+is not throttled. bench/audit.py looks at the audit log's share in detail.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import resource
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.audit import MemoryAuditSink  # noqa: E402
 from bot.config import parse_config  # noqa: E402
 from bot.logs import configure_logging  # noqa: E402
 from bot.runtime import Bot  # noqa: E402
@@ -43,7 +44,9 @@ CONFIG = (
 async def _run(n: int, in_flight: int, log_level: str) -> dict[str, float]:
     configure_logging(log_level, "json", io.StringIO() if log_level != "warning" else sys.stderr)
     config = parse_config(CONFIG, "bench", {}, [s.name for s in COMMANDS])
-    bot = Bot(config, COMMANDS, audit=MemoryAuditSink(capacity=n * 3))
+    data_dir = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
+    config = config.model_copy(update={"bot": config.bot.model_copy(update={"data_dir": data_dir})})
+    bot = Bot(config, COMMANDS)
     console = ConsoleAdapter("alice", "ops", bot.clock)
     await bot.start(serve_http=False)
     await console.start(bot.handle)
@@ -89,6 +92,7 @@ def _startup(args: list[str], runs: int = 7) -> float:
     """Median time from process launch until the reply's first line is printed."""
     times = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+    env["OPSBOT_DATA_DIR"] = tempfile.mkdtemp(prefix="opsbot-bench-")
     command = [
         sys.executable,
         "-m",

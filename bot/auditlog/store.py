@@ -30,7 +30,9 @@ import asyncio
 import functools
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,13 +46,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
-from bot.auditlog.engine import begin_immediate, make_engine
+from bot.auditlog.engine import SQLITE_BUSY_TIMEOUT_MS, begin_immediate, make_engine
 from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json, format_at
 from bot.auditlog.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
 from bot.clock import Clock, SystemClock
 from bot.errors import DependencyError, InternalError
 
 DEPENDENCY = "audit database"
+SQLITE_BUSY_S = SQLITE_BUSY_TIMEOUT_MS / 1000
 _PAGE = 2_000
 
 _log = structlog.get_logger("opsbot.auditlog")
@@ -83,7 +86,9 @@ _ASYNCPG_UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 def is_connection_error(exc: BaseException) -> bool:
     """Errors that mean "the database is unreachable right now", worth spooling and retrying."""
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+    if isinstance(
+        exc, OperationalError | InterfaceError | OSError | TimeoutError | sqlite3.OperationalError
+    ):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
@@ -124,6 +129,7 @@ class AuditStore:
         self._retry_max = retry_max
         self._clock = clock or SystemClock()
         self._engine: AsyncEngine | None = None
+        self._sqlite_writer: _SqliteBatchWriter | None = None
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -137,6 +143,8 @@ class AuditStore:
         if self._engine is not None:
             raise InternalError("AuditStore.start() called twice")
         self._engine = make_engine(self._url, schema=self._schema)
+        if self._engine.dialect.name == "sqlite":
+            self._sqlite_writer = _SqliteBatchWriter(self._engine.url.database or "")
         self._queue = asyncio.Queue(self._queue_size)
         # Entries left in the spool by an earlier run are sent first.
         self._spool_depth = len(await asyncio.to_thread(self._read_spool))
@@ -155,6 +163,9 @@ class AuditStore:
         finally:
             self._writer = None
             engine, self._engine = self._engine, None
+            writer, self._sqlite_writer = self._sqlite_writer, None
+            if writer is not None:
+                await writer.close()
             await engine.dispose()
 
     @property
@@ -281,6 +292,9 @@ class AuditStore:
         return []
 
     async def _insert(self, entries: Sequence[AuditEntry]) -> None:
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.insert(entries)
+            return
         async with self._write_transaction() as conn:
             seq, prev = await _lock_head(conn)
             sqlite = conn.dialect.name == "sqlite"
@@ -600,6 +614,71 @@ class AuditStore:
                 )
             )
         return removed
+
+
+class _SqliteBatchWriter:
+    """The batch write on SQLite: one thread, one connection, one thread hop per batch.
+
+    Through SQLAlchemy and aiosqlite a batch took about fifteen hops between the event loop
+    and aiosqlite's thread (2 ms of CPU per commit, bench/audit.py); here the whole
+    transaction runs in one call, and sqlite3 releases the GIL while SQLite works.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditlog-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def insert(self, entries: Sequence[AuditEntry]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._insert, entries)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Autocommit at the driver level: this code says BEGIN IMMEDIATE itself.
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=SQLITE_BUSY_S)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def _insert(self, entries: Sequence[AuditEntry]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
+        try:
+            head = conn.execute(
+                "SELECT seq, hash FROM audit_chain_head WHERE id = ?", (HEAD_ID,)
+            ).fetchone()
+            if head is None:
+                raise DependencyError(
+                    DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
+                )
+            seq, prev = int(head[0]), str(head[1])
+            rows = []
+            for entry in entries:
+                seq += 1
+                digest = entry_hash(prev, entry, seq)
+                rows.append(_row_tuple(seq, prev, digest, entry, sqlite=True))
+                prev = digest
+            conn.executemany(_insert_sql("qmark"), rows)
+            conn.execute(
+                "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class _WriteTransaction:
