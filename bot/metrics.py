@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from bot import __version__
@@ -13,6 +15,8 @@ _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self._command_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self.commands = Counter(
             "opsbot_commands",
             "Commands handled, by command and outcome",
@@ -53,6 +57,19 @@ class Metrics:
         self.started = Gauge(
             "opsbot_start_time_seconds", "Unix time the bot started", registry=self.registry
         )
+
+    def count(self, command: str, outcome: str, seconds: float) -> None:
+        """One handled command. Children are cached: labels() takes a lock and builds a
+        key on every call, which showed in the per-command profile."""
+        key = (command, outcome)
+        child = self._command_children.get(key)
+        if child is None:
+            child = self._command_children[key] = self.commands.labels(command, outcome)
+        child.inc()
+        latency = self._latency_children.get(command)
+        if latency is None:
+            latency = self._latency_children[command] = self.latency.labels(command)
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ id, the log gets the detail.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +38,8 @@ from bot.parse import parse
 from bot.redact import Redactor
 from bot.render import render_text
 from bot.reply import Reply, Status
+
+_ids = random.Random()  # noqa: S311  (ids, not secrets; seeded from os.urandom at import)
 
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
@@ -96,7 +98,8 @@ class Dispatcher:
     async def handle(self, message: Message) -> Reply | None:
         """Answer one message; ``None`` when it was not for this bot (or is throttled)."""
         started = time.perf_counter()
-        request_id = secrets.token_hex(6)
+        # Unique, not secret: a seeded PRNG is 10x cheaper than os.urandom per message.
+        request_id = f"{_ids.getrandbits(48):012x}"
         inv = _Invocation()
         # Tokens and one reset are much cheaper than nested bound_contextvars blocks.
         tokens = structlog.contextvars.bind_contextvars(
@@ -127,7 +130,7 @@ class Dispatcher:
             if inv.command is None:
                 return None
             if reply is not None:
-                reply = self._redactor.reply(reply).with_request_id(request_id)
+                reply = self._redactor.reply(reply, request_id)
                 if inv.outcome is Outcome.OK:
                     inv.outcome = _OUTCOME_OF_STATUS[reply.status]
             await self._finish(message, request_id, inv, reply, started, wait=True)
@@ -224,15 +227,13 @@ class Dispatcher:
         inv.started = True
         if spec.risk is Risk.READ:
             try:
-                await self._audit.record(decided)
-                await self._audit.record(started)
+                await self._audit.record(decided, started)
             except Exception:
                 self._log.exception("audit.record_failed", command=inv.command)
             return
         # Nothing changes before the trail says it is about to: if "started" cannot be
         # committed (or spooled), the command does not run, and the person is told why.
-        await self._audit.record(decided)
-        await self._audit.record_durably(started)
+        await self._audit.record_durably(decided, started)
 
     def _entry(
         self,
@@ -284,8 +285,7 @@ class Dispatcher:
         seconds = time.perf_counter() - started
         label = inv.command if inv.known_command and inv.command else "unknown"
         outcome = str(inv.outcome)
-        self._metrics.commands.labels(label, outcome).inc()
-        self._metrics.latency.labels(label).observe(seconds)
+        self._metrics.count(label, outcome, seconds)
         if inv.outcome is Outcome.DENIED:
             self._metrics.denials.labels(label, inv.rule or "").inc()
         elif inv.error is not None and inv.outcome in (Outcome.ERROR, Outcome.TIMEOUT):

@@ -89,18 +89,34 @@ class Redactor:
             return [self.value(v) for v in value]
         return value
 
-    def reply(self, reply: Reply) -> Reply:
+    def reply(self, reply: Reply, request_id: str | None = None) -> Reply:
+        """``reply`` with secrets masked (and ``request_id`` set, when given); the same
+        object when there is nothing to change, as is nearly always the case."""
         text = self.text
+        title, body, code = text(reply.title), text(reply.text), self.optional(reply.code)
+        fields = reply.fields
+        if any(text(f.value) is not f.value for f in fields):
+            fields = tuple(Field(f.name, text(f.value)) for f in fields)
         table = reply.table
-        if table is not None:
+        if table is not None and any(text(c) is not c for row in table.rows for c in row):
             table = Table(table.columns, tuple(tuple(text(c) for c in row) for row in table.rows))
+        changed = (
+            title is not reply.title
+            or body is not reply.text
+            or code is not reply.code
+            or fields is not reply.fields
+            or table is not reply.table
+        )
+        if not changed and (request_id is None or request_id == reply.request_id):
+            return reply
         return replace(
             reply,
-            title=text(reply.title),
-            text=text(reply.text),
-            fields=tuple(Field(f.name, text(f.value)) for f in reply.fields),
+            title=title,
+            text=body,
+            fields=fields,
             table=table,
-            code=self.optional(reply.code),
+            code=code,
+            request_id=reply.request_id if request_id is None else request_id,
         )
 
 

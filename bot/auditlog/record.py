@@ -8,6 +8,7 @@ become lists), ``approvers`` a tuple of strings.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -95,8 +96,9 @@ class AuditEntry:
         if self._json is None:
             values = {
                 name: value
-                for name in _FIELD_NAMES
-                if (value := getattr(self, name)) is not None and value not in _EMPTY
+                for name, value in zip(_FIELD_NAMES, _all_values(self), strict=True)
+                # Truthiness is the fast test for None/""/{}/(); 0 and 0.0 are kept.
+                if value or value.__class__ in _NUMBERS
             }
             values["at"] = format_at(self.at)
             object.__setattr__(self, "_json", canonical_json(values))
@@ -111,8 +113,9 @@ class AuditEntry:
         return cls(**values)
 
 
-_EMPTY: tuple[Any, ...] = ("", {}, ())
+_NUMBERS = frozenset({int, float})
 _FIELD_NAMES = tuple(f.name for f in fields(AuditEntry) if not f.name.startswith("_"))
+_all_values = operator.attrgetter(*_FIELD_NAMES)  # one C call for every field
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,4 +130,6 @@ class StoredEntry:
 
 def format_at(at: datetime) -> str:
     """ISO-8601 in UTC, always with microseconds: ``2025-01-31T12:00:00.000000+00:00``."""
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
+    if at.tzinfo is not UTC:  # entries are normalised to UTC already: skip the conversion
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="microseconds")

@@ -61,11 +61,11 @@ _log = structlog.get_logger("opsbot.auditlog")
 
 @dataclass(slots=True)
 class _Pending:
-    entry: AuditEntry | None  # None: a flush barrier
+    entries: tuple[AuditEntry, ...]  # empty: a flush barrier (or the stop sign)
     done: asyncio.Future[None] | None
 
 
-_STOP = _Pending(None, None)
+_STOP = _Pending((), None)
 
 
 class _DatabaseDown(Exception):
@@ -179,26 +179,27 @@ class AuditStore:
 
     # ------------------------------------------------------------------ writing
 
-    async def append(self, entry: AuditEntry) -> None:
-        """Queue ``entry``; returns at once (or when the queue has room)."""
-        await self._enqueue(_Pending(entry, None))
+    async def append(self, *entries: AuditEntry) -> None:
+        """Queue ``entries`` (in this order); returns at once (or when the queue has room)."""
+        await self._enqueue(_Pending(entries, None))
 
-    async def append_durably(self, entry: AuditEntry) -> None:
-        """Return once ``entry`` is committed, or fsynced to the spool if the database is down."""
+    async def append_durably(self, *entries: AuditEntry) -> None:
+        """Return once ``entries`` are committed, or fsynced to the spool if the database
+        is down."""
         done = asyncio.get_running_loop().create_future()
-        await self._enqueue(_Pending(entry, done))
+        await self._enqueue(_Pending(entries, done))
         await done
 
-    async def append_with_receipt(self, entry: AuditEntry) -> asyncio.Future[None]:
-        """Queue ``entry``; the future completes once it is committed or spooled."""
+    async def append_with_receipt(self, *entries: AuditEntry) -> asyncio.Future[None]:
+        """Queue ``entries``; the future completes once they are committed or spooled."""
         done = asyncio.get_running_loop().create_future()
-        await self._enqueue(_Pending(entry, done))
+        await self._enqueue(_Pending(entries, done))
         return done
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed or spooled."""
         done = asyncio.get_running_loop().create_future()
-        await self._enqueue(_Pending(None, done))
+        await self._enqueue(_Pending((), done))
         await done
 
     async def _enqueue(self, item: _Pending) -> None:
@@ -247,7 +248,7 @@ class AuditStore:
     ) -> None:
         if self._spool_depth and (final or loop.time() >= self._next_retry):
             await self._replay(loop)
-        entries = [item.entry for item in items if item.entry is not None]
+        entries = [entry for item in items for entry in item.entries]
         if not entries:
             return
         if self._spool_depth:
@@ -269,7 +270,7 @@ class AuditStore:
             first = rejected[0][1]
             bad = {id(entry) for entry, _ in rejected}
             for item in items:
-                if item.entry is not None and id(item.entry) in bad:
+                if any(id(entry) in bad for entry in item.entries):
                     _resolve(item, DependencyError(DEPENDENCY, f"entry rejected: {first}", first))
 
     async def _write(self, entries: Sequence[AuditEntry]) -> list[tuple[AuditEntry, Exception]]:
