@@ -461,3 +461,14 @@ async def test_check_schema_refuses_a_newer_database(db: Db) -> None:
     )
     with pytest.raises(DependencyError, match="is newer"):
         await upgrade(db.url, schema=db.schema)  # upgrading cannot help, and touches nothing
+
+
+def test_the_revision_list_start_up_checks_against_is_alembics_history() -> None:
+    from alembic.script import ScriptDirectory
+
+    from bot.auditlog.migrate import REVISIONS, alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    history = [rev.revision for rev in script.walk_revisions()]  # newest first
+    assert tuple(reversed(history)) == REVISIONS
+    assert script.get_current_head() == head_revision()
