@@ -33,7 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     OPSBOT_HTTP_HOST=0.0.0.0 \
-    OPSBOT_HTTP_PORT=8080
+    OPSBOT_HTTP_PORT=8080 \
+    OPSBOT_DATA_DIR=/var/lib/opsbot
 
 RUN groupadd --system --gid 10001 opsbot \
     && useradd --system --uid 10001 --gid opsbot --home-dir /app --no-create-home \
@@ -45,12 +46,16 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # The demo config; docker-compose.yml mounts its own copy at /etc/opsbot/opsbot.toml.
 COPY examples/ /app/examples/
-RUN mkdir -p /etc/opsbot \
+# data_dir: the embedded SQLite audit log, or with PostgreSQL the audit spool (keep it
+# on a volume: entries waiting in the spool must survive a container restart).
+RUN mkdir -p /etc/opsbot /var/lib/opsbot \
+    && chown opsbot:opsbot /var/lib/opsbot \
     && if [ -f /app/examples/opsbot.toml ]; then \
         cp /app/examples/opsbot.toml /etc/opsbot/opsbot.toml; \
     fi
 
 USER opsbot:opsbot
+VOLUME /var/lib/opsbot
 EXPOSE 8080
 
 # slim images have no curl; urllib raises (non-zero exit) on errors and non-2xx answers.
