@@ -83,24 +83,29 @@ class PolicySwitch:
 
     async def _set(self, state: PolicyState, request_id: str, outcome: str) -> None:
         now = self._clock.now()
-        self._state = PolicyState(state.mode, state.until, state.changed_by, state.reason, now)
-        self._metrics.policy_off.set(1 if state.mode is PolicyMode.OFF else 0)
-        self._schedule_expiry()
         until = f" until {state.until.isoformat()}" if state.until else ""
         detail = f"mode {state.mode}{until}; {state.reason}".rstrip("; ")
-        # Durable: when the switch is acknowledged, the trail already shows it.
-        await self._audit.record_durably(
-            AuditEntry(
-                kind="policy",
-                stage="event",
-                request_id=request_id or f"timer-{secrets.token_hex(6)}",
-                at=now,
-                status=outcome,
-                principal=state.changed_by,
-                detail=self._audit.redactor.text(detail),
-                replica=self._audit.replica,
-            )
+        entry = AuditEntry(
+            kind="policy",
+            stage="event",
+            request_id=request_id or f"timer-{secrets.token_hex(6)}",
+            at=now,
+            status=outcome,
+            principal=state.changed_by,
+            detail=self._audit.redactor.text(detail),
+            replica=self._audit.replica,
         )
+        loosening = state.mode is PolicyMode.OFF
+        if loosening:
+            # Rules are relaxed only once the trail says so: if the entry cannot be made
+            # durable, this raises and the mode stays strict.
+            await self._audit.record_durably(entry)
+        self._state = PolicyState(state.mode, state.until, state.changed_by, state.reason, now)
+        self._metrics.policy_off.set(1 if loosening else 0)
+        self._schedule_expiry()
+        if not loosening:
+            # Back to strict happens whatever the audit database says; then it is recorded.
+            await self._audit.record_durably(entry)
         log.info("policy.switched", mode=str(state.mode), until=until.strip(), by=state.changed_by)
 
     def _schedule_expiry(self) -> None:

@@ -190,6 +190,10 @@ async def test_a_mutating_command_is_refused_when_its_start_cannot_be_recorded(
         assert SEEN_BY_TOUCH == []
         # Read-only commands still answer: the trail's trouble is in the log.
         assert "You are alice" in await tb.exec("/whoami")
+        # Loosening the policy is a change too: refused, and the mode stays strict.
+        off = await tb.send("/policy off 30m", as_="alice")
+        assert off is not None and off.status is Status.ERROR
+        assert "policy    strict" in await tb.exec("/status", as_="alice")
 
 
 def _pg_refused() -> str:
