@@ -12,7 +12,7 @@ from bot.audit import ALLOWED, STARTED
 from bot.auditlog import StoredEntry
 from bot.command import Args, CommandSpec
 from bot.context import Context
-from bot.durations import format_duration, parse_duration
+from bot.durations import parse_duration
 from bot.errors import DependencyError
 from bot.reply import Reply, Status, Table
 
@@ -65,7 +65,7 @@ async def run(ctx: Context, args: AuditArgs) -> Reply:
         for name, value in (("user", args.user), ("command", args.command), ("status", args.status))
         if value
     )
-    scope = f"{filters + ' ' if filters else ''}in the last {format_duration(window)}"
+    scope = f"{filters + ' ' if filters else ''}in the last {args.since}"
     if not rows:
         return Reply(title=f"No audit entries {scope}", status=Status.INFO)
     more = " (newest first; raise limit= for more)" if len(rows) == args.limit else ""

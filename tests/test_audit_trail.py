@@ -251,7 +251,7 @@ async def test_audit_command_filters_newest_first_and_is_policy_gated(tb: TestBo
         ("bob", "/policy off 1h", "denied"),
         ("bob", "/whoami", "ok"),
     ]
-    assert "3 audit entries user=bob in the last 1d" in reply.title
+    assert "3 audit entries user=bob in the last 24h" in reply.title
 
     recent = await tb.send("/audit since=1h", as_="alice")
     assert recent is not None and recent.table is not None
@@ -271,7 +271,9 @@ async def test_audit_command_filters_newest_first_and_is_policy_gated(tb: TestBo
     assert len(limited.table.rows) == 2 and "raise limit=" in limited.title
 
     nothing = await tb.send("/audit command=health", as_="alice")
-    assert nothing is not None and nothing.title == "No audit entries command=health in the last 1d"
+    assert (
+        nothing is not None and nothing.title == "No audit entries command=health in the last 24h"
+    )
 
     refused = await tb.send("/audit", as_="carol")
     assert refused is not None and refused.status is Status.DENIED
