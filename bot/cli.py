@@ -215,6 +215,13 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
 
     _configure_logging(config, quiet=not args.verbose)
     principal = args.principal or config.console.principal or "operator"
+    if "replica_id" not in config.bot.model_fields_set:
+        # A console next to a running bot on the same host must not close that bot's
+        # unfinished commands as interrupted when it starts: it is a replica of its own.
+        bot_section = config.bot.model_copy(
+            update={"replica_id": config.bot.replica_id + "-console"}
+        )
+        config = config.model_copy(update={"bot": bot_section})
     bot = Bot(config, COMMANDS, config_source=source)
     console = ConsoleAdapter(principal, args.channel or config.console.channel, bot.clock)
     await bot.start(serve_http=False if args.no_http else None)

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.auditlog import AuditStore, upgrade
+from bot.auditlog import AuditEntry, AuditStore, upgrade
 from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG
@@ -188,3 +190,36 @@ async def test_start_up_refuses_a_newer_sqlite_schema_and_creates_the_default(
     newer = await asyncio.to_thread(_console, config, _env())
     assert newer.returncode == 70
     assert "schema rev 9999 is newer than this opsbot's" in newer.stderr
+
+
+async def test_a_console_started_next_to_a_running_bot_leaves_its_commands_alone(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    first = await asyncio.to_thread(_console, config, _env())  # creates the database
+    assert first.returncode == 0, first.stderr
+    database = tmp_path / "data" / "audit.db"
+    # What `opsbot run` on this host has in flight right now: started, not finished.
+    store = AuditStore(f"sqlite+aiosqlite:///{database}", spool_path=tmp_path / "spool")
+    await store.start()
+    try:
+        await store.append_durably(
+            AuditEntry(
+                request_id="running-elsewhere",
+                at=datetime.now(UTC),
+                stage="started",
+                kind="command",
+                command="health",
+                status="started",
+                replica=socket.gethostname()[:64],
+            )
+        )
+    finally:
+        await store.close()
+    again = await asyncio.to_thread(_console, config, _env())
+    assert again.returncode == 0, again.stderr
+    with sqlite3.connect(database) as db:
+        stages = db.execute(
+            "SELECT stage FROM audit_log WHERE request_id = 'running-elsewhere'"
+        ).fetchall()
+    assert stages == [("started",)]
