@@ -8,6 +8,7 @@ about SQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 from datetime import timedelta
@@ -54,12 +55,36 @@ class AuditTrail:
         replica: str,
         excerpt_chars: int,
         reply_wait: timedelta,
+        clock: Clock,
+        retention: timedelta,
+        retention_every: timedelta,
     ) -> None:
         self.store = store
         self.redactor = redactor
         self.replica = replica
         self._excerpt_chars = excerpt_chars
         self._reply_wait = reply_wait.total_seconds()
+        self._clock = clock
+        self._retention = retention
+        self._retention_every = retention_every.total_seconds()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._first_close_tried = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open the store; close what the last run left unfinished, then apply retention
+        periodically, in the background."""
+        await self.store.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="audit-maintenance")
+        # Usually done before the first command; a database that is down is retried behind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._first_close_tried.wait()), 10)
+
+    def state(self) -> str:
+        """For /ready: "ok", or "degraded: …" while entries wait in the spool."""
+        spooled = self.store.spool_depth
+        if spooled:
+            return f"degraded: audit database unreachable, {spooled} record(s) in the spool"
+        return "ok"
 
     async def record(self, *entries: AuditEntry) -> None:
         """Queue ``entries``; they are committed with the next group commit."""
@@ -93,7 +118,40 @@ class AuditTrail:
         return digest, excerpt
 
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         await self.store.close()
+
+    async def _maintain(self) -> None:
+        await self._close_interrupted()
+        while True:
+            try:
+                removed = await self.store.apply_retention(self._clock.now() - self._retention)
+            except Exception:
+                # Retention can wait for the next round; the bot must not stop over it.
+                log.exception("audit.retention_failed")
+            else:
+                if removed:
+                    log.info("audit.retention", removed=removed)
+            await asyncio.sleep(self._retention_every)
+
+    async def _close_interrupted(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                closed = await self.store.close_interrupted(replica=self.replica)
+            except Exception as exc:
+                log.warning("audit.close_interrupted_failed", error=str(exc), retry_in_s=delay)
+                self._first_close_tried.set()  # start-up goes on; this keeps trying
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if closed:
+                log.warning("audit.closed_interrupted", commands=closed)
+            self._first_close_tried.set()
+            return
 
 
 def _stop_waiting(receipt: asyncio.Future[None], request_id: str) -> None:
@@ -127,8 +185,7 @@ async def prepare_database(config: Config) -> None:
     url = database_url(config)
     _make_dir(spool_path(config).parent, "audit spool")
     if is_embedded(url):
-        _make_dir(Path(make_url(url).database or "").parent, "audit database")
-        await upgrade(url)
+        await migrate(url)
         return
     try:
         await check_schema(url)
@@ -140,6 +197,14 @@ async def prepare_database(config: Config) -> None:
             error=str(exc.original),
             hint="answering anyway; audit records wait in the spool until it is back",
         )
+
+
+async def migrate(url: str) -> None:
+    """Bring the database at ``url`` to this opsbot's schema (creating an SQLite file's
+    directory first)."""
+    if is_embedded(url):
+        _make_dir(Path(make_url(url).database or "").parent, "audit database")
+    await upgrade(url)
 
 
 def _make_dir(path: Path, what: str) -> None:
@@ -160,4 +225,7 @@ def open_trail(config: Config, clock: Clock) -> AuditTrail:
         replica=config.bot.replica_id,
         excerpt_chars=config.audit.excerpt_chars,
         reply_wait=config.audit.reply_wait,
+        clock=clock,
+        retention=timedelta(days=config.audit.retention_days),
+        retention_every=config.audit.retention_every,
     )

@@ -21,8 +21,8 @@ from typing import Any, TextIO
 import orjson
 from sqlalchemy.engine import make_url
 
-from bot.audit import database_url, is_embedded
-from bot.auditlog import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema, upgrade
+from bot.audit import database_url, is_embedded, migrate
+from bot.auditlog import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema
 from bot.auditlog.migrate import DEPENDENCY, current_revision
 from bot.auditlog.record import _FIELD_NAMES
 from bot.config.models import Config
@@ -62,9 +62,7 @@ def display_url(url: str) -> str:
 
 async def db_upgrade(config: Config) -> int:
     url = database_url(config)
-    if is_embedded(url):
-        _sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
-    await upgrade(url)
+    await migrate(url)
     print(f"audit database {display_url(url)} is at revision {await current_revision(url)}")
     return 0
 

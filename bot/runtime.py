@@ -6,15 +6,10 @@ own every connection and background task.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from types import TracebackType
 from typing import Any
-
-import structlog
 
 from bot.audit import AuditTrail, open_trail, prepare_database
 from bot.authz import Authorizer
@@ -31,8 +26,6 @@ from bot.metrics import Metrics
 from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
 from bot.reply import Reply
-
-log = structlog.get_logger("opsbot")
 
 
 class Bot:
@@ -75,19 +68,13 @@ class Bot:
             metrics=self.metrics,
         )
         self.http_server: HttpServer | None = None
-        self._retention: asyncio.Task[None] | None = None
-        self._interrupted_closed = asyncio.Event()
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
 
     async def start(self, *, serve_http: bool | None = None) -> None:
         self.tools.started_at = self.clock.now()
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
-        await self.audit.store.start()
-        self._retention = asyncio.create_task(self._maintain_audit(), name="audit-maintenance")
-        # Usually done before the first command; a database that is down is retried behind.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._interrupted_closed.wait()), 10)
+        await self.audit.start()
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -101,65 +88,17 @@ class Bot:
     async def stop(self) -> None:
         if self.http_server is not None:
             await self.http_server.stop()
-        if self._retention is not None:
-            self._retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention
         await self.policy.close()
         await self.http_clients.close()
         await self.audit.close()
-
-    async def _maintain_audit(self) -> None:
-        """Close what the last run left unfinished, then apply retention periodically."""
-        await self._close_interrupted()
-        await self._retain()
-
-    async def _close_interrupted(self) -> None:
-        delay = 1.0
-        while True:
-            try:
-                closed = await self.audit.store.close_interrupted(
-                    replica=self.config.bot.replica_id
-                )
-            except Exception as exc:
-                log.warning("audit.close_interrupted_failed", error=str(exc), retry_in_s=delay)
-                self._interrupted_closed.set()  # start-up goes on; this keeps trying
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                continue
-            if closed:
-                log.warning("audit.closed_interrupted", commands=closed)
-            self._interrupted_closed.set()
-            return
-
-    async def _retain(self) -> None:
-        """Remove entries older than audit.retention_days, every audit.retention_every."""
-        every = self.config.audit.retention_every.total_seconds()
-        keep = timedelta(days=self.config.audit.retention_days)
-        while True:
-            try:
-                removed = await self.audit.store.apply_retention(self.clock.now() - keep)
-            except Exception:
-                # Retention can wait for the next round; the bot must not stop over it.
-                log.exception("audit.retention_failed")
-            else:
-                if removed:
-                    log.info("audit.retention", removed=removed)
-            await asyncio.sleep(every)
 
     async def handle(self, message: Message) -> Reply | None:
         return await self.dispatcher.handle(message)
 
     async def readiness(self) -> dict[str, str]:
-        checks = {"audit": self.audit_state()}
+        checks = {"audit": self.audit.state()}
         checks.update({f"adapter:{name}": state for name, state in self.adapters.states.items()})
         return checks
-
-    def audit_state(self) -> str:
-        spooled = self.audit.store.spool_depth
-        if spooled:
-            return f"degraded: audit database unreachable, {spooled} record(s) in the spool"
-        return "ok"
 
     async def __aenter__(self) -> Bot:
         await self.start()

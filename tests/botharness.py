@@ -17,7 +17,7 @@ from typing import Any
 
 from adapters.console import ConsoleAdapter
 from bot.auditlog import AuditEntry
-from bot.command import CommandSpec
+from bot.command import Access, Args, CommandSpec, NoArgs
 from bot.config import parse_config
 from bot.reply import Reply
 from bot.runtime import Bot
@@ -67,6 +67,19 @@ channels = ["ops", "incident"]
 [policy.commands.audit]
 roles = ["oncall"]
 """
+
+
+def extra_command(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> CommandSpec[Any]:
+    """A command only a test has, that any known person may run."""
+    return CommandSpec(
+        name=name,
+        summary=f"test command {name}",
+        usage=f"/{name}",
+        args_model=args,
+        run=run,
+        default_access=Access.ANY_PRINCIPAL,
+        **kw,
+    )
 
 
 class ManualClock:

@@ -4,7 +4,6 @@ Real `opsbot` processes, a real SQLite file, the test PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sqlite3
 import subprocess
@@ -23,14 +22,7 @@ from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG
 from tests.httpfakes import FakeServer, Route, serve
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
-    env.update(extra)
-    return env
+from tests.processes import ROOT, clean_env, run_opsbot
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -70,7 +62,7 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=ROOT,
-        env=_env(),
+        env=clean_env(),
     )
     try:
         assert proc.stdin is not None
@@ -82,16 +74,7 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         await asyncio.wait_for(proc.wait(), 10)
     assert proc.returncode == -9
 
-    after = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bot", "console", "--config", str(config), "-c", "/whoami"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=_env(),
-        check=False,
-    )
+    after = await asyncio.to_thread(_console, config, clean_env())
     assert after.returncode == 0, after.stderr
     with sqlite3.connect(database) as db:
         rows = db.execute(
@@ -138,15 +121,7 @@ async def _wait_for_started(database: Path, command: str, within: float = 20.0) 
 
 
 def _console(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "console", "--config", str(config), "-c", "/whoami"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    return run_opsbot("console", "--config", str(config), "-c", "/whoami", env=env, timeout=60)
 
 
 @pytest.mark.postgres
@@ -155,7 +130,7 @@ async def test_start_up_refuses_an_unmigrated_then_a_newer_postgres_schema(
 ) -> None:
     config = _config(tmp_path)
     async with pg_database() as url:
-        env = _env(OPSBOT_DATABASE_URL=url)
+        env = clean_env(OPSBOT_DATABASE_URL=url)
         unmigrated = await asyncio.to_thread(_console, config, env)
         assert unmigrated.returncode == 70
         assert "audit database: not migrated yet: run `opsbot db upgrade`" in unmigrated.stderr
@@ -182,12 +157,12 @@ async def test_start_up_refuses_a_newer_sqlite_schema_and_creates_the_default(
     tmp_path: Path,
 ) -> None:
     config = _config(tmp_path)
-    first = await asyncio.to_thread(_console, config, _env())
+    first = await asyncio.to_thread(_console, config, clean_env())
     assert first.returncode == 0, first.stderr  # the embedded default migrates itself
     database = tmp_path / "data" / "audit.db"
     with sqlite3.connect(database) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    newer = await asyncio.to_thread(_console, config, _env())
+    newer = await asyncio.to_thread(_console, config, clean_env())
     assert newer.returncode == 70
     assert "schema rev 9999 is newer than this opsbot's" in newer.stderr
 
@@ -196,7 +171,7 @@ async def test_a_console_started_next_to_a_running_bot_leaves_its_commands_alone
     tmp_path: Path,
 ) -> None:
     config = _config(tmp_path)
-    first = await asyncio.to_thread(_console, config, _env())  # creates the database
+    first = await asyncio.to_thread(_console, config, clean_env())  # creates the database
     assert first.returncode == 0, first.stderr
     database = tmp_path / "data" / "audit.db"
     # What `opsbot run` on this host has in flight right now: started, not finished.
@@ -216,7 +191,7 @@ async def test_a_console_started_next_to_a_running_bot_leaves_its_commands_alone
         )
     finally:
         await store.close()
-    again = await asyncio.to_thread(_console, config, _env())
+    again = await asyncio.to_thread(_console, config, clean_env())
     assert again.returncode == 0, again.stderr
     with sqlite3.connect(database) as db:
         stages = db.execute(

@@ -15,13 +15,13 @@ import httpx
 import pytest
 
 from bot.auditlog import AuditEntry, upgrade
-from bot.command import Access, Args, CommandSpec, NoArgs, Risk
+from bot.command import Args, NoArgs, Risk
 from bot.context import Context
 from bot.message import Message
 from bot.render import render_text
 from bot.reply import Field, Reply, Status
 from tests.auditlog_helpers import TcpProxy, pg_database, wait_until, with_port
-from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
+from tests.botharness import BASE_CONFIG, ManualClock, TestBot, extra_command, running_bot
 from tests.httpfakes import refused_url
 
 SLACK_TOKEN = "xoxb-1234567890-abcdefghijklmnop"
@@ -66,22 +66,10 @@ async def _leak(_: Context, __: NoArgs) -> Reply:
     )
 
 
-def _spec(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> CommandSpec[Any]:
-    return CommandSpec(
-        name=name,
-        summary=f"test command {name}",
-        usage=f"/{name}",
-        args_model=args,
-        run=run,
-        default_access=Access.ANY_PRINCIPAL,
-        **kw,
-    )
-
-
 EXTRA = [
-    _spec("echo", _echo, EchoArgs, rest="words"),
-    _spec("touch", _touch, risk=Risk.WRITE),
-    _spec("leak", _leak),
+    extra_command("echo", _echo, EchoArgs, rest="words"),
+    extra_command("touch", _touch, risk=Risk.WRITE),
+    extra_command("leak", _leak),
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,34 +12,23 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, clean_env, run_opsbot
+
 EXAMPLE = str(ROOT / "examples" / "opsbot.toml")
-
-
-def opsbot(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env=env or _clean_env(),
-        check=False,
-    )
 
 
 # The bot keeps its audit log under data_dir (default ./.opsbot): never the checkout's.
 DATA_DIR = tempfile.mkdtemp(prefix="opsbot-cli-test-")
 
 
+def opsbot(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_opsbot(*args, stdin=stdin, env=env or _clean_env())
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
-    env["OPSBOT_DATA_DIR"] = DATA_DIR
-    env.update(extra)
-    return env
+    return clean_env(OPSBOT_DATA_DIR=DATA_DIR, **extra)
 
 
 def test_one_command_exit_codes_tell_scripts_what_happened() -> None:

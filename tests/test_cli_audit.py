@@ -8,7 +8,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import queue
 import signal
 import sqlite3
@@ -23,8 +22,8 @@ import pytest
 from bot.auditlog import AuditEntry, head_revision
 from bot.cli_audit import parse_since
 from tests.auditlog_helpers import pg_database
+from tests.processes import ROOT, clean_env, run_opsbot
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
 [bot]
 data_dir = {data_dir}
@@ -58,22 +57,7 @@ CompletedProcess = subprocess.CompletedProcess[str]
 
 
 def opsbot(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env=_clean_env(**(env or {})),
-        check=False,
-    )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
-    env.update(extra)
-    return env
+    return run_opsbot(*args, env=clean_env(**(env or {})), stdin=stdin)
 
 
 def write_config(directory: Path) -> str:
@@ -206,7 +190,7 @@ def test_tail_follow_prints_new_entries_until_sigterm(log_copy: str) -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "bot", "audit", "tail", "-n", "1", "--follow"],
         cwd=ROOT,
-        env=_clean_env(OPSBOT_CONFIG=log_copy),
+        env=clean_env(OPSBOT_CONFIG=log_copy),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.command import Access, Args, CommandSpec, NoArgs, Risk
+from bot.command import Args, NoArgs, Risk
 from bot.context import Context
 from bot.errors import DependencyError
 from bot.logs import configure_logging
 from bot.parse import parse
 from bot.render import render_text, split_message
 from bot.reply import Reply, Status
-from tests.botharness import BASE_CONFIG, TestBot, running_bot
+from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot
 
 NAMES = frozenset({"opsbot"})
 
@@ -52,24 +52,12 @@ async def _long(_: Context, __: NoArgs) -> Reply:
     return Reply(title="long", code="\n".join(f"line {i:05d}" for i in range(3000)))
 
 
-def _spec(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> CommandSpec[Any]:
-    return CommandSpec(
-        name=name,
-        summary=f"test command {name}",
-        usage=f"/{name}",
-        args_model=args,
-        run=run,
-        default_access=Access.ANY_PRINCIPAL,
-        **kw,
-    )
-
-
 EXTRA = [
-    _spec("echo", _echo, EchoArgs, positional=(), rest="words", risk=Risk.READ),
-    _spec("crash", _crash),
-    _spec("unreachable", _unreachable),
-    _spec("slow", _slow),
-    _spec("long", _long),
+    extra_command("echo", _echo, EchoArgs, positional=(), rest="words", risk=Risk.READ),
+    extra_command("crash", _crash),
+    extra_command("unreachable", _unreachable),
+    extra_command("slow", _slow),
+    extra_command("long", _long),
 ]
 FAST_TIMEOUT = BASE_CONFIG.replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "0.3s"')
 

@@ -27,6 +27,7 @@ One store (one spool file) per process; never share a spool file between replica
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -296,15 +297,9 @@ class AuditStore:
         if self._sqlite_writer is not None:
             await self._sqlite_writer.insert(entries)
             return
+        # PostgreSQL; SQLite batches go through _SqliteBatchWriter above.
         async with self._write_transaction() as conn:
-            seq, prev = await _lock_head(conn)
-            sqlite = conn.dialect.name == "sqlite"
-            rows = []
-            for entry in entries:
-                seq += 1
-                digest = entry_hash(prev, entry, seq)
-                rows.append(_row_tuple(seq, prev, digest, entry, sqlite=sqlite))
-                prev = digest
+            rows, seq, prev = _linked_rows(*await _lock_head(conn), entries, sqlite=False)
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
             # than the rest of the write path together (bench/audit.py).
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
@@ -539,26 +534,12 @@ class AuditStore:
                 continue
             seen.add(started.request_id)
             await self.append_durably(
-                AuditEntry(
-                    request_id=started.request_id,
+                dataclasses.replace(
+                    started,
                     at=now,
                     stage="finished",
-                    kind=started.kind,
-                    platform=started.platform,
-                    workspace=started.workspace,
-                    channel=started.channel,
-                    thread=started.thread,
-                    user_id=started.user_id,
-                    principal=started.principal,
-                    command=started.command,
-                    raw_text=started.raw_text,
-                    args=started.args,
-                    decision=started.decision,
-                    rule=started.rule,
-                    approvers=started.approvers,
                     status="interrupted",
                     detail="opsbot stopped before this command finished; its outcome is unknown",
-                    replica=started.replica,
                 )
             )
             closed += 1
@@ -655,17 +636,7 @@ class _SqliteBatchWriter:
             head = conn.execute(
                 "SELECT seq, hash FROM audit_chain_head WHERE id = ?", (HEAD_ID,)
             ).fetchone()
-            if head is None:
-                raise DependencyError(
-                    DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
-                )
-            seq, prev = int(head[0]), str(head[1])
-            rows = []
-            for entry in entries:
-                seq += 1
-                digest = entry_hash(prev, entry, seq)
-                rows.append(_row_tuple(seq, prev, digest, entry, sqlite=True))
-                prev = digest
+            rows, seq, prev = _linked_rows(*_head_values(head), entries, sqlite=True)
             conn.executemany(_insert_sql("qmark"), rows)
             conn.execute(
                 "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
@@ -715,33 +686,35 @@ class _WriteTransaction:
 async def _lock_head(conn: AsyncConnection) -> tuple[int, str]:
     """The chain head, locked until the transaction ends (FOR UPDATE; SQLite already holds
     the write lock from BEGIN IMMEDIATE and ignores the clause)."""
-    row = (
-        await conn.execute(
-            sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash)
-            .where(audit_chain_head.c.id == HEAD_ID)
-            .with_for_update()
-        )
-    ).first()
+    return await _read_head(conn, lock=True)
+
+
+async def _read_head(conn: AsyncConnection, *, lock: bool = False) -> tuple[int, str]:
+    query = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
+        audit_chain_head.c.id == HEAD_ID
+    )
+    return _head_values((await conn.execute(query.with_for_update() if lock else query)).first())
+
+
+def _head_values(row: Any) -> tuple[int, str]:
     if row is None:
         raise DependencyError(
             DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
         )
-    return int(row.seq), str(row.hash)
+    return int(row[0]), str(row[1])
 
 
-async def _read_head(conn: AsyncConnection) -> tuple[int, str]:
-    row = (
-        await conn.execute(
-            sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
-                audit_chain_head.c.id == HEAD_ID
-            )
-        )
-    ).first()
-    if row is None:
-        raise DependencyError(
-            DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
-        )
-    return int(row.seq), str(row.hash)
+def _linked_rows(
+    seq: int, prev: str, entries: Sequence[AuditEntry], *, sqlite: bool
+) -> tuple[list[tuple[Any, ...]], int, str]:
+    """``entries`` chained after (``seq``, ``prev``): their rows, and the new head."""
+    rows = []
+    for entry in entries:
+        seq += 1
+        digest = entry_hash(prev, entry, seq)
+        rows.append(_row_tuple(seq, prev, digest, entry, sqlite=sqlite))
+        prev = digest
+    return rows, seq, prev
 
 
 _COLUMNS = tuple(column.name for column in audit_log.columns)
