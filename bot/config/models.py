@@ -16,29 +16,19 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
+from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
 from bot.config.platform_ids import check_channel_id, check_user_id
-from bot.durations import parse_duration
+from bot.config.types import Duration, Name
 
 
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_duration(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    return value
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value.total_seconds() <= 0:
-        raise ValueError("must be longer than zero")
-    return value
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _regex(value: str) -> str:
@@ -55,16 +45,10 @@ def _http_url(value: str) -> str:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 UserId = Annotated[str, AfterValidator(check_user_id)]
 ChannelId = Annotated[str, AfterValidator(check_channel_id)]
 Pattern = Annotated[str, AfterValidator(_regex)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LogFormat(enum.StrEnum):
@@ -195,6 +179,8 @@ class ConsoleSection(Strict):
 # config written today keeps loading tomorrow.
 Stub = list[dict[str, Any]]
 
+__all__ = ["Duration", "Name"]  # re-exported: the primitives live in types.py
+
 
 class Config(Strict):
     bot: BotSection = BotSection()
@@ -207,10 +193,18 @@ class Config(Strict):
     services: list[Service] = []
     policy: PolicySection = PolicySection()
     audit: AuditSection = AuditSection()
-    queues: Stub = []
-    actions: Stub = []
+    queues: list[QueueConfig] = []
+    actions: list[ActionConfig] = []
+    jobs: JobsSection = JobsSection()
+    state: StateSection = StateSection()
     heartbeat: Stub = []
     checks: Stub = []
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def action(self, name: str) -> ActionConfig | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+    def queue(self, name: str) -> QueueConfig | None:
+        return next((q for q in self.queues if q.name == name), None)

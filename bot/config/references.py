@@ -39,6 +39,18 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             problems.append(f"services[{i}].name: duplicate service name '{service.name}'")
         seen_services.add(service.name)
 
+    for section, items in (("queues", config.queues), ("actions", config.actions)):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                problems.append(f"{section}[{i}].name: duplicate name '{item.name}'")
+            seen.add(item.name)
+    for i, action in enumerate(config.actions):
+        for j, role in enumerate(action.roles):
+            need_role(f"actions[{i}].roles[{j}]", role)
+        for j, role in enumerate(action.approver_roles):
+            need_role(f"actions[{i}].approver_roles[{j}]", role)
+
     for i, role in enumerate(config.policy.admin_roles):
         need_role(f"policy.admin_roles[{i}]", role)
     for command, rule in config.policy.commands.items():
