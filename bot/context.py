@@ -12,6 +12,7 @@ from bot.config.models import Config
 from bot.directory import Principal
 from bot.message import Message
 from bot.policy import PolicySwitch
+from bot.redis_clients import RedisClients
 
 if TYPE_CHECKING:
     import httpx
@@ -59,6 +60,7 @@ class Toolbox:
     policy: PolicySwitch
     catalog: Catalog
     http: HttpClients
+    redis: RedisClients
     adapters: AdapterBoard
     audit: AuditTrail
     started_at: datetime

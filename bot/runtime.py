@@ -25,6 +25,7 @@ from bot.message import Message
 from bot.metrics import Metrics
 from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
+from bot.redis_clients import RedisClients
 from bot.reply import Reply
 
 
@@ -47,12 +48,14 @@ class Bot:
         self.policy = PolicySwitch(config.policy, self.clock, self.audit, self.metrics)
         self.adapters = AdapterBoard()
         self.http_clients = HttpClients()
+        self.redis_clients = RedisClients()
         self.tools = Toolbox(
             config=config,
             clock=self.clock,
             policy=self.policy,
             catalog=self.catalog,
             http=self.http_clients,
+            redis=self.redis_clients,
             adapters=self.adapters,
             audit=self.audit,
             started_at=self.clock.now(),
@@ -90,6 +93,7 @@ class Bot:
             await self.http_server.stop()
         await self.policy.close()
         await self.http_clients.close()
+        await self.redis_clients.close()
         await self.audit.close()
 
     async def handle(self, message: Message) -> Reply | None:
