@@ -39,12 +39,14 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             problems.append(f"services[{i}].name: duplicate service name '{service.name}'")
         seen_services.add(service.name)
 
-    for section, items in (("queues", config.queues), ("actions", config.actions)):
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item.name in seen:
-                problems.append(f"{section}[{i}].name: duplicate name '{item.name}'")
-            seen.add(item.name)
+    named = {
+        "queues": [q.name for q in config.queues],
+        "actions": [a.name for a in config.actions],
+    }
+    for section, names in named.items():
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                problems.append(f"{section}[{i}].name: duplicate name '{name}'")
     for i, action in enumerate(config.actions):
         for j, role in enumerate(action.roles):
             need_role(f"actions[{i}].roles[{j}]", role)
