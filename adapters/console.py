@@ -6,12 +6,16 @@ chat message in, a Reply out, through the same pipeline every platform uses.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from bot.adapter import MessageHandler
 from bot.clock import Clock
 from bot.message import Message
+from bot.outbound import Destination
 from bot.render import render_text
 from bot.reply import Reply
 
@@ -21,12 +25,20 @@ QUIT_WORDS = frozenset({"/quit", "/exit", "quit", "exit"})
 class ConsoleAdapter:
     name = "console"
 
-    def __init__(self, user: str, channel: str, clock: Clock) -> None:
+    def __init__(
+        self, user: str, channel: str, clock: Clock, *, write: Callable[[str], None] | None = None
+    ) -> None:
         self._user = user
         self._channel = channel
         self._clock = clock
+        self._write = write
         self._handler: MessageHandler | None = None
+        # Unique across runs too: event ids are remembered (dedup) in the database.
+        self._session = secrets.token_hex(4)
         self._event_ids = itertools.count(1)
+        # What the bot posted on its own (job progress and results), oldest first.
+        self.posted: deque[tuple[Destination, Reply]] = deque(maxlen=1000)
+        self._posted_changed = asyncio.Condition()
 
     async def start(self, handler: MessageHandler) -> None:
         self._handler = handler
@@ -44,11 +56,29 @@ class ConsoleAdapter:
             channel_id=channel or self._channel,
             user_id=user or self._user,
             text=text,
-            event_id=f"console-{next(self._event_ids)}",
+            event_id=f"console-{self._session}-{next(self._event_ids)}",
             received_at=self._clock.now(),
             addressed=True,
         )
         return await self._handler(message)
+
+    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        """The outbound side: a terminal cannot edit what it printed, so progress updates
+        (``key``) are printed as new lines like everything else."""
+        self.posted.append((destination, reply))
+        if self._write is not None:
+            self._write(render_text(reply))
+        async with self._posted_changed:
+            self._posted_changed.notify_all()
+
+    async def wait_posted(self, predicate: Callable[[Reply], bool]) -> Reply:
+        """The first posted reply (old or new) ``predicate`` accepts (wrap it in a timeout)."""
+        async with self._posted_changed:
+            while True:
+                for _, reply in self.posted:
+                    if predicate(reply):
+                        return reply
+                await self._posted_changed.wait()
 
     async def exec(self, text: str, *, user: str | None = None, channel: str | None = None) -> str:
         """Send ``text`` and return the rendered reply ('' when the bot stays silent)."""

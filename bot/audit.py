@@ -37,6 +37,7 @@ class Outcome(enum.StrEnum):
     USAGE = "usage"
     UNKNOWN_COMMAND = "unknown-command"
     THROTTLED = "throttled"
+    DUPLICATE = "duplicate"  # a platform delivered the same event again; not run twice
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
 
@@ -62,7 +63,7 @@ class AuditTrail:
         self.store = store
         self.redactor = redactor
         self.replica = replica
-        self._excerpt_chars = excerpt_chars
+        self.excerpt_chars = excerpt_chars
         self._reply_wait = reply_wait.total_seconds()
         self._clock = clock
         self._retention = retention
@@ -112,9 +113,9 @@ class AuditTrail:
     def output(self, rendered: str) -> tuple[str, str]:
         """(sha256 of the whole output, its first ``excerpt_chars`` characters)."""
         digest = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
-        excerpt = rendered[: self._excerpt_chars]
-        if len(rendered) > self._excerpt_chars:
-            excerpt = excerpt[: max(0, self._excerpt_chars - 1)] + "…"
+        excerpt = rendered[: self.excerpt_chars]
+        if len(rendered) > self.excerpt_chars:
+            excerpt = excerpt[: max(0, self.excerpt_chars - 1)] + "…"
         return digest, excerpt
 
     async def close(self) -> None:

@@ -10,9 +10,11 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bot import __version__
 from bot.config import load_config, read_environment
@@ -223,23 +225,50 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
         )
         config = config.model_copy(update={"bot": bot_section})
     bot = Bot(config, COMMANDS, config_source=source)
-    console = ConsoleAdapter(principal, args.channel or config.console.channel, bot.clock)
+    console = ConsoleAdapter(
+        principal, args.channel or config.console.channel, bot.clock, write=_print_now
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # SIGTERM: stop reading, let running jobs finish within jobs.shutdown_grace, cancel
+    # the rest (bot.stop() does that), as `opsbot run` does.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     await bot.start(serve_http=False if args.no_http else None)
     try:
         await console.start(bot.handle)
+        bot.outbox.register("console", console.post)
         bot.adapters.set("console", "connected")
         if args.command is not None:
             reply = await console.send(args.command)
-            return _print_reply(reply)
+            code = _print_reply(reply)
+            # A job answered with its id: its result is what the caller waits for.
+            await _until(stop, bot.jobs.wait_idle())
+            if console.posted and reply is not None and reply.status is Status.INFO:
+                code = EXIT_CODES[console.posted[-1][1].status]
+            return code
         print(
             f"opsbot {__version__} console as '{principal}' ({source}). /help lists commands; "
             "Ctrl-D quits."
         )
-        await console.repl(_read_line, print)
+        await _until(stop, console.repl(_stdin_reader(loop), _print_now))
         return 0
     finally:
         await console.stop()
         await bot.stop()
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or ``stop`` is set, whichever comes first."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        pending.cancel()
+    await asyncio.gather(task, stopper, return_exceptions=True)
+
+
+def _print_now(text: str) -> None:
+    print(text, flush=True)
 
 
 def _print_reply(reply: Reply | None) -> int:
@@ -251,12 +280,24 @@ def _print_reply(reply: Reply | None) -> int:
     return EXIT_CODES[reply.status]
 
 
-async def _read_line() -> str | None:
+def _stdin_reader(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[str | None]]:
+    """Lines from stdin, read by a daemon thread: a thread blocked in input() must not
+    keep the process alive after SIGTERM (asyncio.to_thread's would)."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
     prompt = "opsbot> " if sys.stdin.isatty() else ""
-    try:
-        return await asyncio.to_thread(input, prompt)
-    except EOFError:
-        return None
+
+    def read() -> None:
+        while True:
+            try:
+                line: str | None = input(prompt)
+            except (EOFError, OSError, ValueError):
+                line = None
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if line is None:
+                return
+
+    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    return lines.get
 
 
 async def _serve(config: Config, source: str) -> int:

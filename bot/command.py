@@ -62,6 +62,11 @@ class CommandSpec(Generic[ArgsT]):
     default_access: Access = Access.NOBODY
     # Arguments that need one of policy.admin_roles whenever given (``/policy off``).
     admin_args: tuple[str, ...] = ()
+    # The field that takes the remaining words as a tuple (each word kept whole) instead
+    # of ``rest``'s joined string; and the dict field that takes key=value options the
+    # model does not declare. Both for /run, whose arguments depend on the action.
+    rest_words: str | None = None
+    extra_options: str | None = None
 
     def bind(self, parsed: ParsedCommand) -> ArgsT:
         """Fill the args model from the parsed words; any mismatch is a UsageError."""
@@ -72,15 +77,25 @@ class CommandSpec(Generic[ArgsT]):
                 break
             values[field_name] = words.pop(0)
         if words:
-            if self.rest is None:
+            if self.rest_words is not None:
+                values[self.rest_words] = tuple(words)
+            elif self.rest is None:
                 raise UsageError(f"unexpected argument '{words[0]}'", self.usage)
-            values[self.rest] = " ".join(words)
+            else:
+                values[self.rest] = " ".join(words)
         fields = self.args_model.model_fields
+        extra: dict[str, str | bool] = {}
         for key, value in parsed.options.items():
+            if self.extra_options is not None and key not in fields:
+                extra[key] = value
+                continue
             if key not in fields or key in values:
                 reason = "given twice" if key in values else "unknown option"
                 raise UsageError(f"{reason} '{key}'", self.usage)
             values[key] = value
+        if extra:
+            assert self.extra_options is not None
+            values[self.extra_options] = extra
         try:
             return self.args_model.model_validate(values)
         except ValidationError as exc:

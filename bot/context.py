@@ -15,9 +15,14 @@ from bot.policy import PolicySwitch
 from bot.redis_clients import RedisClients
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from bot.catalog import Catalog
+    from bot.jobs import JobBoard
+    from bot.outbound import Outbox
+    from bot.state.approvals import ApprovalStore
 
 
 class HttpClients:
@@ -65,6 +70,11 @@ class Toolbox:
     audit: AuditTrail
     started_at: datetime
     config_source: str
+    jobs: JobBoard
+    approvals: ApprovalStore
+    outbox: Outbox
+    # Relative action paths are resolved against this: the config file's directory.
+    base_dir: Path
 
 
 @dataclass(frozen=True, slots=True)

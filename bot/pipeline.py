@@ -38,6 +38,7 @@ from bot.parse import parse
 from bot.redact import Redactor
 from bot.render import render_text
 from bot.reply import Reply, Status
+from bot.state.dedup import EventDedup
 
 _ids = random.Random()  # noqa: S311  (ids, not secrets; seeded from os.urandom at import)
 
@@ -78,6 +79,7 @@ class Dispatcher:
         flood: FloodGuard,
         audit: AuditTrail,
         metrics: Metrics,
+        dedup: EventDedup,
     ) -> None:
         self._tools = tools
         self._directory = directory
@@ -89,6 +91,7 @@ class Dispatcher:
         self._replica = audit.replica
         self._clock = tools.clock
         self._metrics = metrics
+        self._dedup = dedup
         self._bot_names = frozenset({tools.config.bot.name})
         self._timeout = tools.config.bot.command_timeout.total_seconds()
         # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
@@ -181,6 +184,13 @@ class Dispatcher:
             inv.args = args.model_dump(mode="json", exclude_defaults=True)
             self._authorize(principal, channel, spec, inv.args, inv)
             inv.args = self._redactor.value(inv.args)
+        if spec.risk is not Risk.READ and not await self._dedup.first_delivery(
+            message.platform, message.event_id, self._clock.now()
+        ):
+            # A platform redelivered an event it thinks we missed: the first delivery is
+            # being answered; running it again could roll back twice.
+            inv.outcome = Outcome.DUPLICATE
+            return None
         await self._record_start(message, request_id, inv, spec)
         ctx = Context(request_id, message, principal, channel, self._tools)
         # handle() resets these with its own tokens; only the same names are reset here.

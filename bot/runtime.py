@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bot.audit import AuditTrail, open_trail, prepare_database
+from bot.audit import AuditTrail, database_url, open_trail, prepare_database
 from bot.authz import Authorizer
 from bot.catalog import Catalog
 from bot.clock import Clock, SystemClock
@@ -21,12 +22,17 @@ from bot.context import AdapterBoard, HttpClients, Toolbox
 from bot.directory import Directory
 from bot.flood import FloodGuard
 from bot.http_server import HttpServer, build_app
+from bot.jobs import JobBoard
 from bot.message import Message
 from bot.metrics import Metrics
+from bot.outbound import Outbox
 from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
 from bot.redis_clients import RedisClients
 from bot.reply import Reply
+from bot.state.approvals import ApprovalStore
+from bot.state.database import StateDatabase
+from bot.state.dedup import DatabaseDedup, EventDedup, RedisDedup, RememberingDedup
 
 
 class Bot:
@@ -49,6 +55,20 @@ class Bot:
         self.adapters = AdapterBoard()
         self.http_clients = HttpClients()
         self.redis_clients = RedisClients()
+        self.outbox = Outbox()
+        self.state_db = StateDatabase(database_url(config))
+        self.approvals = ApprovalStore(self.state_db)
+        self.dedup: EventDedup = RememberingDedup(
+            RedisDedup(
+                self.redis_clients,
+                config.state.redis_url.get_secret_value(),
+                config.state.dedup_window,
+            )
+            if config.state.redis_url is not None
+            else DatabaseDedup(self.state_db, config.state.dedup_window),
+            config.state.dedup_window,
+        )
+        self.jobs = JobBoard(config.jobs, audit=self.audit, outbox=self.outbox, clock=self.clock)
         self.tools = Toolbox(
             config=config,
             clock=self.clock,
@@ -60,6 +80,10 @@ class Bot:
             audit=self.audit,
             started_at=self.clock.now(),
             config_source=config_source,
+            jobs=self.jobs,
+            approvals=self.approvals,
+            outbox=self.outbox,
+            base_dir=_base_dir(config_source),
         )
         self.dispatcher = Dispatcher(
             tools=self.tools,
@@ -69,6 +93,7 @@ class Bot:
             flood=FloodGuard(config.flood.max_commands, config.flood.per.total_seconds()),
             audit=self.audit,
             metrics=self.metrics,
+            dedup=self.dedup,
         )
         self.http_server: HttpServer | None = None
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
@@ -78,6 +103,7 @@ class Bot:
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
         await self.audit.start()
+        await self.state_db.start()
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -89,11 +115,14 @@ class Bot:
             self.http_server = server
 
     async def stop(self) -> None:
+        # Jobs first: their last audit entries need the trail still open.
+        await self.jobs.drain()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.policy.close()
         await self.http_clients.close()
         await self.redis_clients.close()
+        await self.state_db.close()
         await self.audit.close()
 
     async def handle(self, message: Message) -> Reply | None:
@@ -115,3 +144,11 @@ class Bot:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _base_dir(config_source: str) -> Path:
+    """The config file's directory; the working directory for the built-in config."""
+    path = Path(config_source)
+    if config_source and path.is_file():
+        return path.resolve().parent
+    return Path.cwd()

@@ -8,6 +8,7 @@ Modelled on errbot's ``testbot.exec_command``::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +20,7 @@ from adapters.console import ConsoleAdapter
 from bot.auditlog import AuditEntry
 from bot.command import Access, Args, CommandSpec, NoArgs
 from bot.config import parse_config
+from bot.render import render_text
 from bot.reply import Reply
 from bot.runtime import Bot
 from commands import COMMANDS
@@ -113,6 +115,16 @@ class TestBot:
     async def exec(self, text: str, *, as_: str = "alice", channel: str = "ops") -> str:
         return await self.console.exec(text, user=as_, channel=channel)
 
+    async def posted(self, contains: str, *, within: float = 10.0) -> str:
+        """The rendered text of the first message the bot posted on its own (job progress,
+        results, approval news) that contains ``contains``; fails after ``within`` s."""
+        async with asyncio.timeout(within):
+            reply = await self.console.wait_posted(lambda r: contains in render_text(r))
+        return render_text(reply)
+
+    def all_posted(self) -> list[str]:
+        return [render_text(reply) for _, reply in self.console.posted]
+
     async def audit(self) -> list[AuditEntry]:
         """Every entry in the bot's audit database, in chain order (after a flush)."""
         store = self.bot.audit.store
@@ -136,18 +148,23 @@ async def running_bot(
     extra_commands: Sequence[CommandSpec[Any]] = (),
     clock: Any = None,
     serve_http: bool = False,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[TestBot]:
+    """``data_dir``: keep the bot's database there (a restart test starts a second bot on
+    the same directory); by default a fresh temporary one."""
     specs = [*COMMANDS, *extra_commands]
     config = parse_config(config_text, "test", {}, [s.name for s in specs])
-    with tempfile.TemporaryDirectory(prefix="opsbot-test-") as data_dir:
+    with tempfile.TemporaryDirectory(prefix="opsbot-test-") as temp_dir:
         if config.bot.data_dir == Path(".opsbot"):  # never the developer's own directory
+            chosen = data_dir or Path(temp_dir)
             config = config.model_copy(
-                update={"bot": config.bot.model_copy(update={"data_dir": Path(data_dir)})}
+                update={"bot": config.bot.model_copy(update={"data_dir": chosen})}
             )
         bot = Bot(config, specs, clock=clock, config_source="test")
         console = ConsoleAdapter("alice", "ops", bot.clock)
         await bot.start(serve_http=serve_http)
         await console.start(bot.handle)
+        bot.outbox.register("console", console.post)
         bot.adapters.set("console", "connected")
         try:
             yield TestBot(bot, console)

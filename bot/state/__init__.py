@@ -1,0 +1,1 @@
+"""State the bot keeps besides the audit trail: approval requests and delivered events."""

@@ -1,0 +1,113 @@
+"""Platform events seen before: a retried delivery must never run an action twice.
+
+The first delivery of ``(platform, event_id)`` claims it; later ones are told so. Claims
+live in the database by default, in Redis when ``state.redis_url`` is set (several
+replicas answering one platform), for ``state.dedup_window``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bot.errors import DependencyError
+from bot.redis_clients import RedisClients
+from bot.state.database import StateDatabase
+from bot.state.schema import delivered_events
+
+log = structlog.get_logger("opsbot.dedup")
+
+_PRUNE_EVERY = 500  # claims between two deletions of claims older than the window
+
+
+class EventDedup(Protocol):
+    async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
+        """True for the first delivery of this event; raises DependencyError when the
+        store cannot say (the caller must then not run anything that changes state)."""
+        ...
+
+
+class DatabaseDedup:
+    def __init__(self, database: StateDatabase, window: timedelta) -> None:
+        self._db = database
+        self._window = window
+        self._claims = 0
+
+    async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
+        async with self._db.transaction() as conn:
+            values = {"platform": platform, "event_id": event_id, "at": now}
+            insert = (
+                postgresql.insert(delivered_events)
+                if conn.dialect.name == "postgresql"
+                else sqlite.insert(delivered_events)
+            )
+            result = await conn.execute(insert.values(**values).on_conflict_do_nothing())
+            self._claims += 1
+            if self._claims % _PRUNE_EVERY == 0:
+                await conn.execute(
+                    sa.delete(delivered_events).where(delivered_events.c.at < now - self._window)
+                )
+        return bool(result.rowcount == 1)
+
+
+class RedisDedup:
+    def __init__(self, clients: RedisClients, url: str, window: timedelta) -> None:
+        self._clients = clients
+        self._url = url
+        self._window = window
+
+    async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
+        from redis.exceptions import RedisError
+
+        client = self._clients.client(self._url, timeout=2.0)
+        try:
+            claimed = await client.set(
+                f"opsbot:event:{platform}:{event_id}",
+                now.isoformat(),
+                nx=True,
+                ex=int(self._window.total_seconds()),
+            )
+        except (RedisError, OSError) as exc:
+            raise DependencyError("state Redis", f"unreachable ({exc})", exc) from exc
+        return bool(claimed)
+
+
+class RememberingDedup:
+    """This process's memory of recent events in front of the shared store.
+
+    A retry usually reaches the process that got the first delivery, so memory answers it
+    without a round trip. When the shared store is down the memory is the fallback: the
+    bot keeps serving (a database outage is when rollbacks are needed) and only a retry
+    that lands on another replica during the outage could slip through, which the log
+    says.
+    """
+
+    def __init__(self, store: EventDedup, window: timedelta, capacity: int = 50_000) -> None:
+        self._store = store
+        self._window = window
+        self._capacity = capacity
+        self._seen: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+
+    async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
+        key = (platform, event_id)
+        seen_at = self._seen.get(key)
+        if seen_at is not None and now - seen_at < self._window:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        try:
+            return await self._store.first_delivery(platform, event_id, now)
+        except DependencyError as exc:
+            log.warning(
+                "dedup.store_unreachable",
+                error=str(exc),
+                hint="using this process's memory of events until the store is back",
+            )
+            return True

@@ -1,0 +1,38 @@
+"""Tables of bot state (SQLAlchemy Core); migration 0003 creates them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from bot.auditlog.schema import UTCDateTime
+
+metadata = sa.MetaData()
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("args", sa.Text, nullable=False),
+    sa.Column("argv", sa.Text, nullable=False),
+    sa.Column("requester", sa.Text, nullable=False),
+    sa.Column("platform", sa.Text, nullable=False),
+    sa.Column("workspace", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("thread", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("decided_by", sa.Text, nullable=True),
+    sa.Column("decided_at", UTCDateTime, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+)
+
+delivered_events = sa.Table(
+    "delivered_events",
+    metadata,
+    sa.Column("platform", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)

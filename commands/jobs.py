@@ -1,0 +1,48 @@
+"""/jobs: running jobs, then the most recent finished ones."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from bot.command import CommandSpec, NoArgs
+from bot.context import Context
+from bot.durations import format_duration
+from bot.jobs import Job
+from bot.reply import Reply, Status, Table
+
+_SHOWN_FINISHED = 10
+
+
+async def run(ctx: Context, _: NoArgs) -> Reply:
+    board = ctx.tools.jobs
+    running, finished = board.running(), board.finished()[:_SHOWN_FINISHED]
+    if not running and not finished:
+        return Reply(title="No jobs since opsbot started", status=Status.INFO)
+    now = ctx.tools.clock.now()
+    rows = [_row(job, now - job.started_at) for job in running]
+    rows += [
+        _row(job, (job.finished_at or now) - job.started_at, ago=now - (job.finished_at or now))
+        for job in finished
+    ]
+    return Reply(
+        title=f"{len(running)} running, {len(finished)} recent job(s)",
+        status=Status.INFO,
+        table=Table(("job", "action", "by", "state", "took", "ended"), tuple(rows)),
+    )
+
+
+def _row(job: Job, took: timedelta, ago: timedelta | None = None) -> tuple[str, ...]:
+    by = job.requester.principal
+    if job.requester.approved_by:
+        by += f" (+{job.requester.approved_by})"
+    ended = "" if ago is None else f"{format_duration(ago)} ago"
+    return (job.id, job.description, by, job.state.value, format_duration(took), ended)
+
+
+SPEC = CommandSpec(
+    name="jobs",
+    summary="List running and recent jobs",
+    usage="/jobs",
+    args_model=NoArgs,
+    run=run,
+)

@@ -1,0 +1,44 @@
+"""/run <action> [args] [name=value] [--dry-run]: any other configured action, under the
+same rules as /rollback (roles, argument schema, approval for high risk)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bot.command import Args, CommandSpec, Risk
+from bot.context import Context
+from bot.errors import UsageError
+from bot.operations import find_action, request_action
+from bot.reply import Reply
+
+USAGE = "/run <action> [args] [name=value] [--dry-run]"
+
+
+class RunArgs(Args):
+    action: str
+    words: tuple[str, ...] = ()
+    named: dict[str, str | bool] = Field(default_factory=dict)
+    dry_run: bool = False
+
+
+async def run(ctx: Context, args: RunArgs) -> Reply:
+    named: dict[str, str] = {}
+    for key, value in args.named.items():
+        if not isinstance(value, str):
+            raise UsageError(f"give the argument as {key}=value, not --{key}", USAGE)
+        named[key] = value
+    action = find_action(ctx, args.action)
+    return await request_action(ctx, action, args.words, named, dry_run=args.dry_run)
+
+
+SPEC = CommandSpec(
+    name="run",
+    summary="Run a configured action",
+    usage=USAGE,
+    args_model=RunArgs,
+    run=run,
+    positional=("action",),
+    rest_words="words",
+    extra_options="named",
+    risk=Risk.WRITE,
+)

@@ -1,0 +1,421 @@
+"""/rollback, /run, /approve, /deny, /jobs, /cancel through the chat pipeline, with real
+scripts as the actions, the real audit database and the real approval store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import stat
+import sys
+import textwrap
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.message import Message
+from tests.botharness import BASE_CONFIG, ManualClock, running_bot
+from tests.processes import ROOT, clean_env
+
+
+@dataclass
+class Scripts:
+    dir: Path
+    marker: Path  # every run of the rollback script appends its tag here
+
+    def runs(self) -> list[str]:
+        return self.marker.read_text().split() if self.marker.exists() else []
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Scripts:
+    marker = tmp_path / "runs.txt"
+    _script(
+        tmp_path / "rollback.sh",
+        """\
+        echo "rolling back to $1"
+        echo "$1" >> "$MARKER"
+        echo "done"
+        """,
+    )
+    _script(
+        tmp_path / "slow.sh", 'echo "step 1"; sleep 1.5; echo "step 2"; echo "$1" >> "$MARKER"\n'
+    )
+    _script(
+        tmp_path / "hang.sh",
+        """\
+        echo "started $$"
+        echo $$ > "$PIDFILE"
+        while true; do echo tick; sleep 0.2; done
+        """,
+    )
+    _script(tmp_path / "fail.sh", 'echo "cannot reach the deploy API" >&2; exit 3\n')
+    return Scripts(tmp_path, marker)
+
+
+def actions_config(scripts: Scripts, extra: str = "") -> str:
+    d = scripts.dir
+    return (
+        BASE_CONFIG
+        + f"""
+[jobs]
+ack_after = "0.5s"
+progress_every = "0.3s"
+shutdown_grace = "0.5s"
+
+[[actions]]
+name = "rollback"
+argv = ["{d}/rollback.sh", "{{tag}}"]
+env = {{ MARKER = "{scripts.marker}" }}
+risk = "high"
+roles = ["oncall", "deployer"]
+approver_roles = ["oncall"]
+approval_ttl = "10m"
+lock_group = "deploy"
+timeout = "10s"
+kill_grace = "0.5s"
+[[actions.args]]
+name = "tag"
+pattern = '^v\\d+\\.\\d+(\\.\\d+)?$'
+
+[[actions]]
+name = "slow-deploy"
+argv = ["{d}/slow.sh", "{{tag}}"]
+env = {{ MARKER = "{scripts.marker}" }}
+risk = "write"
+roles = ["oncall", "deployer"]
+lock_group = "deploy"
+timeout = "10s"
+kill_grace = "0.5s"
+[[actions.args]]
+name = "tag"
+pattern = '^v\\d+\\.\\d+(\\.\\d+)?$'
+
+[[actions]]
+name = "hang"
+argv = ["{d}/hang.sh"]
+env = {{ PIDFILE = "{d}/hang.pid" }}
+risk = "write"
+roles = ["oncall"]
+timeout = "30s"
+kill_grace = "0.5s"
+
+[[actions]]
+name = "fail"
+argv = ["{d}/fail.sh"]
+risk = "write"
+roles = ["oncall"]
+
+[policy.commands.rollback]
+roles = ["oncall", "deployer"]
+[policy.commands.run]
+roles = ["oncall", "deployer"]
+[policy.commands.approve]
+roles = ["*"]
+[policy.commands.deny]
+roles = ["*"]
+[policy.commands.jobs]
+roles = ["*"]
+[policy.commands.cancel]
+roles = ["oncall", "deployer"]
+"""
+        + extra
+    )
+
+
+def approval_id(reply_text: str) -> str:
+    marker = "(request "
+    start = reply_text.index(marker) + len(marker)
+    return reply_text[start : reply_text.index(")", start)]
+
+
+async def test_rollback_needs_a_second_person_then_runs_exactly_once(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        asked = await tb.exec("/rollback v1.2", as_="dave")
+        assert "Approval needed: rollback tag=v1.2" in asked
+        assert "/approve" in asked and "expires in" in asked
+        assert scripts.runs() == []  # nothing runs on request
+        request = approval_id(asked)
+
+        approved = await tb.exec(f"/approve {request}", as_="bob")
+        assert "rollback tag=v1.2 finished" in approved, approved
+        assert "rolling back to v1.2" in approved
+        assert scripts.runs() == ["v1.2"]
+
+        again = await tb.exec(f"/approve {request}", as_="alice")
+        assert "already approved by bob" in again and "used once" in again
+        assert scripts.runs() == ["v1.2"]
+
+        entries = await tb.audit()
+        approvals = [(e.status, e.principal) for e in entries if e.kind == "approval"]
+        assert approvals == [("requested", "dave"), ("approved", "bob")]
+        job = [e for e in entries if e.kind == "job"]
+        assert [e.stage for e in job] == ["started", "finished"]
+        assert job[1].status == "ok" and job[1].exit_code == 0
+        assert job[1].approvers == ("bob",) and job[1].principal == "dave"
+        assert job[1].output_digest and len(job[1].output_digest) == 64
+        assert "done" in (job[1].output_excerpt or "")
+
+
+async def test_requester_and_non_approvers_cannot_approve(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        request = approval_id(await tb.exec("/rollback v1.3", as_="alice"))
+        own = await tb.exec(f"/approve {request}", as_="alice")
+        assert "you requested this" in own and own.startswith("⛔")
+        viewer = await tb.exec(f"/approve {request}", as_="carol")
+        assert "need role 'oncall'" in viewer and viewer.startswith("⛔")
+        deployer = await tb.exec(f"/approve {request}", as_="dave")
+        assert deployer.startswith("⛔")
+        assert scripts.runs() == []
+        denied_rules = [e.rule for e in await tb.commands_audited() if e.status == "denied"]
+        assert denied_rules == [
+            "approval:requester-may-not-approve",
+            "actions.rollback.approver_roles",
+            "actions.rollback.approver_roles",
+        ]
+        # Still pending: a real approver can use it.
+        assert "finished" in await tb.exec(f"/approve {request}", as_="bob")
+        assert scripts.runs() == ["v1.3"]
+
+
+async def test_denied_request_never_runs_and_the_reason_is_recorded(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        request = approval_id(await tb.exec("/rollback v1.4", as_="dave"))
+        denied = await tb.exec(f"/deny {request} wrong tag, use v1.5", as_="bob")
+        assert "denied by bob" in denied and "wrong tag, use v1.5" in denied
+        after = await tb.exec(f"/approve {request}", as_="alice")
+        assert "already denied by bob" in after
+        assert scripts.runs() == []
+        statuses = [(e.status, e.error) for e in await tb.audit() if e.kind == "approval"]
+        assert statuses == [("requested", None), ("denied", "wrong tag, use v1.5")]
+
+
+async def test_approval_expires(scripts: Scripts) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    async with running_bot(actions_config(scripts), clock=clock) as tb:
+        request = approval_id(await tb.exec("/rollback v2.0", as_="dave"))
+        clock.advance(timedelta(minutes=11))
+        late = await tb.exec(f"/approve {request}", as_="bob")
+        assert "expired" in late and "ask dave to request it again" in late
+        assert scripts.runs() == []
+        assert [e.status for e in await tb.audit() if e.kind == "approval"] == [
+            "requested",
+            "expired",
+        ]
+
+
+async def test_approval_survives_a_restart(scripts: Scripts, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_bot(actions_config(scripts), data_dir=data) as tb:
+        request = approval_id(await tb.exec("/rollback v3.1", as_="dave"))
+    async with running_bot(actions_config(scripts), data_dir=data) as tb:
+        approved = await tb.exec(f"/approve {request}", as_="bob")
+        assert "rollback tag=v3.1 finished" in approved
+        assert scripts.runs() == ["v3.1"]
+
+
+async def test_bad_arguments_are_refused_before_anything_runs(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        for attempt in ("v1.2;rm", "'v1.2; rm -rf /'", "'$(id)'", "v١.٢", "--force"):
+            reply = await tb.exec(f"/rollback {attempt}", as_="dave")
+            assert reply.startswith("❓"), (attempt, reply)
+            assert "tag" in reply
+        assert scripts.runs() == []
+        # Nothing was even put up for approval.
+        assert [e for e in await tb.audit() if e.kind == "approval"] == []
+
+
+async def test_dry_run_shows_argv_and_approvers_and_runs_nothing(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        shown = await tb.exec("/rollback v1.2 --dry-run", as_="dave")
+        assert "Dry run" in shown and "nothing was run" in shown
+        assert f"{scripts.dir}/rollback.sh v1.2" in shown
+        assert "working dir" in shown and "role 'oncall'" in shown
+        assert scripts.runs() == []
+        assert [e for e in await tb.audit() if e.kind in ("approval", "job")] == []
+
+
+async def test_policy_off_skips_approval_but_not_roles(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        assert "off" in await tb.exec("/policy off 10m maintenance", as_="alice")
+        ran = await tb.exec("/rollback v1.6", as_="dave")
+        assert "finished" in ran and scripts.runs() == ["v1.6"]
+        viewer = await tb.exec("/rollback v1.7", as_="carol")
+        assert viewer.startswith("⛔")
+
+
+async def test_long_job_is_acknowledged_then_reports_progress_and_result(
+    scripts: Scripts,
+) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        ack = await tb.exec("/run slow-deploy v9.1", as_="bob")
+        assert "running as job" in ack and "/cancel" in ack
+        job = ack.split("running as job ")[1].split()[0]
+        progress = await tb.posted(f"job {job}: slow-deploy tag=v9.1, running")
+        assert "step 1" in progress
+        result = await tb.posted("finished in")
+        assert f"(job {job})" in result and "step 2" in result
+        assert scripts.runs() == ["v9.1"]
+        listing = await tb.exec("/jobs", as_="carol")
+        assert job in listing and "ok" in listing
+
+
+async def test_lock_group_keeps_two_deploys_apart(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        first = await tb.exec("/run slow-deploy v1.0", as_="bob")
+        job = first.split("running as job ")[1].split()[0]
+        second = await tb.exec("/run slow-deploy v1.1", as_="alice")
+        assert "already running once" in second and job in second
+        assert "policy" not in second
+        await tb.posted("finished in")
+        assert scripts.runs() == ["v1.0"]
+
+
+async def test_failing_action_reports_exit_code(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        reply = await tb.exec("/run fail", as_="bob")
+        assert reply.startswith("❌") and "exit code 3" in reply
+        assert "cannot reach the deploy API" in reply
+        finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
+        assert finished[0].status == "failed" and finished[0].exit_code == 3
+
+
+async def test_cancel_stops_the_process_group_and_is_audited(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        ack = await tb.exec("/run hang", as_="bob")
+        job = ack.split("running as job ")[1].split()[0]
+        pid = await _pid_in(scripts.dir / "hang.pid")
+        denied = await tb.exec(f"/cancel {job}", as_="dave")
+        assert denied.startswith("⛔")
+        cancelled = await tb.exec(f"/cancel {job}", as_="alice")
+        assert "cancelled" in cancelled
+        assert not _alive(pid)
+        posted = await tb.posted("was cancelled by alice")
+        assert f"(job {job})" in posted
+        finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
+        assert finished[0].status == "cancelled" and "cancelled by alice" in finished[0].detail
+        cancel_cmd = [e for e in await tb.commands_audited() if e.command == "cancel"]
+        assert [e.status for e in cancel_cmd] == ["denied", "ok"]
+
+
+async def test_shutdown_cancels_running_jobs_after_the_grace(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        await tb.exec("/run hang", as_="bob")
+        pid = await _pid_in(scripts.dir / "hang.pid")
+        await tb.bot.jobs.drain()
+        assert not _alive(pid)
+        refused = await tb.exec("/run fail", as_="bob")
+        assert "shutting down" in refused
+        finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
+        assert [(e.status, "shutdown" in e.detail) for e in finished] == [("cancelled", True)]
+
+
+async def test_redelivered_event_runs_the_action_once(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        tb_bot = tb.bot
+        message = Message(
+            platform="console",
+            channel_id="ops",
+            user_id="bob",
+            text="/run slow-deploy v4.2",
+            event_id="Ev0RETRIED",
+            received_at=datetime.now(UTC),
+            addressed=True,
+        )
+        first, second = await asyncio.gather(tb_bot.handle(message), tb_bot.handle(message))
+        replies = [r for r in (first, second) if r is not None]
+        assert len(replies) == 1
+        await tb.posted("finished in")
+        assert scripts.runs() == ["v4.2"]
+        third = await tb_bot.handle(message)  # a late retry, after the job ended
+        assert third is None
+        assert scripts.runs() == ["v4.2"]
+        statuses = [e.status for e in await tb.commands_audited() if e.command == "run"]
+        assert sorted(statuses) == ["duplicate", "duplicate", "ok"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie not yet reaped by its parent still answers signal 0.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return status != "Z"
+
+
+async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    """The real `opsbot console` process: SIGTERM lets the job run out its grace (0.5 s),
+    then kills its process group and records it as cancelled before exiting."""
+    text = actions_config(scripts).replace("[http]\nport = 0", "[http]\nenabled = false")
+    text = text.replace('name = "opsbot"', f'name = "opsbot"\ndata_dir = "{tmp_path / "data"}"', 1)
+    config = tmp_path / "opsbot.toml"
+    config.write_text(text + '\n[console]\nprincipal = "bob"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        "--config",
+        str(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+        env=clean_env(),
+    )
+    pidfile = scripts.dir / "hang.pid"
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"/run hang\n")
+        await proc.stdin.drain()
+        pid = await _pid_in(pidfile)
+        assert _alive(pid)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    assert not _alive(pid)
+    assert "was cancelled by shutdown" in out.decode()
+    with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
+        rows = db.execute(
+            "SELECT stage, status, detail FROM audit_log WHERE kind = 'job' ORDER BY seq"
+        ).fetchall()
+    assert [(stage, status) for stage, status, _ in rows] == [
+        ("started", "started"),
+        ("finished", "cancelled"),
+    ]
+    assert "cancelled by shutdown" in rows[1][2]
+
+
+async def _pid_in(pidfile: Path, within: float = 20.0) -> int:
+    """The pid the hang script writes once it runs (polling: it is another process)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        text = await asyncio.to_thread(_read, pidfile)
+        if text:
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pidfile} was not written within {within} s")
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
