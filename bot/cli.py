@@ -281,23 +281,36 @@ def _print_reply(reply: Reply | None) -> int:
 
 
 def _stdin_reader(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[str | None]]:
-    """Lines from stdin, read by a daemon thread: a thread blocked in input() must not
-    keep the process alive after SIGTERM (asyncio.to_thread's would)."""
+    """Lines from stdin, read by a daemon thread with os.read: a thread blocked in input()
+    would keep the process alive after SIGTERM (asyncio.to_thread's does), and one blocked
+    inside sys.stdin's buffer makes interpreter shutdown abort on that buffer's lock."""
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    prompt = "opsbot> " if sys.stdin.isatty() else ""
+    interactive = sys.stdin.isatty()
 
     def read() -> None:
+        pending = b""
         while True:
             try:
-                line: str | None = input(prompt)
-            except (EOFError, OSError, ValueError):
-                line = None
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-            if line is None:
+                chunk = os.read(sys.stdin.fileno(), 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if pending:
+                    loop.call_soon_threadsafe(lines.put_nowait, pending.decode(errors="replace"))
+                loop.call_soon_threadsafe(lines.put_nowait, None)
                 return
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                loop.call_soon_threadsafe(lines.put_nowait, line.decode(errors="replace"))
+
+    async def read_line() -> str | None:
+        if interactive:
+            print("opsbot> ", end="", flush=True)
+        return await lines.get()
 
     threading.Thread(target=read, name="console-stdin", daemon=True).start()
-    return lines.get
+    return read_line
 
 
 async def _serve(config: Config, source: str) -> int:

@@ -35,7 +35,7 @@ from bot.reply import Field, Reply, Status
 if TYPE_CHECKING:
     # Imported where used: a bot without actions never loads the runner.
     from bot.actions.arguments import PreparedAction
-    from bot.actions.process import ActionProcess, RunResult
+    from bot.actions.process import ActionProcess, RunResult, RunStatus
 
 log = structlog.get_logger("opsbot.jobs")
 
@@ -144,7 +144,12 @@ class JobBoard:
         """The reply to the command that started ``job``: its result if it is done within
         ``ack_after``, otherwise an acknowledgement with its id (the result follows)."""
         assert job.task is not None
-        done, _ = await asyncio.wait({job.task}, timeout=self._config.ack_after.total_seconds())
+        try:
+            done, _ = await asyncio.wait({job.task}, timeout=self._config.ack_after.total_seconds())
+        except asyncio.CancelledError:
+            # Nobody will see this answer (shutdown): the result is posted when it comes.
+            job.follow_up = True
+            raise
         if done:
             return self.result_reply(job)
         job.follow_up = True
@@ -189,26 +194,22 @@ class JobBoard:
     # ------------------------------------------------------------------ running
 
     async def _run(self, job: Job) -> RunResult:
-        from bot.actions.process import RunResult, RunStatus
+        from bot.actions.process import RunStatus
 
         progress = asyncio.create_task(self._progress(job), name=f"job-{job.id}-progress")
         try:
             result = await job.process.run()
-        except BaseException:
-            # Our own task cancelled (the loop is going away): the process group is
-            # killed by run(); the trail must still say how it ended.
-            result = RunResult(
-                status=RunStatus.CANCELLED,
-                exit_code=None,
-                duration_s=(self._clock.now() - job.started_at).total_seconds(),
-                output_tail="",
-                output_bytes=0,
-                output_digest="",
-                truncated=False,
-            )
+        except asyncio.CancelledError:
+            # Our own task cancelled (the loop is going away): run() has killed the
+            # process group; the trail must still say how the job ended.
             job.stopped_by = job.stopped_by or "shutdown"
-            await self._settle(job, result)
+            await self._settle(job, self._failure(job, RunStatus.CANCELLED, ""))
             raise
+        except Exception as exc:
+            # The executable vanished after it was checked, or the runner broke: the job
+            # failed, and says so, rather than passing for cancelled.
+            log.exception("jobs.run_failed", job=job.id)
+            result = self._failure(job, RunStatus.FAILED, f"could not run: {exc}")
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,6 +218,19 @@ class JobBoard:
         if job.follow_up:
             await self._outbox.post(job.requester.destination, self.result_reply(job))
         return result
+
+    def _failure(self, job: Job, status: RunStatus, text: str) -> RunResult:
+        from bot.actions.process import RunResult
+
+        return RunResult(
+            status=status,
+            exit_code=None,
+            duration_s=(self._clock.now() - job.started_at).total_seconds(),
+            output_tail=text,
+            output_bytes=0,
+            output_digest="",
+            truncated=False,
+        )
 
     async def _settle(self, job: Job, result: RunResult) -> None:
         job.result = result

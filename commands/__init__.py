@@ -3,14 +3,38 @@
 from typing import Any
 
 from bot.command import CommandSpec
+from commands.approve import SPEC as APPROVE
 from commands.audit import SPEC as AUDIT
+from commands.cancel import SPEC as CANCEL
+from commands.deny import SPEC as DENY
 from commands.health import SPEC as HEALTH
 from commands.help import SPEC as HELP
+from commands.jobs import SPEC as JOBS
 from commands.policy import SPEC as POLICY
+from commands.queue import SPEC as QUEUE
+from commands.rollback import SPEC as ROLLBACK
+from commands.run import SPEC as RUN
 from commands.status import SPEC as STATUS
 from commands.version import SPEC as VERSION
 from commands.whoami import SPEC as WHOAMI
+from commands.workers import SPEC as WORKERS
 
-COMMANDS: list[CommandSpec[Any]] = [HELP, WHOAMI, HEALTH, VERSION, STATUS, POLICY, AUDIT]
+COMMANDS: list[CommandSpec[Any]] = [
+    HELP,
+    WHOAMI,
+    HEALTH,
+    VERSION,
+    STATUS,
+    POLICY,
+    AUDIT,
+    QUEUE,
+    WORKERS,
+    ROLLBACK,
+    RUN,
+    APPROVE,
+    DENY,
+    JOBS,
+    CANCEL,
+]
 
 __all__ = ["COMMANDS"]

@@ -246,7 +246,7 @@ async def test_dry_run_shows_argv_and_approvers_and_runs_nothing(scripts: Script
 
 async def test_policy_off_skips_approval_but_not_roles(scripts: Scripts) -> None:
     async with running_bot(actions_config(scripts)) as tb:
-        assert "off" in await tb.exec("/policy off 10m maintenance", as_="alice")
+        assert "OFF until" in await tb.exec("/policy off 10m maintenance", as_="alice")
         ran = await tb.exec("/rollback v1.6", as_="dave")
         assert "finished" in ran and scripts.runs() == ["v1.6"]
         viewer = await tb.exec("/rollback v1.7", as_="carol")

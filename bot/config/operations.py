@@ -115,8 +115,8 @@ class ArgSchema(Strict):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
+                re.compile(value, re.ASCII)  # as the runner compiles it
+            except (re.error, ValueError) as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         return value
 
@@ -180,6 +180,11 @@ class ActionConfig(Strict):
             raise ValueError("risk = 'high' needs approver_roles (who may approve)")
         if clash := sorted(set(self.env) & set(self.secret_env)):
             raise ValueError(f"in both env and secret_env: {', '.join(clash)}")
+        if short := sorted(k for k, v in self.secret_env.items() if len(v.get_secret_value()) < 4):
+            raise ValueError(
+                f"secret_env {', '.join(short)}: shorter than 4 characters, so it could "
+                "not be redacted from output without garbling it; is it really a secret?"
+            )
         return self
 
 

@@ -1,0 +1,11 @@
+#!/bin/sh
+# A harmless stand-in for a real rollback: it says what a real one would do, slowly
+# enough that you see the job acknowledged, its progress, then its result.
+set -eu
+tag="$1"
+echo "Rolling back web to $tag (demo: nothing is changed)"
+for step in "draining traffic" "deploying $tag" "running health checks" "restoring traffic"; do
+    echo "  $step..."
+    sleep 1
+done
+echo "web is on $tag"
