@@ -311,7 +311,7 @@ class JobBoard:
         }[job.state]
         shown = _clip(result.output_tail)
         note = ""
-        if result.truncated or len(shown) < len(result.output_tail):
+        if result.truncated or len(shown) < len(result.output_tail.rstrip("\n")):
             note = f"Output: {result.output_bytes:,} bytes; the last part is shown."
         return Reply(
             title=f"{title} (job {job.id})",

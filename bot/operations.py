@@ -113,8 +113,8 @@ async def decide(ctx: Context, approval_id: str, *, approve: bool, reason: str |
     assert prepared is not None
     requester = Requester(
         principal=approval.requester,
-        platform=ctx.message.platform,
-        user_id=ctx.message.user_id,
+        platform=approval.destination.platform,
+        user_id=approval.requester_id,
         destination=approval.destination,
         request_id=ctx.request_id,
         approved_by=ctx.principal.name,
@@ -160,6 +160,7 @@ async def _ask_for_approval(ctx: Context, prepared: PreparedAction) -> Reply:
         args=prepared.values,
         argv=prepared.argv,
         requester=ctx.principal.name,
+        requester_id=ctx.message.user_id,
         destination=Destination.of(ctx.message),
         now=now,
         expires_at=now + action.approval_ttl,

@@ -3,10 +3,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.actionkit import Scripts, make_scripts
 from tests.botharness import TestBot, running_bot
 
 
@@ -43,3 +45,9 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 async def testbot() -> AsyncIterator[TestBot]:
     async with running_bot() as tb:
         yield tb
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Scripts:
+    """Action scripts in a temporary directory (see tests/actionkit.py)."""
+    return make_scripts(tmp_path)

@@ -43,6 +43,7 @@ class Approval:
     args: dict[str, str]
     argv: tuple[str, ...]
     requester: str
+    requester_id: str  # their platform user id, in the destination's platform
     destination: Destination
     created_at: datetime
     expires_at: datetime
@@ -69,6 +70,7 @@ class ApprovalStore:
         args: Mapping[str, str],
         argv: Sequence[str],
         requester: str,
+        requester_id: str,
         destination: Destination,
         now: datetime,
         expires_at: datetime,
@@ -81,6 +83,7 @@ class ApprovalStore:
                 args=dict(args),
                 argv=tuple(argv),
                 requester=requester,
+                requester_id=requester_id,
                 destination=destination,
                 created_at=now,
                 expires_at=expires_at,
@@ -175,6 +178,7 @@ def _row(approval: Approval) -> dict[str, Any]:
         "args": orjson.dumps(approval.args, option=orjson.OPT_SORT_KEYS).decode(),
         "argv": orjson.dumps(list(approval.argv)).decode(),
         "requester": approval.requester,
+        "requester_id": approval.requester_id,
         "platform": approval.destination.platform,
         "workspace": approval.destination.workspace,
         "channel": approval.destination.channel_id,
@@ -196,6 +200,7 @@ def _approval(row: RowMapping) -> Approval:
         args=orjson.loads(row["args"]),
         argv=tuple(orjson.loads(row["argv"])),
         requester=row["requester"],
+        requester_id=row["requester_id"],
         destination=Destination(row["platform"], row["channel"], row["thread"], row["workspace"]),
         created_at=row["created_at"],
         expires_at=row["expires_at"],

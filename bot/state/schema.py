@@ -17,6 +17,7 @@ approvals = sa.Table(
     sa.Column("args", sa.Text, nullable=False),
     sa.Column("argv", sa.Text, nullable=False),
     sa.Column("requester", sa.Text, nullable=False),
+    sa.Column("requester_id", sa.Text, nullable=False),
     sa.Column("platform", sa.Text, nullable=False),
     sa.Column("workspace", sa.Text, nullable=False),
     sa.Column("channel", sa.Text, nullable=False),

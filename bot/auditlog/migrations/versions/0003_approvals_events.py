@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("args", sa.Text, nullable=False),  # canonical JSON of the validated values
         sa.Column("argv", sa.Text, nullable=False),  # canonical JSON: what was shown
         sa.Column("requester", sa.Text, nullable=False),
+        sa.Column("requester_id", sa.Text, nullable=False),  # their platform user id
         sa.Column("platform", sa.Text, nullable=False),
         sa.Column("workspace", sa.Text, nullable=False),
         sa.Column("channel", sa.Text, nullable=False),
