@@ -62,7 +62,7 @@ async def decide(ctx: Context, approval_id: str, *, approve: bool, reason: str |
     approval_id = approval_id.strip().lower()
     approval = await store.get(approval_id)
     if approval is None:
-        raise UsageError(f"no approval request '{approval_id}' (see /approvals? ask its requester)")
+        raise UsageError(f"no approval request '{approval_id}'; /approvals lists those waiting")
     action = ctx.tools.config.action(approval.action)
     verb = "approve" if approve else "deny"
     if approval.requester == ctx.principal.name and approve:

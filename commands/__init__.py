@@ -3,6 +3,7 @@
 from typing import Any
 
 from bot.command import CommandSpec
+from commands.approvals import SPEC as APPROVALS
 from commands.approve import SPEC as APPROVE
 from commands.audit import SPEC as AUDIT
 from commands.cancel import SPEC as CANCEL
@@ -31,6 +32,7 @@ COMMANDS: list[CommandSpec[Any]] = [
     WORKERS,
     ROLLBACK,
     RUN,
+    APPROVALS,
     APPROVE,
     DENY,
     JOBS,

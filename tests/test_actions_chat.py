@@ -298,3 +298,42 @@ async def _pid_in(pidfile: Path, within: float = 20.0) -> int:
 
 def _read(path: Path) -> str:
     return path.read_text().strip() if path.exists() else ""
+
+
+async def test_approvals_lists_what_waits_and_forgets_what_was_decided(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        assert "No approval requests are waiting" in await tb.exec("/approvals", as_="bob")
+        first = approval_id(await tb.exec("/rollback v1.1", as_="dave"))
+        second = approval_id(await tb.exec("/rollback v1.2", as_="alice"))
+        listing = await tb.exec("/approvals", as_="carol")
+        assert "2 approval request(s) waiting" in listing
+        assert first in listing and "rollback tag=v1.1" in listing and "dave" in listing
+        assert second in listing
+        await tb.exec(f"/deny {first}", as_="bob")
+        after = await tb.exec("/approvals", as_="carol")
+        assert first not in after and second in after
+        unknown = await tb.exec("/approve zzzzzz", as_="bob")
+        assert "no approval request 'zzzzzz'" in unknown
+
+
+async def test_a_job_over_its_timeout_is_killed_and_reported(scripts: Scripts) -> None:
+    config = actions_config(scripts).replace('timeout = "30s"', 'timeout = "1s"')
+    async with running_bot(config) as tb:
+        ack = await tb.exec("/run hang", as_="bob")
+        job = ack.split("running as job ")[1].split()[0]
+        pid = await _pid_in(scripts.dir / "hang.pid")
+        result = await tb.posted("timed out")
+        assert f"(job {job})" in result and "its processes were killed" in result
+        assert "tick" in result  # the last output is shown
+        assert not _alive(pid)
+        finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
+        assert finished[0].status == "timeout" and finished[0].exit_code is None
+
+
+async def test_the_requester_may_withdraw_but_never_approve(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        request = approval_id(await tb.exec("/rollback v1.8", as_="dave"))
+        withdrawn = await tb.exec(f"/deny {request} wrong tag", as_="dave")
+        assert "denied by dave" in withdrawn
+        assert "already denied by dave" in await tb.exec(f"/approve {request}", as_="bob")
+        assert scripts.runs() == []

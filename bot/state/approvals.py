@@ -120,18 +120,20 @@ class ApprovalStore:
         now: datetime,
         reason: str | None = None,
     ) -> bool:
-        """Approve or deny a pending, unexpired request someone else made. False when it
-        was not (any more) pending: the caller reads it again to say why."""
+        """Approve a pending, unexpired request someone else made, or deny one. False when
+        it was not (any more) pending: the caller reads it again to say why."""
         state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+        conditions = [
+            approvals.c.id == approval_id,
+            approvals.c.state == ApprovalState.PENDING.value,
+            approvals.c.expires_at > now,
+        ]
+        if approve:  # a requester may withdraw (deny) their own request, never approve it
+            conditions.append(approvals.c.requester != by)
         async with self._db.transaction() as conn:
             result = await conn.execute(
                 approvals.update()
-                .where(
-                    approvals.c.id == approval_id,
-                    approvals.c.state == ApprovalState.PENDING.value,
-                    approvals.c.expires_at > now,
-                    approvals.c.requester != by,
-                )
+                .where(*conditions)
                 .values(state=state.value, decided_by=by, decided_at=now, reason=reason)
             )
         return bool(result.rowcount == 1)
