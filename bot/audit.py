@@ -22,7 +22,7 @@ from bot.auditlog.store import is_connection_error
 from bot.clock import Clock
 from bot.config.models import Config
 from bot.errors import DependencyError
-from bot.redact import Redactor
+from bot.redact import Redactor, secrets_in_url
 
 log = structlog.get_logger("opsbot.audit")
 
@@ -215,10 +215,21 @@ def _make_dir(path: Path, what: str) -> None:
         raise DependencyError(what, f"cannot create directory {path}: {exc.strerror}") from exc
 
 
+def configured_secrets(config: Config) -> list[str]:
+    """Secret values in the config besides the database's: Redis passwords, the actions'
+    secret_env. Whatever echoes one (a script, an error message) is masked."""
+    urls = [q.redis_url.get_secret_value() for q in config.queues]
+    if config.state.redis_url is not None:
+        urls.append(config.state.redis_url.get_secret_value())
+    secrets = [password for url in urls for password in secrets_in_url(url)]
+    secrets += [v.get_secret_value() for a in config.actions for v in a.secret_env.values()]
+    return secrets
+
+
 def open_trail(config: Config, clock: Clock) -> AuditTrail:
     """The trail for ``config``; nothing is opened until ``trail.store.start()``."""
     url = database_url(config)
-    redactor = Redactor.for_config(url, config.audit.redact_patterns)
+    redactor = Redactor.for_config(url, config.audit.redact_patterns, configured_secrets(config))
     store = AuditStore(url, spool_path=spool_path(config), clock=clock)
     return AuditTrail(
         store,

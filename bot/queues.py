@@ -261,18 +261,24 @@ def _group_state(
 ) -> GroupState:
     thresholds = queue.thresholds
     stalled_ms = queue.stalled_after.total_seconds() * 1000
+    pending = _int(info.get("pending"))
+    raw_lag = info.get("lag")
+    lag = None if raw_lag is None else _int(raw_lag)
+    # Before Redis 7.2 (no "inactive" field) a poll that finds nothing leaves a consumer's
+    # idle time running, so a healthy worker on a quiet stream looks idle. There, idle
+    # means stalled only while work waits: its own pending entries, or unread ones.
+    counts_polls = any("inactive" in c for c in consumers)
+    backlog = lag is None or lag > 0
     members = tuple(
         Consumer(
             name=str(c.get("name", "?")),
             idle_s=_int(c.get("idle")) / 1000,
             pending=_int(c.get("pending")),
-            stalled=_int(c.get("idle")) > stalled_ms,
+            stalled=_int(c.get("idle")) > stalled_ms
+            and (counts_polls or backlog or _int(c.get("pending")) > 0),
         )
         for c in consumers
     )
-    pending = _int(info.get("pending"))
-    raw_lag = info.get("lag")
-    lag = None if raw_lag is None else _int(raw_lag)
     oldest_s = _int(oldest[0].get("time_since_delivered")) / 1000 if oldest else None
     live = sum(1 for c in members if not c.stalled)
     return GroupState(

@@ -33,7 +33,8 @@ BUILTIN_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
     ),
     (("earer", "EARER"), r"(?i:\bbearer)\s+(?P<secret>[A-Za-z0-9._~+/=-]{8,})"),
-    (("://",), r"://[^/\s:@]+:(?P<secret>[^@\s/]+)@"),  # the password in a URL
+    # The password in a URL, with or without a user name (redis://:password@host).
+    (("://",), r"://[^/\s:@]*:(?P<secret>[^@\s/]+)@"),
     (
         ("=", ":"),
         r"(?i:\b(?:password|passwd|pwd|secret|token|api[_-]?key))\s*[=:]\s*"
@@ -56,8 +57,10 @@ class Redactor:
                 raise ConfigError("audit.redact_patterns", [f"{pattern!r}: {exc}"]) from exc
 
     @classmethod
-    def for_config(cls, database_url: str | None, patterns: Iterable[str]) -> Redactor:
-        return cls(secrets_in_url(database_url), patterns)
+    def for_config(
+        cls, database_url: str | None, patterns: Iterable[str], secrets: Iterable[str] = ()
+    ) -> Redactor:
+        return cls([*secrets_in_url(database_url), *secrets], patterns)
 
     def text(self, value: str) -> str:
         if not value:

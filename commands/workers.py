@@ -25,14 +25,16 @@ def _workers_level(report: QueueState) -> Severity:
 
 def _group_line(queue: QueueConfig, report: QueueState, group: GroupState) -> str | None:
     """A line for a group with too few live consumers; None when it has enough."""
-    word = group.workers.severity.word
     if not group.workers.severity:
         return None
+    word = group.workers.severity.word
     if group.name is None:
         return f"{report.queue}: {word} no consumer group reads stream '{report.stream}'"
     live, total = int(group.workers.value or 0), len(group.consumers)
     stalled = total - live
-    after = age(queue.stalled_after.total_seconds())
+    seconds = queue.stalled_after.total_seconds()
+    # age() rounds to whole seconds, which would print a sub-second setting as "0s".
+    after = f"{seconds:g}s" if seconds < 60 else age(seconds)
     note = f", {stalled} stalled (idle > {after})" if stalled else ""
     return (
         f"{report.queue}/{group.name}: {word} {live} live of {total}{note}; "

@@ -539,7 +539,9 @@ async def test_a_line_without_newlines_is_taken_in_pieces() -> None:
 async def test_secrets_are_masked_in_tail_lines_and_digest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = action(argv=["./secret.sh"], secret_env={"DEPLOY_TOKEN": "tok-3f9a1c77", "PIN": "42"})
+    config = action(
+        argv=["./secret.sh"], env={"PIN": "42"}, secret_env={"DEPLOY_TOKEN": "tok-3f9a1c77"}
+    )
     lines: list[str] = []
     process = ActionProcess(await prepared(config), Redactor(), on_output=lines.append)
     result = await process.run()
@@ -547,7 +549,7 @@ async def test_secrets_are_masked_in_tail_lines_and_digest(
         "starting deploy\n"
         "token is ***, really\n"
         "slack ***\n"
-        "pin 42\n"  # shorter than 4 characters: not masked (see ActionProcess)
+        "pin 42\n"  # not a secret: shown
         "done\n"
     )
     assert result.output_tail == expected
@@ -602,3 +604,8 @@ async def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
     result = await run(action(argv=[str(script)]))
     assert result.output_tail == "café \ufffd\ufffd ok\n"
     assert result.output_bytes == 12
+
+
+def test_a_secret_too_short_to_redact_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="PIN: shorter than 4 characters"):
+        action(argv=["./secret.sh"], secret_env={"PIN": "42"})

@@ -337,3 +337,31 @@ async def test_the_requester_may_withdraw_but_never_approve(scripts: Scripts) ->
         assert "denied by dave" in withdrawn
         assert "already denied by dave" in await tb.exec(f"/approve {request}", as_="bob")
         assert scripts.runs() == []
+
+
+async def test_configured_secrets_are_masked_in_job_output_and_audit(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    leak = tmp_path / "leak.sh"
+    leak.write_text('#!/bin/sh\necho "redis password: $QPASS"\necho "url $QURL"\n')
+    leak.chmod(0o755)
+    extra = f"""
+[[queues]]
+name = "billing"
+redis_url = "redis://:qpass-5f3a9e@127.0.0.1:1/0"
+stream = "billing:jobs"
+
+[[actions]]
+name = "leak"
+argv = ["{leak}"]
+env = {{ QPASS = "qpass-5f3a9e", QURL = "redis://default:other-77aa@10.0.0.1:6379" }}
+risk = "write"
+roles = ["oncall"]
+"""
+    async with running_bot(actions_config(scripts, extra)) as tb:
+        reply = await tb.exec("/run leak", as_="bob")
+        assert "finished" in reply
+        assert "qpass-5f3a9e" not in reply and "other-77aa" not in reply
+        assert "redis password: ***" in reply and "redis://default:***@10.0.0.1" in reply
+        for entry in await tb.audit():
+            assert "qpass-5f3a9e" not in repr(entry) and "other-77aa" not in repr(entry)

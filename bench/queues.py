@@ -1,6 +1,6 @@
 """/queue benchmark: the whole chat command over 20 Redis stream queues on a local Redis.
 
-    .venv/bin/python bench/queue.py [--redis-url redis://127.0.0.1:6379/0] [--runs 200]
+    .venv/bin/python bench/queues.py [--redis-url redis://127.0.0.1:6379/0] [--runs 200]
                                     [--queues 20] [--blackhole-timeout 0.25]
 
 Without ``--redis-url`` (or ``OPSBOT_BENCH_REDIS_URL``) it starts its own throwaway
@@ -100,7 +100,7 @@ def _free_port() -> int:
 def _own_redis() -> Iterator[str]:
     server = shutil.which("redis-server")
     if server is None:
-        sys.exit("bench/queue.py: redis-server is not on PATH; pass --redis-url")
+        sys.exit("bench/queues.py: redis-server is not on PATH; pass --redis-url")
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="opsbot-bench-redis-") as work:
         proc = subprocess.Popen(
@@ -121,7 +121,7 @@ def _own_redis() -> Iterator[str]:
                 except OSError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"bench/queue.py: redis-server did not start on port {port}")
+                    sys.exit(f"bench/queues.py: redis-server did not start on port {port}")
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
