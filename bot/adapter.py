@@ -1,7 +1,12 @@
 """The adapter contract: translate platform events into Messages, Replies back out.
 
-An adapter holds no business rule. It calls ``handler`` for each incoming
-message and renders whatever Reply comes back, natively, in the same thread.
+An adapter holds no business rule. It calls ``handler`` for each incoming message and
+renders whatever Reply comes back, natively, in the same thread. A button press becomes a
+Message whose text is the button's ``command``, from the person who pressed it.
+
+``start`` raises :class:`AdapterError` with one readable line (naming the environment
+variable of a missing token, say); the bot then reports that adapter's state and keeps the
+others running.
 """
 
 from __future__ import annotations
@@ -9,14 +14,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from bot.errors import OpsbotError
 from bot.message import Message
+from bot.outbound import Destination
 from bot.reply import Reply
 
 MessageHandler = Callable[[Message], Awaitable[Reply | None]]
 
 
+class AdapterError(OpsbotError):
+    """An adapter could not start or lost its platform; the message is for the operator."""
+
+
 class Adapter(Protocol):
-    name: str
+    name: str  # the platform name, as in Message.platform and platform ids ("slack")
 
     async def start(self, handler: MessageHandler) -> None:
         """Connect and begin delivering messages; returns once connected."""
@@ -24,4 +35,9 @@ class Adapter(Protocol):
 
     async def stop(self) -> None:
         """Disconnect; in-flight replies are finished first."""
+        ...
+
+    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        """Send ``reply`` unprompted (job progress, results). ``key`` names a message that
+        later posts with the same key replace, where the platform can edit messages."""
         ...

@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_console(args, config, source))
         if args.action in ("db", "audit"):
             return asyncio.run(_audit_database(args, config))
+        if args.action in _PLATFORM_STEPS:
+            return asyncio.run(_platform_step(args.action, config))
         return asyncio.run(_serve(config, source))
     except ConfigError as exc:
         print(f"opsbot: invalid config {exc}", file=sys.stderr)
@@ -87,7 +89,40 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(check)
     _db_parsers(sub)
     _audit_parsers(sub)
+    for name, help_text in _PLATFORM_STEPS.items():
+        _config_option(sub.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+# Explicit set-up steps, run once per install or command change, never on every start.
+_PLATFORM_STEPS = {
+    "slack-manifest": "print the Slack app manifest (slash commands, scopes, Socket Mode) "
+    "generated from the command registry; paste it at api.slack.com/apps",
+    "discord-sync": "register the slash commands with Discord (per guild in "
+    "discord.sync_guild_ids, else globally); run after adding or changing commands",
+    "telegram-commands": "set the Telegram command menu (setMyCommands) from the registry",
+}
+
+
+async def _platform_step(step: str, config: Config) -> int:
+    from commands import COMMANDS
+
+    if step == "slack-manifest":
+        import json
+
+        from adapters.slack_manifest import manifest
+
+        print(json.dumps(manifest(config, COMMANDS), indent=2))
+        return 0
+    if step == "discord-sync":
+        from adapters.discord_sync import sync_commands
+
+        print(await sync_commands(config, COMMANDS))
+        return 0
+    from adapters.telegram_commands import set_commands
+
+    print(await set_commands(config, COMMANDS))
+    return 0
 
 
 def _db_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -316,6 +351,7 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[str
 async def _serve(config: Config, source: str) -> int:
     import structlog
 
+    from adapters import build_adapters
     from bot.runtime import Bot
     from commands import COMMANDS
 
@@ -327,8 +363,15 @@ async def _serve(config: Config, source: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await bot.start()
+    await bot.attach(build_adapters(config, COMMANDS, bot.clock))
     port = bot.http_server.bound_port if bot.http_server else None
-    log.info("opsbot.started", version=__version__, config=source, http_port=port)
+    log.info(
+        "opsbot.started",
+        version=__version__,
+        config=source,
+        http_port=port,
+        adapters=bot.adapters.states,
+    )
     if not bot.adapters.states:
         log.warning("opsbot.no_adapters", hint="no chat adapter is configured; serving HTTP only")
     await stop.wait()

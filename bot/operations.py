@@ -17,7 +17,7 @@ from bot.durations import format_duration
 from bot.errors import Denied, UsageError, UserError
 from bot.jobs import Requester
 from bot.outbound import Destination
-from bot.reply import Field, Reply, Status
+from bot.reply import Button, Field, Reply, Status
 from bot.state.approvals import Approval, ApprovalState
 
 
@@ -177,6 +177,10 @@ async def _ask_for_approval(ctx: Context, prepared: PreparedAction) -> Reply:
             Field("requested by", ctx.principal.name),
             Field("expires in", format_duration(action.approval_ttl)),
             Field("argv", " ".join(_quote(a) for a in prepared.argv)),
+        ),
+        buttons=(
+            Button("Approve", f"/approve {approval.id}", "primary"),
+            Button("Deny", f"/deny {approval.id}", "danger"),
         ),
     )
 

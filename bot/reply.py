@@ -28,6 +28,17 @@ class Table:
 
 
 @dataclass(frozen=True, slots=True)
+class Button:
+    """A button an adapter renders natively (Slack, Telegram, Discord). Pressing it sends
+    ``command`` on behalf of the presser, through the whole pipeline (policy, approval
+    rules, audit), exactly as if they had typed it; the console shows the text instead."""
+
+    label: str
+    command: str  # e.g. "/approve k7m2qx"
+    style: str = "default"  # "primary", "danger" or "default"
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A reply: a title line with a status, then optional text, fields, table, code block.
 
@@ -41,6 +52,7 @@ class Reply:
     fields: tuple[Field, ...] = ()
     table: Table | None = None
     code: str | None = None
+    buttons: tuple[Button, ...] = ()
     request_id: str = ""
 
     def with_request_id(self, request_id: str) -> Reply:

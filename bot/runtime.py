@@ -12,6 +12,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import structlog
+
+from bot.adapter import Adapter, AdapterError
 from bot.audit import AuditTrail, database_url, open_trail, prepare_database
 from bot.authz import Authorizer
 from bot.catalog import Catalog
@@ -96,6 +99,7 @@ class Bot:
             dedup=self.dedup,
         )
         self.http_server: HttpServer | None = None
+        self._attached: list[Adapter] = []
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
 
     async def start(self, *, serve_http: bool | None = None) -> None:
@@ -114,9 +118,37 @@ class Bot:
             await server.start()
             self.http_server = server
 
+    async def attach(self, adapters: Sequence[Adapter]) -> None:
+        """Start each adapter; one that fails is reported (log, /ready, /status) and the
+        others keep running."""
+        for adapter in adapters:
+            self.adapters.set(adapter.name, "starting")
+            try:
+                await adapter.start(self.handle)
+            except AdapterError as exc:
+                self.adapters.set(adapter.name, f"error: {exc}")
+                _log.error("adapter.failed", adapter=adapter.name, error=str(exc))
+                continue
+            except Exception as exc:
+                self.adapters.set(adapter.name, f"error: {type(exc).__name__}: {exc}")
+                _log.exception("adapter.failed", adapter=adapter.name)
+                continue
+            self._attached.append(adapter)
+            self.outbox.register(adapter.name, adapter.post)
+            self.adapters.set(adapter.name, "connected")
+            _log.info("adapter.connected", adapter=adapter.name)
+
     async def stop(self) -> None:
-        # Jobs first: their last audit entries need the trail still open.
+        # Jobs first: their results are posted through the adapters, and their last
+        # audit entries need the trail still open.
         await self.jobs.drain()
+        for adapter in reversed(self._attached):
+            self.outbox.unregister(adapter.name)
+            try:
+                await adapter.stop()
+            except Exception:
+                _log.exception("adapter.stop_failed", adapter=adapter.name)
+        self._attached.clear()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.policy.close()
@@ -144,6 +176,9 @@ class Bot:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+_log = structlog.get_logger("opsbot.runtime")
 
 
 def _base_dir(config_source: str) -> Path:

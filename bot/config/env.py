@@ -22,6 +22,21 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
         ("audit", "database_url"),
         "audit database, e.g. postgresql+asyncpg://opsbot:PASSWORD@db/opsbot (secret)",
     ),
+    "OPSBOT_SLACK_BOT_TOKEN": (("slack", "bot_token"), "Slack bot token, xoxb-… (secret)"),
+    "OPSBOT_SLACK_APP_TOKEN": (
+        ("slack", "app_token"),
+        "Slack app-level token for Socket Mode, xapp-… (secret)",
+    ),
+    "OPSBOT_SLACK_SIGNING_SECRET": (
+        ("slack", "signing_secret"),
+        "Slack signing secret, for HTTP mode (secret)",
+    ),
+    "OPSBOT_TELEGRAM_TOKEN": (("telegram", "token"), "Telegram bot token from @BotFather (secret)"),
+    "OPSBOT_TELEGRAM_WEBHOOK_SECRET": (
+        ("telegram", "webhook_secret"),
+        "Telegram webhook secret_token, for webhook mode (secret)",
+    ),
+    "OPSBOT_DISCORD_TOKEN": (("discord", "token"), "Discord bot token (secret)"),
 }
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
+from bot.config.platforms import DiscordSection, SlackSection, TelegramSection
 from bot.config.platform_ids import check_channel_id, check_user_id
 from bot.config.types import Duration, Name
 
@@ -196,6 +197,9 @@ class Config(Strict):
     queues: list[QueueConfig] = []
     actions: list[ActionConfig] = []
     jobs: JobsSection = JobsSection()
+    slack: SlackSection | None = None
+    telegram: TelegramSection | None = None
+    discord: DiscordSection | None = None
     state: StateSection = StateSection()
     heartbeat: Stub = []
     checks: Stub = []
