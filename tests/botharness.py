@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from adapters.console import ConsoleAdapter
+from bot.adapter import Adapter
 from bot.auditlog import AuditEntry
 from bot.command import Access, Args, CommandSpec, NoArgs
 from bot.config import parse_config
+from bot.config.models import Config
 from bot.render import render_text
 from bot.reply import Reply
 from bot.runtime import Bot
@@ -40,19 +42,19 @@ includes = ["oncall"]
 
 [identities.alice]
 roles = ["admin"]
-ids = ["console:alice", "slack:U0ALICE01"]
+ids = ["console:alice", "slack:U0ALICE01", "telegram:111111111", "discord:100000000000000001"]
 [identities.bob]
 roles = ["oncall"]
-ids = ["console:bob"]
+ids = ["console:bob", "slack:U0BOB0001", "telegram:222222222", "discord:100000000000000002"]
 [identities.carol]
 roles = ["viewer"]
-ids = ["console:carol"]
+ids = ["console:carol", "slack:U0CAROL01", "telegram:333333333", "discord:100000000000000003"]
 [identities.dave]
 roles = ["deployer"]
-ids = ["console:dave"]
+ids = ["console:dave", "slack:U0DAVE001", "telegram:444444444", "discord:100000000000000004"]
 
 [channels.ops]
-ids = ["console:ops"]
+ids = ["console:ops", "slack:C0OPS0001", "telegram:-1001000000001", "discord:200000000000000001"]
 [channels.incident]
 ids = ["console:incident"]
 
@@ -82,6 +84,9 @@ def extra_command(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> 
         default_access=Access.ANY_PRINCIPAL,
         **kw,
     )
+
+
+AdapterFactory = Callable[[Config, list[CommandSpec[Any]], Any], Adapter]
 
 
 class ManualClock:
@@ -149,9 +154,12 @@ async def running_bot(
     clock: Any = None,
     serve_http: bool = False,
     data_dir: Path | None = None,
+    adapters: Sequence[AdapterFactory] = (),
 ) -> AsyncIterator[TestBot]:
     """``data_dir``: keep the bot's database there (a restart test starts a second bot on
-    the same directory); by default a fresh temporary one."""
+    the same directory); by default a fresh temporary one. ``adapters``: platform adapters
+    to attach besides the console, each made from (config, commands, clock), as
+    ``adapters.build_adapters`` makes them."""
     specs = [*COMMANDS, *extra_commands]
     config = parse_config(config_text, "test", {}, [s.name for s in specs])
     with tempfile.TemporaryDirectory(prefix="opsbot-test-") as temp_dir:
@@ -166,6 +174,7 @@ async def running_bot(
         await console.start(bot.handle)
         bot.outbox.register("console", console.post)
         bot.adapters.set("console", "connected")
+        await bot.attach([make(config, specs, bot.clock) for make in adapters])
         try:
             yield TestBot(bot, console)
         finally:
