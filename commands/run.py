@@ -9,19 +9,21 @@ from bot.command import Args, CommandSpec, Risk
 from bot.context import Context
 from bot.errors import UsageError
 from bot.operations import find_action, request_action
-from bot.reply import Reply
+from bot.reply import Reply, Status, Table
 
-USAGE = "/run <action> [args] [name=value] [--dry-run]"
+USAGE = "/run [<action> [args] [name=value] [--dry-run]]"
 
 
 class RunArgs(Args):
-    action: str
+    action: str | None = None
     words: tuple[str, ...] = ()
     named: dict[str, str | bool] = Field(default_factory=dict)
     dry_run: bool = False
 
 
 async def run(ctx: Context, args: RunArgs) -> Reply:
+    if args.action is None:
+        return _list_actions(ctx)
     named: dict[str, str] = {}
     for key, value in args.named.items():
         if not isinstance(value, str):
@@ -29,6 +31,27 @@ async def run(ctx: Context, args: RunArgs) -> Reply:
         named[key] = value
     action = find_action(ctx, args.action)
     return await request_action(ctx, action, args.words, named, dry_run=args.dry_run)
+
+
+def _list_actions(ctx: Context) -> Reply:
+    from bot.actions.arguments import usage
+
+    mine = [a for a in ctx.tools.config.actions if not ctx.principal.roles.isdisjoint(a.roles)]
+    if not mine:
+        return Reply(title="There are no actions you may run", status=Status.INFO)
+    rows = tuple(
+        (
+            f"/run {usage(a)}",
+            a.risk.value + (" (needs approval)" if a.risk.value == "high" else ""),
+            a.description,
+        )
+        for a in mine
+    )
+    return Reply(
+        title=f"{len(rows)} action(s) you may run; add --dry-run to see what one would do",
+        status=Status.INFO,
+        table=Table(("usage", "risk", "what it does"), rows),
+    )
 
 
 SPEC = CommandSpec(

@@ -365,3 +365,12 @@ roles = ["oncall"]
         assert "redis password: ***" in reply and "redis://default:***@10.0.0.1" in reply
         for entry in await tb.audit():
             assert "qpass-5f3a9e" not in repr(entry) and "other-77aa" not in repr(entry)
+
+
+async def test_run_alone_lists_the_actions_you_may_run(scripts: Scripts) -> None:
+    async with running_bot(actions_config(scripts)) as tb:
+        bobs = await tb.exec("/run", as_="bob")
+        assert "/run rollback <tag>" in bobs and "needs approval" in bobs
+        assert "/run hang" in bobs and "/run fail" in bobs
+        daves = await tb.exec("/run", as_="dave")  # deployer: rollback and slow-deploy only
+        assert "/run slow-deploy <tag>" in daves and "/run hang" not in daves
