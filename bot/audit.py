@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from bot.auditlog import AuditEntry, AuditStore, check_schema, upgrade
@@ -217,12 +218,19 @@ def _make_dir(path: Path, what: str) -> None:
 
 def configured_secrets(config: Config) -> list[str]:
     """Secret values in the config besides the database's: Redis passwords, the actions'
-    secret_env. Whatever echoes one (a script, an error message) is masked."""
+    secret_env, the platform tokens. Whatever echoes one (a script, an error) is masked."""
     urls = [q.redis_url.get_secret_value() for q in config.queues]
     if config.state.redis_url is not None:
         urls.append(config.state.redis_url.get_secret_value())
     secrets = [password for url in urls for password in secrets_in_url(url)]
     secrets += [v.get_secret_value() for a in config.actions for v in a.secret_env.values()]
+    for section in (config.slack, config.telegram, config.discord):
+        if section is not None:
+            secrets += [
+                value.get_secret_value()
+                for value in section.__dict__.values()
+                if isinstance(value, SecretStr)
+            ]
     return secrets
 
 
