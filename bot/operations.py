@@ -105,9 +105,8 @@ async def decide(ctx: Context, approval_id: str, *, approve: bool, reason: str |
     await _record(ctx, approval, "approved" if approve else "denied", reason=reason)
     if not approve:
         title = f"Request {approval.id} ({_describe(approval)}) denied by {ctx.principal.name}"
-        reply = Reply(
-            title=title, status=Status.WARNING, text=f"Reason: {reason}" if reason else ""
-        )
+        # INFO, not a warning: the deny worked (a pressed Deny button then closes).
+        reply = Reply(title=title, status=Status.INFO, text=f"Reason: {reason}" if reason else "")
         await _tell_requester(ctx, approval, reply)
         return reply
     assert prepared is not None
@@ -225,9 +224,16 @@ def _requester(ctx: Context, rule: str) -> Requester:
 
 
 async def _tell_requester(ctx: Context, approval: Approval, reply: Reply) -> None:
-    """The requester waits in the conversation where they asked; tell them there too."""
-    if approval.destination != Destination.of(ctx.message):
-        await ctx.tools.outbox.post(approval.destination, reply)
+    """The requester waits in the conversation where they asked; tell them there too
+    (unless this is that conversation: a button pressed under the request)."""
+    here = Destination.of(ctx.message)
+    there = approval.destination
+    if (there.platform, there.workspace, there.channel_id) != (
+        here.platform,
+        here.workspace,
+        here.channel_id,
+    ):
+        await ctx.tools.outbox.post(there, reply)
 
 
 async def _record(ctx: Context, approval: Approval, status: str, reason: str | None = None) -> None:

@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
-from bot.config.platforms import DiscordSection, SlackSection, TelegramSection
 from bot.config.platform_ids import check_channel_id, check_user_id
+from bot.config.platforms import DiscordSection, SlackSection, TelegramSection
 from bot.config.types import Duration, Name
 
 

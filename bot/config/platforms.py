@@ -36,6 +36,9 @@ class SlackSection(Strict):
     http_host: str = "127.0.0.1"
     http_port: Port = 3000
     http_path: UrlPath = "/slack/events"
+    # HTTP mode: the public https:// URL that reaches http_host:http_port (a reverse
+    # proxy); `opsbot slack-manifest` puts it in the manifest's request URLs.
+    public_url: BaseUrl | None = None
 
 
 class TelegramSection(Strict):

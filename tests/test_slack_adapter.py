@@ -1,0 +1,485 @@
+"""The Slack adapter, with real slack-bolt / slack_sdk code talking to a fake Slack on
+127.0.0.1 (tests/fakes/slack_server.py): Socket Mode and HTTP mode, Block Kit replies,
+approval buttons, signatures, rate limits, redeliveries and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from adapters.slack import SlackAdapter, plain_text, strip_mention
+from adapters.slack_manifest import manifest
+from adapters.slack_render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
+from bot.command import CommandSpec
+from bot.config import parse_config
+from bot.outbound import Destination
+from bot.reply import Button, Reply, Status
+from commands import COMMANDS
+from tests.actionkit import Scripts, actions_config
+from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot
+from tests.fakes.slack_server import BOT_USER_ID, FakeSlack, sign
+from tests.processes import ROOT, run_opsbot
+
+ALICE, BOB, CAROL, DAVE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001"
+NOBODY = "U0NOBODY1"
+OPS = "C0OPS0001"
+SECRET = "fake-signing-secret"
+NAMES = [spec.name for spec in COMMANDS]
+
+
+@asynccontextmanager
+async def slack_bot(
+    config_text: str = BASE_CONFIG,
+    *,
+    extra_commands: Sequence[CommandSpec[Any]] = (),
+    **slack_options: Any,
+) -> AsyncIterator[tuple[TestBot, FakeSlack, list[SlackAdapter]]]:
+    """The real bot with the Slack adapter attached to a fresh fake Slack."""
+    made: list[SlackAdapter] = []
+
+    def factory(config: Any, commands: Any, clock: Any) -> SlackAdapter:
+        adapter = SlackAdapter(config, commands, clock, ping_interval=0.3, stop_grace=2.0)
+        made.append(adapter)
+        return adapter
+
+    async with FakeSlack() as slack:
+        config = config_text + slack.config(**slack_options)
+        running = running_bot(config, adapters=[factory], extra_commands=extra_commands)
+        async with asyncio.timeout(30), running as tb:
+            assert tb.bot.adapters.states["slack"] == "connected", tb.bot.adapters.states
+            yield tb, slack, made
+
+
+async def command(slack: FakeSlack, text: str, *, user: str, **kw: Any) -> str:
+    """Type a slash command; returns the envelope id once the adapter has acked it."""
+    name, _, rest = text.partition(" ")
+    envelope = await slack.send("slash_commands", slack.slash_command(name, rest, user=user, **kw))
+    await slack.wait_ack(envelope)
+    return envelope
+
+
+# -- commands in, Block Kit out ---------------------------------------------------------
+
+
+async def test_slash_command_is_acked_and_answered_in_block_kit() -> None:
+    async with slack_bot() as (_, slack, _):
+        envelope = await command(slack, "/whoami", user=ALICE)
+        assert slack.acks[envelope][0] is None  # an empty ack, sent before any work
+        answer = await slack.wait_for(lambda: slack.find_response("You are alice"))
+        assert answer.body["response_type"] == "in_channel"
+        blocks = answer.body["blocks"]
+        assert blocks[0] == {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "ℹ️ *You are alice*", "verbatim": True},
+        }
+        fields = [f["text"] for f in blocks[1]["fields"]]
+        assert "*platform id*\nslack:U0ALICE01" in fields and "*channel*\nops" in fields
+        assert answer.body["text"].startswith("ℹ️ You are alice\n")  # plain-text fallback
+
+
+async def test_mention_is_answered_in_its_thread() -> None:
+    async with slack_bot() as (_, slack, _):
+        mention = slack.mention("whoami", user=BOB)
+        await slack.wait_ack(await slack.send("events_api", mention))
+        posted = await slack.wait_for(lambda: slack.find_message("You are bob"))
+        assert posted.via == "chat.postMessage" and posted.channel == OPS
+        assert posted.thread_ts == mention["event"]["ts"]  # a new thread under the mention
+
+        in_thread = slack.mention("/whoami", user=CAROL, thread_ts="1700000000.000100")
+        await slack.send("events_api", in_thread)
+        posted = await slack.wait_for(lambda: slack.find_message("You are carol"))
+        assert posted.thread_ts == "1700000000.000100"
+        # Every Web API call carried the bot token.
+        assert {c.token for c in slack.calls if c.method != "apps.connections.open"} == {
+            slack.bot_token
+        }
+
+
+async def test_direct_message_is_answered_and_other_messages_ignored() -> None:
+    async with slack_bot() as (_, slack, _):
+        # An edit, a bot's own message and a channel message are not commands.
+        for ignored in (
+            slack.direct_message("whoami", user=ALICE, subtype="message_changed"),
+            slack.direct_message("whoami", user=ALICE, bot_id="B0OTHER01"),
+            slack.direct_message("whoami", user=ALICE, channel_type="channel"),
+        ):
+            await slack.wait_ack(await slack.send("events_api", ignored))
+        await slack.wait_ack(
+            await slack.send("events_api", slack.direct_message("whoami", user=BOB))
+        )
+        posted = await slack.wait_for(lambda: slack.find_message("You are bob"))
+        assert posted.channel == "D0DIRECT01" and posted.thread_ts is None
+        await asyncio.sleep(0.2)
+        assert len(slack.calls_of("chat.postMessage")) == 1
+
+
+async def test_unknown_user_is_denied_privately() -> None:
+    async with slack_bot() as (tb, slack, _):
+        await command(slack, "/whoami", user=NOBODY)
+        answer = await slack.wait_for(lambda: slack.find_response("know you"))
+        assert answer.ephemeral
+        assert "slack:U0NOBODY1" in answer.body["text"] and answer.body["text"].startswith("⛔")
+        assert "· request " in answer.body["blocks"][0]["text"]["text"]
+        [entry] = await tb.commands_audited()
+        assert (entry.status, entry.rule, entry.user_id) == ("denied", "deny:unknown-user", NOBODY)
+
+
+# -- approvals by button ------------------------------------------------------------------
+
+
+async def test_approval_button_runs_the_action_once_for_a_second_person(
+    scripts: Scripts,
+) -> None:
+    async with slack_bot(actions_config(scripts)) as (tb, slack, _):
+        await command(slack, "/rollback v1.2", user=DAVE)
+        request = await slack.wait_for(lambda: slack.find_message("Approval needed"))
+        assert request.button("Approve")["value"].startswith("/approve ")
+        assert request.button("Approve")["style"] == "primary"
+        assert request.button("Deny")["style"] == "danger"
+        assert scripts.runs() == []
+
+        # The requester may not approve: told privately; the message stays as it was.
+        await slack.send("interactive", slack.press(request, "Approve", user=DAVE))
+        refusal = await slack.wait_for(lambda: slack.find_response("you requested this"))
+        assert refusal.ephemeral and refusal.body["replace_original"] is False
+        # A viewer may not either.
+        await slack.send("interactive", slack.press(request, "Approve", user=CAROL))
+        await slack.wait_for(lambda: slack.find_response("need role 'oncall'"))
+        await asyncio.sleep(0.2)
+        assert scripts.runs() == [] and request.updates == 0 and request.has_buttons
+
+        # Bob approves: the action runs once, the message loses its buttons and says so.
+        press = slack.press(request, "Approve", user=BOB)
+        await slack.send("interactive", press)
+        result = await slack.wait_for(lambda: slack.find_message("finished", thread_ts=request.ts))
+        assert result.channel == OPS and result.via == "chat.postMessage"
+        assert "rolling back to v1.2" in result.all_text()
+        assert request.updates == 1 and not request.has_buttons
+        assert "Approval needed" in request.all_text()
+        assert f"<@{BOB}> pressed *Approve*" in request.blocks[-1]["elements"][0]["text"]
+        assert scripts.runs() == ["v1.2"]
+
+        # Slack delivering the same press again (same action_ts) changes nothing.
+        await slack.wait_ack(await slack.send("interactive", press))
+        await asyncio.sleep(0.3)
+        assert scripts.runs() == ["v1.2"]
+        approvals = [(e.status, e.principal) for e in await tb.audit() if e.kind == "approval"]
+        assert approvals == [("requested", "dave"), ("approved", "bob")]
+        decided = [e for e in await tb.commands_audited() if e.command == "approve"]
+        assert [(e.principal, e.status) for e in decided] == [
+            ("dave", "denied"),
+            ("carol", "denied"),
+            ("bob", "ok"),
+            ("bob", "duplicate"),  # the redelivered press, recognised and not run
+        ]
+
+
+# -- HTTP mode ------------------------------------------------------------------------------
+
+
+async def test_http_mode_checks_signatures_and_answers_valid_requests(scripts: Scripts) -> None:
+    options = {"mode": "http", "signing_secret": SECRET, "http_port": 0}
+    async with slack_bot(actions_config(scripts), **options) as (tb, slack, [adapter]):
+        url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
+        form = {**slack.slash_command("/rollback", "v1.2", user=DAVE)}
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with aiohttp.ClientSession() as http:
+            forged = {**sign("not-the-secret", body), **headers}
+            async with http.post(url, data=body, headers=forged) as response:
+                assert response.status == 401
+            stale = {**sign(SECRET, body, timestamp=int(time.time()) - 301), **headers}
+            async with http.post(url, data=body, headers=stale) as response:
+                assert response.status == 401
+            unsigned = dict(headers)
+            async with http.post(url, data=body, headers=unsigned) as response:
+                assert response.status == 401
+            await asyncio.sleep(0.2)
+            assert slack.responses == [] and await tb.commands_audited() == []
+
+            # Slack's check of a new Request URL is answered (signed, like everything).
+            check = json.dumps({"type": "url_verification", "challenge": "c-123"}).encode()
+            signed = {**sign(SECRET, check), "Content-Type": "application/json"}
+            async with http.post(url, data=check, headers=signed) as response:
+                assert response.status == 200
+                assert (await response.json())["challenge"] == "c-123"
+
+            async with http.post(url, data=body, headers={**sign(SECRET, body), **headers}) as ok:
+                assert ok.status == 200
+            request = await slack.wait_for(lambda: slack.find_message("Approval needed"))
+
+            # An Events API retry (X-Slack-Retry-Num) of a mutating command runs it once.
+            event = json.dumps(slack.mention("/rollback v1.3", user=DAVE)).encode()
+            for retry in ("", "1"):
+                retry_headers = {"X-Slack-Retry-Num": retry, "X-Slack-Retry-Reason": "timeout"}
+                signed = {**sign(SECRET, event), "Content-Type": "application/json"}
+                async with http.post(
+                    url, data=event, headers={**signed, **(retry_headers if retry else {})}
+                ) as response:
+                    assert response.status == 200
+            await slack.wait_for(lambda: slack.find_message("tag=v1.3"))
+
+            # The button press arrives as a signed form with a JSON payload.
+            press = urlencode({"payload": json.dumps(slack.press(request, "Approve", user=BOB))})
+            press_body = press.encode()
+            async with http.post(
+                url, data=press_body, headers={**sign(SECRET, press_body), **headers}
+            ) as response:
+                assert response.status == 200
+            await slack.wait_for(lambda: slack.find_message("finished"))
+        assert scripts.runs() == ["v1.2"]
+        requested = [e.args for e in await tb.audit() if e.status == "requested"]
+        assert requested == [{"tag": "v1.2"}, {"tag": "v1.3"}]
+
+
+async def test_http_mode_binds_loopback_by_default() -> None:
+    section = parse_config(BASE_CONFIG + "[slack]\nmode='http'\n", "t", {}, NAMES).slack
+    assert section is not None and section.http_host == "127.0.0.1"
+
+
+# -- platform troubles ------------------------------------------------------------------
+
+
+async def test_rate_limited_post_is_retried_after_retry_after() -> None:
+    async with slack_bot() as (_, slack, _):
+        slack.fail_next("chat.postMessage", 429, {"Retry-After": "1"})
+        await slack.send("events_api", slack.mention("whoami", user=ALICE))
+        await slack.wait_for(lambda: slack.find_message("You are alice"))
+        first, second = slack.calls_of("chat.postMessage")
+        assert (first.status, second.status) == (429, 200)
+        assert second.at - first.at >= 1.0
+
+
+async def test_redelivered_envelope_and_event_run_once() -> None:
+    async with slack_bot(actions_config_for_dedup()) as (tb, slack, _):
+        payload = slack.slash_command("/rollback", "v2.1", user=DAVE)
+        for _ in range(2):  # the same envelope, delivered twice
+            slack.acks.pop("env-same", None)
+            await slack.wait_ack(
+                await slack.send("slash_commands", payload, envelope_id="env-same")
+            )
+        event = slack.mention("/rollback v2.2", user=DAVE)
+        await slack.wait_ack(await slack.send("events_api", event))
+        await slack.wait_ack(await slack.send("events_api", event, retry_attempt=1))
+        await slack.wait_for(lambda: slack.find_message("tag=v2.2"))
+        await slack.wait_for(lambda: slack.find_response("tag=v2.1"))
+        await asyncio.sleep(0.3)
+        requested = [e.args["tag"] for e in await tb.audit() if e.status == "requested"]
+        assert sorted(requested) == ["v2.1", "v2.2"]
+        assert len([r for r in slack.responses if "Approval needed" in r.all_text()]) == 1
+        assert len([m for m in slack.messages.values() if "tag=v2.2" in m.text]) == 1
+        duplicates = [e.args["tag"] for e in await tb.commands_audited() if e.status == "duplicate"]
+        assert sorted(duplicates) == ["v2.1", "v2.2"]
+
+
+def actions_config_for_dedup() -> str:
+    # rollback without scripts: the request (not the run) is what must happen once.
+    return (
+        BASE_CONFIG
+        + """
+[[actions]]
+name = "rollback"
+argv = ["/bin/true", "{tag}"]
+risk = "high"
+roles = ["deployer"]
+approver_roles = ["oncall"]
+[[actions.args]]
+name = "tag"
+pattern = '^v\\d+\\.\\d+$'
+[policy.commands.rollback]
+roles = ["deployer"]
+"""
+    )
+
+
+async def test_reconnects_after_the_websocket_is_dropped() -> None:
+    async with slack_bot() as (_, slack, _):
+        await command(slack, "/whoami", user=ALICE)
+        await slack.drop()
+        await slack.wait_connections(2)
+        await command(slack, "/whoami", user=BOB)
+        await slack.wait_for(lambda: slack.find_response("You are bob"))
+        assert len(slack.calls_of("apps.connections.open")) == 2
+
+        # A cut connection (no close frame) is noticed by the ping check and replaced.
+        await slack.drop(abrupt=True)
+        await slack.wait_connections(3)
+        await command(slack, "/whoami", user=CAROL)
+        await slack.wait_for(lambda: slack.find_response("You are carol"))
+
+
+async def test_stop_finishes_answers_in_flight_then_disconnects() -> None:
+    async def nap(ctx: Any, args: Any) -> Reply:
+        await asyncio.sleep(0.5)
+        return Reply(title="rested", status=Status.OK)
+
+    async with slack_bot(extra_commands=[extra_command("nap", nap)]) as (_, slack, _):
+        await command(slack, "/nap", user=ALICE)
+        assert slack.responses == []
+    # The bot has stopped: the answer was still delivered, and the websocket is closed.
+    assert slack.find_response("rested") is not None
+    assert slack.open_sockets == 0
+
+
+async def test_missing_token_is_reported_and_the_bot_keeps_serving() -> None:
+    async with running_bot(
+        BASE_CONFIG + "[slack]\napp_token = 'xapp-1'\n", adapters=[_plain]
+    ) as tb:
+        state = tb.bot.adapters.states["slack"]
+        assert state == "error: slack: OPSBOT_SLACK_BOT_TOKEN is not set (or [slack] bot_token)"
+        assert "You are alice" in await tb.exec("/whoami")
+    async with running_bot(
+        BASE_CONFIG + "[slack]\nbot_token = 'xoxb-1'\n", adapters=[_plain]
+    ) as tb:
+        assert "OPSBOT_SLACK_APP_TOKEN is not set" in tb.bot.adapters.states["slack"]
+    http_config = BASE_CONFIG + "[slack]\nmode = 'http'\nbot_token = 'xoxb-1'\n"
+    async with running_bot(http_config, adapters=[_plain]) as tb:
+        assert "OPSBOT_SLACK_SIGNING_SECRET is not set" in tb.bot.adapters.states["slack"]
+
+
+async def test_refused_token_is_reported_with_slacks_error() -> None:
+    async with FakeSlack(bot_token="xoxb-the-real-one") as slack:
+        config = BASE_CONFIG + slack.config().replace("xoxb-the-real-one", "xoxb-wrong")
+        async with running_bot(config, adapters=[_plain]) as tb:
+            assert tb.bot.adapters.states["slack"] == "error: slack: auth.test failed: invalid_auth"
+            assert "You are alice" in await tb.exec("/whoami")
+    async with FakeSlack(app_token="xapp-the-real-one") as slack:
+        config = BASE_CONFIG + slack.config().replace("xapp-the-real-one", "xapp-wrong")
+        async with running_bot(config, adapters=[_plain]) as tb:
+            state = tb.bot.adapters.states["slack"]
+            assert state == "error: slack: apps.connections.open failed: invalid_auth"
+            assert slack.connections == 0
+
+
+async def test_bolts_oauth_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # slack-bolt reads these itself and would then ignore the bot token.
+    monkeypatch.setenv("SLACK_CLIENT_ID", "1.2")
+    monkeypatch.setenv("SLACK_CLIENT_SECRET", "s")
+    async with (
+        FakeSlack() as slack,
+        running_bot(BASE_CONFIG + slack.config(), adapters=[_plain]) as tb,
+    ):
+        assert "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET" in tb.bot.adapters.states["slack"]
+        assert slack.connections == 0
+
+
+def _plain(config: Any, commands: Any, clock: Any) -> SlackAdapter:
+    return SlackAdapter(config, commands, clock)
+
+
+# -- posts the bot makes on its own -------------------------------------------------------
+
+
+async def test_job_progress_and_result_are_posted_in_the_thread(scripts: Scripts) -> None:
+    async with slack_bot(actions_config(scripts)) as (_, slack, _):
+        mention = slack.mention("/run slow-deploy v9.1", user=BOB)
+        thread = mention["event"]["ts"]
+        await slack.send("events_api", mention)
+        await slack.wait_for(lambda: slack.find_message("running as job", thread_ts=thread))
+        await slack.wait_for(lambda: slack.find_message("step 1", thread_ts=thread))
+        result = await slack.wait_for(lambda: slack.find_message("finished in", thread_ts=thread))
+        assert "step 2" in result.all_text()
+
+
+async def test_post_with_a_key_edits_the_message_it_posted_before() -> None:
+    async with slack_bot() as (_, slack, [adapter]):
+        where = Destination("slack", OPS, "1700000000.000200")
+        await adapter.post(where, Reply(title="deploy: 10%"), "job-progress:j1")
+        await adapter.post(where, Reply(title="other"), None)
+        await adapter.post(where, Reply(title="deploy: 90%"), "job-progress:j1")
+        progress = [m for m in slack.messages.values() if "deploy" in m.text]
+        assert len(progress) == 1 and progress[0].updates == 1
+        assert "deploy: 90%" in progress[0].all_text()
+        assert progress[0].thread_ts == "1700000000.000200"
+        assert [c.method for c in slack.calls if c.method.startswith("chat.")] == [
+            "chat.postMessage",
+            "chat.postMessage",
+            "chat.update",
+        ]
+
+
+# -- rendering and translation (pure) --------------------------------------------------------
+
+
+def test_long_output_is_split_within_slack_limits() -> None:
+    code = "\n".join(f"line {i} <tag> & more " + "x" * 80 for i in range(3000))
+    reply = Reply(
+        title="Big", status=Status.OK, code=code, buttons=(Button("Go", "/run go", "primary"),)
+    )
+    messages = render(reply)
+    assert len(messages) > 1
+    for message in messages:
+        assert len(message.blocks) <= BLOCKS_PER_MESSAGE
+        for block in message.blocks:
+            text = block.get("text", {}).get("text", "")
+            assert len(text) <= SECTION_LIMIT
+            assert "<tag>" not in text  # escaped
+    assert messages[-1].blocks[-1]["type"] == "actions"
+    assert messages[-1].blocks[-1]["elements"][0]["action_id"] == "opsbot_button_0"
+    assert messages[1].text.startswith("(cont. 2/")
+    shown = "".join(
+        b["text"]["text"].removeprefix("```\n").removesuffix("\n```")
+        for m in messages
+        for b in m.blocks
+        if b.get("text", {}).get("text", "").startswith("```")
+    )
+    unescaped = shown.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert unescaped.replace("\n", "") == code.replace("\n", "")  # nothing lost
+
+
+def test_mentions_and_slack_markup_become_plain_text() -> None:
+    assert strip_mention(f"<@{BOT_USER_ID}> health api", BOT_USER_ID) == "health api"
+    assert strip_mention(f"<@{BOT_USER_ID}|opsbot> whoami <@U0BOB0001>", BOT_USER_ID) == (
+        "whoami <@U0BOB0001>"
+    )
+    assert plain_text("url=<https://x.example/a?b=1&amp;c=2|x.example> a &lt; b") == (
+        "url=https://x.example/a?b=1&c=2 a < b"
+    )
+
+
+# -- the manifest ----------------------------------------------------------------------------
+
+
+def test_manifest_has_every_command_and_only_needed_scopes() -> None:
+    config = parse_config(BASE_CONFIG, "t", {}, NAMES)
+    socket = manifest(config, COMMANDS)
+    commands = {c["command"]: c for c in socket["features"]["slash_commands"]}
+    assert set(commands) == {f"/{spec.name}" for spec in COMMANDS}
+    assert commands["/rollback"]["usage_hint"] == "<tag> [--dry-run]"
+    assert commands["/rollback"]["description"] == next(
+        s.summary for s in COMMANDS if s.name == "rollback"
+    )
+    assert sorted(socket["oauth_config"]["scopes"]["bot"]) == [
+        "app_mentions:read",
+        "chat:write",
+        "commands",
+        "im:history",
+    ]
+    settings = socket["settings"]
+    assert settings["socket_mode_enabled"] is True
+    assert settings["interactivity"] == {"is_enabled": True}
+    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
+
+    http_config = parse_config(
+        BASE_CONFIG + "[slack]\nmode = 'http'\nhttp_path = '/hooks/slack'\n", "t", {}, NAMES
+    )
+    http = manifest(http_config, COMMANDS)
+    assert http["settings"]["socket_mode_enabled"] is False
+    assert http["settings"]["interactivity"]["request_url"].endswith("/hooks/slack")
+    assert all(c["url"].endswith("/hooks/slack") for c in http["features"]["slash_commands"])
+
+
+def test_cli_prints_the_manifest() -> None:
+    result = run_opsbot("slack-manifest", "--config", str(ROOT / "examples" / "opsbot.toml"))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    names = {c["command"] for c in printed["features"]["slash_commands"]}
+    assert names == {f"/{spec.name}" for spec in COMMANDS}
