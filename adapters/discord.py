@@ -212,6 +212,7 @@ class DiscordAdapter:
                 thread_id=str(message.id),
                 user_name=message.author.name,
                 addressed=True,
+                parent_channel_id=_parent_of(message.channel),
             )
             reply = await handler(incoming)
             if reply is None:
@@ -311,6 +312,7 @@ class DiscordAdapter:
             thread_id=thread_id,
             user_name=user.name,
             addressed=True,
+            parent_channel_id=_parent_of(interaction.channel),
         )
         return await handler(message)
 
@@ -471,3 +473,10 @@ def _gateway_problem(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientError | OSError):
         return f"cannot reach the Discord gateway: {exc}"
     return f"the Discord gateway failed: {type(exc).__name__}: {exc}"
+
+
+def _parent_of(channel: object) -> str | None:
+    """A thread's parent channel id (channel rules for #ops hold in its threads)."""
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        return str(channel.parent_id)
+    return None

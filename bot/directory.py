@@ -32,8 +32,12 @@ class Directory:
     def principal_for(self, qualified_user_id: str) -> Principal | None:
         return self._by_platform_id.get(qualified_user_id)
 
-    def channel_name(self, qualified_channel_id: str) -> str | None:
-        return self._channel_names.get(qualified_channel_id)
+    def channel_name(self, qualified_channel_id: str, parent: str | None = None) -> str | None:
+        """The configured name of a channel, or of the channel a thread (``parent``) is in."""
+        name = self._channel_names.get(qualified_channel_id)
+        if name is None and parent is not None:
+            return self._channel_names.get(parent)
+        return name
 
 
 def _expand(roles: list[str], config: Config) -> frozenset[str]:

@@ -26,6 +26,9 @@ class Message:
     thread_id: str | None = None
     user_name: str = ""
     addressed: bool = False
+    # The channel a thread belongs to, where the platform gives threads ids of their own
+    # (Discord): channel rules for #ops hold in #ops's threads too.
+    parent_channel_id: str | None = None
 
     @property
     def qualified_user(self) -> str:
@@ -34,3 +37,9 @@ class Message:
     @property
     def qualified_channel(self) -> str:
         return f"{self.platform}:{self.channel_id}"
+
+    @property
+    def qualified_parent_channel(self) -> str | None:
+        return (
+            None if self.parent_channel_id is None else f"{self.platform}:{self.parent_channel_id}"
+        )

@@ -167,7 +167,9 @@ class Dispatcher:
                 UNKNOWN_USER_RULE,
             )
         inv.principal = principal.name
-        channel = self._directory.channel_name(message.qualified_channel)
+        channel = self._directory.channel_name(
+            message.qualified_channel, message.qualified_parent_channel
+        )
         spec = self._catalog.get(parsed.name)
         if spec is None:
             raise UnknownCommand(

@@ -451,3 +451,13 @@ async def test_long_replies_are_split_within_discord_limits() -> None:
     fields = [f for m in messages for e in m.embeds for f in e.fields]
     assert len([f for f in fields if not (f.name or "").endswith("(cont.)")]) == 40
     assert sum(len(f.value or "") for f in fields if (f.name or "").startswith("field 3")) > 1500
+
+
+async def test_channel_rules_hold_in_a_threads_parent_channel(fake: FakeDiscord) -> None:
+    """/policy is allowed in #ops only; a Discord thread has its own id, yet it is in #ops."""
+    async with discord_bot(fake) as tb:
+        await fake.message("!policy", user=BOB, channel=THREAD_ID)
+        reply = await fake.wait_call("POST", f"/channels/{THREAD_ID}/messages")
+        assert "Policy mode" in reply.text, reply.text
+        entries = [e for e in await tb.commands_audited() if e.command == "policy"]
+        assert [(e.status, e.rule) for e in entries] == [("ok", "policy.commands.policy")]
