@@ -7,17 +7,25 @@ SQLite audit log, strict policy, the flood budget raised so one benchmark user i
 throttled) with the real Telegram adapter. A child process runs the fake Bot API of
 tests/fakes/telegram_server.py on 127.0.0.1 and the load: ``/whoami`` from alice in a
 private chat, ``--in-flight`` at once in a closed loop (each sender sends its next command
-once the previous one is acknowledged). The fake has its own process, as Telegram's
-servers are not on the bot's CPU; both time stamps come from the child's clock.
+once the previous one is both acknowledged and answered, so at most ``--in-flight``
+commands are unanswered at any time). The fake has its own process, as Telegram's servers
+are not on the bot's CPU; all time stamps come from the child's clock.
 
-What is measured (Telegram has no ack of its own for a command):
-  polling  from the fake handing the update out in a getUpdates answer to the first API
-           call the bot makes in answer (the sendMessage replying to the command).
-  webhook  from the webhook POST leaving the client to its HTTP response (what Telegram
-           waits on before it retries), and, for reference, to the replying sendMessage.
+Two latencies per command, each from the moment the command reaches the bot:
+  ack     what Telegram's protocol takes as the bot having accepted the update, after
+          which Telegram stops redelivering it:
+            polling  from the fake handing the update out in a getUpdates answer to the
+                     fake receiving the bot's next getUpdates whose ``offset`` is past the
+                     update's update_id (the offset confirms every update below it);
+            webhook  from the webhook POST leaving the client to its HTTP response (a 2xx
+                     confirms it; Telegram retries otherwise).
+  answer  to the sendMessage replying to the command (the command fully handled: policy,
+          audit row in SQLite, rendering, the outbound HTTP call). A reference figure: it
+          is bound by the bot's CPU on a small machine, not by the adapter's protocol.
 The outbound rate limiter is off for these runs (Telegram's own limits, 30 msg/s overall,
 would set the pace); a last run keeps them on, to show they hold.
-PASS when the polling and webhook ack p99 are under 100 ms and every command was answered.
+PASS when the polling and webhook ack p99 are under 100 ms and every command was answered;
+the answer rows are printed for reference and do not decide PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -63,22 +71,52 @@ NO_LIMITS = RateLimits(overall_per_second=0, group_per_minute=0)
 # -- the child: fake Bot API and load -----------------------------------------------------
 
 
-class Acks:
-    """Futures for the commands in flight, resolved by the fake's replying sendMessage."""
+class Recorder:
+    """Futures for the commands in flight: the ack (polling: the arrival time of the first
+    getUpdates whose offset confirms the update) and the answer (the replying sendMessage).
+    ``polls`` keeps (arrival time, offset) of every getUpdates the fake received."""
 
     def __init__(self) -> None:
-        self.waiting: dict[int, asyncio.Future[Call]] = {}
+        self.answers: dict[int, asyncio.Future[Call]] = {}  # message_id -> sendMessage
+        self.acks: dict[int, asyncio.Future[float]] = {}  # update_id -> confirmed at
+        self.polls: list[tuple[float, int]] = []
 
     def on_call(self, call: Call) -> None:
         if call.method == "sendMessage" and call.status == 200 and call.reply_to is not None:
-            future = self.waiting.pop(call.reply_to, None)
+            future = self.answers.pop(call.reply_to, None)
             if future is not None and not future.done():
                 future.set_result(call)
 
-    def expect(self, message_id: int) -> asyncio.Future[Call]:
-        future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
-        self.waiting[message_id] = future
-        return future
+    def on_poll(self, at: float, offset: int) -> None:
+        self.polls.append((at, offset))
+        for update_id in [u for u in self.acks if u < offset]:
+            future = self.acks.pop(update_id)
+            if not future.done():
+                future.set_result(at)
+
+    def expect(
+        self, update: dict[str, Any], *, polled: bool = True
+    ) -> tuple[asyncio.Future[float], asyncio.Future[Call]]:
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[float] = loop.create_future()
+        answered: asyncio.Future[Call] = loop.create_future()
+        if polled:  # a webhook update is confirmed by the POST's response instead
+            self.acks[update["update_id"]] = acked
+        self.answers[update["message"]["message_id"]] = answered
+        return acked, answered
+
+
+class RecordingTelegram(FakeTelegram):
+    """The fake Bot API, noting when each getUpdates arrives and its offset (the fake's own
+    ``calls`` time a getUpdates when its long poll ends, not when it arrives)."""
+
+    def __init__(self, recorder: Recorder, **kwargs: Any) -> None:
+        super().__init__(on_call=recorder.on_call, **kwargs)
+        self.recorder = recorder
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self.recorder.on_poll(time.perf_counter(), int(params.get("offset") or 0))
+        return await super()._get_updates(params)
 
 
 async def _closed_loop(
@@ -129,21 +167,24 @@ async def _open_loop(
 async def _load(
     pipe: Connection, mode: str, n: int, in_flight: int, rate: float | None, cap: float
 ) -> None:
-    acks = Acks()
-    first: list[float] = []  # the ack
-    reply: list[float] = []  # webhook: to the replying sendMessage
-    async with FakeTelegram(long_poll=1.0, on_call=acks.on_call) as tg:
+    recorder = Recorder()
+    ack: list[float] = []  # seconds, to the protocol's ack
+    answer: list[float] = []  # seconds, to the replying sendMessage
+    async with RecordingTelegram(recorder, long_poll=1.0) as tg:
         pipe.send(tg.port)
         webhook_port = await asyncio.to_thread(pipe.recv)  # the bot is connected
         if mode == "polling":
 
             async def one(measure: bool) -> None:
                 update = tg.command("/whoami", user_id=ALICE, queue=False)
-                future = acks.expect(update["message"]["message_id"])
+                acked, answered = recorder.expect(update)
                 tg.queue(update)
-                call = await future
+                call = await answered
+                confirmed = await acked
                 if measure:
-                    first.append(call.at - tg.handed_at[update["update_id"]])
+                    handed = tg.handed_at[update["update_id"]]
+                    ack.append(confirmed - handed)
+                    answer.append(call.at - handed)
 
             if rate is None:
                 done, wall = await _closed_loop(n, in_flight, cap, one)
@@ -160,20 +201,20 @@ async def _load(
 
                 async def one(measure: bool) -> None:
                     update = tg.command("/whoami", user_id=ALICE, queue=False)
-                    future = acks.expect(update["message"]["message_id"])
+                    _, answered = recorder.expect(update, polled=False)
                     sent = time.perf_counter()
                     async with session.post(url, json=update, headers=headers) as response:
                         await response.read()
-                        answered = time.perf_counter()
+                        responded = time.perf_counter()
                     if response.status != 200:
                         raise RuntimeError(f"the webhook answered {response.status}")
-                    call = await future
+                    call = await answered
                     if measure:
-                        first.append(answered - sent)
-                        reply.append(call.at - sent)
+                        ack.append(responded - sent)
+                        answer.append(call.at - sent)
 
                 done, wall = await _closed_loop(n, in_flight, cap, one)
-    pipe.send({"done": done, "wall": wall, **_stats(first), "reply": _stats(reply)})
+    pipe.send({"done": done, "wall": wall, "ack": _stats(ack), "answer": _stats(answer)})
 
 
 def _child(
@@ -266,40 +307,54 @@ def main() -> None:
         f"(closed loop), policy strict, SQLite audit, Python {sys.version.split()[0]}"
     )
     print(
-        f"{'mode: ack measured':<56}{'done':>6}{'cmd/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms':>8}"
+        f"{'run: latency measured':<62}{'done':>6}{'cmd/s':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU ms':>8}"
     )
 
-    def row(label: str, r: dict[str, Any], count: int) -> None:
+    def row(label: str, r: dict[str, Any], which: str, count: int) -> None:
         rate = r["done"] / r["wall"] if r["wall"] else 0.0
         cpu = r["cpu_s"] * 1000 / max(1, r["done"] + WARM_UP)
+        stats = r[which]
         print(
-            f"{label:<56}{r['done']:>6}{rate:>7.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-            f"{cpu:>8.2f}" + ("" if r["done"] == count else f"  (cut at {opts.cap:.0f} s)")
+            f"{label:<62}{r['done']:>6}{rate:>7.0f}{stats['p50_ms']:>9.1f}"
+            f"{stats['p99_ms']:>9.1f}{cpu:>8.2f}"
+            + ("" if r["done"] == count else f"  (cut at {opts.cap:.0f} s)")
         )
 
     poll = run("polling", n, opts.in_flight, opts.cap, NO_LIMITS)
-    row("polling: getUpdates hand-out -> replying sendMessage", poll, n)
+    row("polling ACK: hand-out -> getUpdates with offset > update_id", poll, "ack", n)
+    row("polling answer: hand-out -> replying sendMessage (reference)", poll, "answer", n)
     hook = run("webhook", n, opts.in_flight, opts.cap, NO_LIMITS)
-    row("webhook: POST -> HTTP response", hook, n)
-    row("webhook: POST -> replying sendMessage (reference)", {**hook, **hook["reply"]}, n)
+    row("webhook ACK: POST -> HTTP response", hook, "ack", n)
+    row("webhook answer: POST -> replying sendMessage (reference)", hook, "answer", n)
     paced_n = min(n, 500)
     paced = run("polling", paced_n, opts.in_flight, opts.cap, NO_LIMITS, rate=opts.rate)
-    row(f"polling, {opts.rate:.0f} commands/s arriving (open loop)", paced, paced_n)
+    arriving = f"{opts.rate:.0f} commands/s arriving (open loop)"
+    row(f"polling ACK, {arriving}", paced, "ack", paced_n)
+    row(f"polling answer, {arriving}", paced, "answer", paced_n)
     limited_n = min(n, 150)
     limited = run("polling", limited_n, opts.in_flight, opts.cap, RateLimits())
-    row("polling, Telegram's 30 msg/s limit on (reference)", limited, limited_n)
-    print("CPU ms: the bot process's CPU time per command (bot, adapter, PTB, HTTP client)")
+    row("polling ACK, Telegram's 30 msg/s limit on (reference)", limited, "ack", limited_n)
+    row("polling answer, Telegram's 30 msg/s limit on (reference)", limited, "answer", limited_n)
+    print(
+        "ACK: Telegram's own acknowledgement of an update (polling: the next getUpdates whose\n"
+        "  offset confirms it; webhook: the 2xx response to the POST); Telegram stops\n"
+        "  redelivering the update then. PASS/FAIL is decided on the ACK rows.\n"
+        "answer: to the sendMessage replying to the command (fully handled); reference only.\n"
+        "CPU ms: the bot process's CPU time per command (bot, adapter, PTB, HTTP client)"
+    )
 
     ok = (
         poll["done"] == n
         and hook["done"] == n
-        and poll["p99_ms"] < TARGET_P99_MS
-        and hook["p99_ms"] < TARGET_P99_MS
+        and poll["ack"]["p99_ms"] < TARGET_P99_MS
+        and hook["ack"]["p99_ms"] < TARGET_P99_MS
     )
     print(
-        f"{'PASS' if ok else 'FAIL'}: ack p99 polling {poll['p99_ms']:.1f} ms, webhook "
-        f"{hook['p99_ms']:.1f} ms (target < {TARGET_P99_MS:.0f} ms with {opts.in_flight} "
-        "in flight, every command answered)"
+        f"{'PASS' if ok else 'FAIL'}: ack p99 polling {poll['ack']['p99_ms']:.1f} ms, webhook "
+        f"{hook['ack']['p99_ms']:.1f} ms (target < {TARGET_P99_MS:.0f} ms with "
+        f"{opts.in_flight} in flight, every command answered); answer p99 (reference) "
+        f"polling {poll['answer']['p99_ms']:.1f} ms, webhook {hook['answer']['p99_ms']:.1f} ms"
     )
     if not ok:
         sys.exit(1)
