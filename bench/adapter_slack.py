@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import multiprocessing
 import os
@@ -154,6 +155,8 @@ async def _run(mode: str, n: int, in_flight: int, max_seconds: float) -> dict[st
         await bot.start(serve_http=False)
         try:
             await bot.attach([adapter])
+            gc.collect()  # as `opsbot run` does once started
+            gc.freeze()
             if bot.adapters.states["slack"] != "connected":
                 raise RuntimeError(f"slack adapter: {bot.adapters.states['slack']}")
             ours.send(adapter.http_port or 0)

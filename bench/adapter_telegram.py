@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import multiprocessing
 import socket
@@ -243,6 +244,8 @@ async def _serve_bot(pipe: Connection, mode: str, limits: RateLimits) -> dict[st
     cpu = time.process_time()
     try:
         await bot.attach([TelegramAdapter(config, COMMANDS, bot.clock, limits=limits)])
+        gc.collect()  # as `opsbot run` does once started
+        gc.freeze()
         if bot.adapters.states["telegram"] != "connected":
             raise RuntimeError(f"the adapter did not start: {bot.adapters.states['telegram']}")
         pipe.send(webhook_port)
