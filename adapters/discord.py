@@ -126,6 +126,18 @@ class DiscordAdapter:
                 task.cancel()
         await self._close()
 
+    async def state(self) -> str:
+        client, gateway = self._client, self._gateway
+        if client is None or gateway is None:
+            return "stopped"
+        if gateway.done():
+            failure = _failure(gateway)
+            return (
+                f"error: {_gateway_problem(failure) if failure else 'the gateway connection ended'}"
+            )
+        # discord.py resumes or re-identifies by itself after a drop.
+        return "connected" if client.is_ready() and not client.is_closed() else "reconnecting"
+
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         client = self._client
         if client is None or client.is_closed():

@@ -383,6 +383,14 @@ class SlackAdapter:
 
     # -- outbound -------------------------------------------------------------------
 
+    async def state(self) -> str:
+        if self._client is None:
+            return "stopped"
+        if self._socket is not None:
+            # The Socket Mode client reconnects by itself; say so while it does.
+            return "connected" if await self._socket.client.is_connected() else "reconnecting"
+        return "connected" if self._runner is not None else "stopped"
+
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         """chat.postMessage to the destination's channel and thread; a later post with the
         same ``key`` edits that message (chat.update) instead of adding one."""

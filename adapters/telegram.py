@@ -433,6 +433,12 @@ class TelegramAdapter:
 
     # -- out ------------------------------------------------------------------------------
 
+    async def state(self) -> str:
+        app = self._app
+        if app is None or app.updater is None:
+            return "stopped"
+        return "connected" if app.updater.running else "error: polling or the webhook stopped"
+
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         chat = _chat_id(destination.channel_id)
         reply_to, topic = decode_thread(destination.thread_id)

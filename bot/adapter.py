@@ -37,6 +37,11 @@ class Adapter(Protocol):
         """Disconnect; in-flight replies are finished first."""
         ...
 
+    async def state(self) -> str:
+        """ "connected", or what is wrong now ("reconnecting", "error: …"): /ready and
+        /status ask, so a connection lost after start-up shows there."""
+        ...
+
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         """Send ``reply`` unprompted (job progress, results). ``key`` names a message that
         later posts with the same key replace, where the platform can edit messages."""

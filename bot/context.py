@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -53,9 +54,25 @@ class AdapterBoard:
     """Each adapter's state as /status and /ready report it."""
 
     states: dict[str, str] = field(default_factory=dict)
+    _probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
 
     def set(self, adapter: str, state: str) -> None:
         self.states[adapter] = state
+
+    def watch(self, adapter: str, probe: Callable[[], Awaitable[str]]) -> None:
+        """Ask ``probe`` for the adapter's state whenever the states are read."""
+        self._probes[adapter] = probe
+
+    def unwatch(self, adapter: str) -> None:
+        self._probes.pop(adapter, None)
+
+    async def refresh(self) -> dict[str, str]:
+        for adapter, probe in list(self._probes.items()):
+            try:
+                self.states[adapter] = await probe()
+            except Exception as exc:
+                self.states[adapter] = f"error: {type(exc).__name__}: {exc}"
+        return dict(self.states)
 
 
 @dataclass(slots=True)

@@ -136,6 +136,7 @@ class Bot:
             self._attached.append(adapter)
             self.outbox.register(adapter.name, adapter.post)
             self.adapters.set(adapter.name, "connected")
+            self.adapters.watch(adapter.name, adapter.state)
             _log.info("adapter.connected", adapter=adapter.name)
 
     async def stop(self) -> None:
@@ -144,6 +145,7 @@ class Bot:
         await self.jobs.drain()
         for adapter in reversed(self._attached):
             self.outbox.unregister(adapter.name)
+            self.adapters.unwatch(adapter.name)
             try:
                 await adapter.stop()
             except Exception:
@@ -162,7 +164,8 @@ class Bot:
 
     async def readiness(self) -> dict[str, str]:
         checks = {"audit": self.audit.state()}
-        checks.update({f"adapter:{name}": state for name, state in self.adapters.states.items()})
+        states = await self.adapters.refresh()
+        checks.update({f"adapter:{name}": state for name, state in states.items()})
         return checks
 
     async def __aenter__(self) -> Bot:

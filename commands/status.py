@@ -17,7 +17,7 @@ async def run(ctx: Context, _: NoArgs) -> Reply:
     if policy.mode is PolicyMode.OFF and policy.until is not None:
         mode += f" (until {policy.until:%H:%M} UTC)"
     adapters = ", ".join(
-        f"{name}: {state}" for name, state in sorted(tools.adapters.states.items())
+        f"{name}: {state}" for name, state in sorted((await tools.adapters.refresh()).items())
     )
     return Reply(
         title=f"opsbot {__version__} up {format_duration(tools.clock.now() - tools.started_at)}",

@@ -483,3 +483,19 @@ def test_cli_prints_the_manifest() -> None:
     printed = json.loads(result.stdout)
     names = {c["command"] for c in printed["features"]["slash_commands"]}
     assert names == {f"/{spec.name}" for spec in COMMANDS}
+
+
+async def test_ready_and_status_show_a_connection_lost_after_start() -> None:
+    async with slack_bot() as (tb, slack, _):
+        assert (await tb.bot.readiness())["adapter:slack"] == "connected"
+        assert "slack: connected" in await tb.exec("/status", as_="alice")
+        # Slack goes away for good: the Socket Mode client keeps trying, and says so.
+        await slack.stop()
+        state = ""
+        for _ in range(100):
+            state = (await tb.bot.readiness())["adapter:slack"]
+            if state != "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert state == "reconnecting"
+        assert "slack: reconnecting" in await tb.exec("/status", as_="alice")
