@@ -1,4 +1,4 @@
-"""The ``opsbot`` command line: console, run, check-config, db, audit.
+"""The ``opsbot`` command line: console, run, check-config, db, audit, outbox.
 
 The only place that exits the process; everything below raises typed errors.
 """
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_console(args, config, source))
         if args.action in ("db", "audit"):
             return asyncio.run(_audit_database(args, config))
+        if args.action == "outbox":
+            return asyncio.run(_outbox(args, config))
         if args.action in _PLATFORM_STEPS:
             return asyncio.run(_platform_step(args.action, config))
         return asyncio.run(_serve(config, source))
@@ -90,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(check)
     _db_parsers(sub)
     _audit_parsers(sub)
+    outbox_help = "list the bot's queued outbound messages (or, with --dead, its dead letters)"
+    outbox = sub.add_parser("outbox", help=outbox_help, description=outbox_help)
+    _config_option(outbox)
+    outbox.add_argument(
+        "--dead", action="store_true", help="messages given up on after the last retry"
+    )
     for name, help_text in _PLATFORM_STEPS.items():
         _config_option(sub.add_parser(name, help=help_text, description=help_text))
     return parser
@@ -246,6 +254,13 @@ async def _audit_database(args: argparse.Namespace, config: Config) -> int:
     return await cli_audit.audit_verify(config)
 
 
+async def _outbox(args: argparse.Namespace, config: Config) -> int:
+    from bot.cli_outbox import outbox_list
+
+    _configure_logging(config, quiet=True)
+    return await outbox_list(config, dead=args.dead)
+
+
 async def _console(args: argparse.Namespace, config: Config, source: str) -> int:
     from adapters.console import ConsoleAdapter
     from bot.runtime import Bot
@@ -279,6 +294,7 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             code = _print_reply(reply)
             # A job answered with its id: its result is what the caller waits for.
             await _until(stop, bot.jobs.wait_idle())
+            await _until(stop, _drained(bot))
             if console.posted and reply is not None and reply.status is Status.INFO:
                 code = EXIT_CODES[console.posted[-1][1].status]
             return code
@@ -291,6 +307,11 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
     finally:
         await console.stop()
         await bot.stop()
+
+
+async def _drained(bot: Any) -> None:
+    """The job's result is queued in the outbox: wait (briefly) until it is printed."""
+    await bot.outbox.drain(5.0)
 
 
 async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     import httpx
 
     from bot.catalog import Catalog
+    from bot.heartbeat import Heartbeats
     from bot.jobs import JobBoard
     from bot.outbound import Outbox
+    from bot.scheduler import Scheduler
     from bot.state.approvals import ApprovalStore
 
 
@@ -92,6 +94,9 @@ class Toolbox:
     outbox: Outbox
     # Relative action paths are resolved against this: the config file's directory.
     base_dir: Path
+    # Timed background work (heartbeats), and the heartbeats themselves.
+    scheduler: Scheduler
+    heartbeats: Heartbeats
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,8 +54,26 @@ class Metrics:
             "Audit records waiting in the local spool for the database to come back",
             registry=self.registry,
         )
+        self.outbox_queued = Gauge(
+            "opsbot_outbox_queued",
+            "Messages the bot posts on its own, waiting in the outbound queue",
+            registry=self.registry,
+        )
+        self.outbox_dead_letters = Gauge(
+            "opsbot_outbox_dead_letters",
+            "Outbound messages given up on after the last retry (`opsbot outbox --dead`)",
+            registry=self.registry,
+        )
         self.started = Gauge(
             "opsbot_start_time_seconds", "Unix time the bot started", registry=self.registry
+        )
+        # A dead man's switch: alert when time() minus this grows past a heartbeat's
+        # interval (and on absent() for a bot that never got one out).
+        self.heartbeat_last_success = Gauge(
+            "opsbot_heartbeat_last_success_timestamp_seconds",
+            "Unix time each heartbeat was last posted to all its destinations",
+            ["heartbeat"],
+            registry=self.registry,
         )
 
     def count(self, command: str, outcome: str, seconds: float) -> None:

@@ -24,6 +24,7 @@ from bot.config.models import Config
 from bot.context import AdapterBoard, HttpClients, Toolbox
 from bot.directory import Directory
 from bot.flood import FloodGuard
+from bot.heartbeat import Heartbeats
 from bot.http_server import HttpServer, build_app
 from bot.jobs import JobBoard
 from bot.message import Message
@@ -33,9 +34,11 @@ from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
 from bot.redis_clients import RedisClients
 from bot.reply import Reply
+from bot.scheduler import Scheduler
 from bot.state.approvals import ApprovalStore
 from bot.state.database import StateDatabase
 from bot.state.dedup import DatabaseDedup, EventDedup, RedisDedup, RememberingDedup
+from bot.state.outbox import OutboxStore
 
 
 class Bot:
@@ -58,8 +61,8 @@ class Bot:
         self.adapters = AdapterBoard()
         self.http_clients = HttpClients()
         self.redis_clients = RedisClients()
-        self.outbox = Outbox()
         self.state_db = StateDatabase(database_url(config))
+        self.outbox = Outbox(OutboxStore(self.state_db), clock=self.clock, metrics=self.metrics)
         self.approvals = ApprovalStore(self.state_db)
         self.dedup: EventDedup = RememberingDedup(
             RedisDedup(
@@ -72,6 +75,18 @@ class Bot:
             config.state.dedup_window,
         )
         self.jobs = JobBoard(config.jobs, audit=self.audit, outbox=self.outbox, clock=self.clock)
+        self.scheduler = Scheduler(self.clock)
+        self.heartbeats = Heartbeats(
+            config,
+            scheduler=self.scheduler,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            http=self.http_clients,
+            redis=self.redis_clients,
+            adapters=self.adapters,
+            clock=self.clock,
+            started_at=lambda: self.tools.started_at,
+        )
         self.tools = Toolbox(
             config=config,
             clock=self.clock,
@@ -87,6 +102,8 @@ class Bot:
             approvals=self.approvals,
             outbox=self.outbox,
             base_dir=_base_dir(config_source),
+            scheduler=self.scheduler,
+            heartbeats=self.heartbeats,
         )
         self.dispatcher = Dispatcher(
             tools=self.tools,
@@ -108,6 +125,7 @@ class Bot:
         await prepare_database(self.config)
         await self.audit.start()
         await self.state_db.start()
+        await self.outbox.start()
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -117,6 +135,7 @@ class Bot:
             )
             await server.start()
             self.http_server = server
+        await self.scheduler.start()
 
     async def attach(self, adapters: Sequence[Adapter]) -> None:
         """Start each adapter; one that fails is reported (log, /ready, /status) and the
@@ -140,9 +159,14 @@ class Bot:
             _log.info("adapter.connected", adapter=adapter.name)
 
     async def stop(self) -> None:
+        # Scheduled work first: a heartbeat running now still posts through the adapters.
+        await self.scheduler.stop()
         # Jobs first: their results are posted through the adapters, and their last
         # audit entries need the trail still open.
         await self.jobs.drain()
+        # Then what they posted: delivered within the grace while the adapters are up;
+        # the rest stays queued in the database for the next start.
+        await self.outbox.stop(grace=OUTBOX_GRACE_S)
         for adapter in reversed(self._attached):
             self.outbox.unregister(adapter.name)
             self.adapters.unwatch(adapter.name)
@@ -156,6 +180,7 @@ class Bot:
         await self.policy.close()
         await self.http_clients.close()
         await self.redis_clients.close()
+        self.outbox.closed()
         await self.state_db.close()
         await self.audit.close()
 
@@ -182,6 +207,7 @@ class Bot:
 
 
 _log = structlog.get_logger("opsbot.runtime")
+OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
 
 
 def _base_dir(config_source: str) -> Path:

@@ -9,6 +9,7 @@ from commands.audit import SPEC as AUDIT
 from commands.cancel import SPEC as CANCEL
 from commands.deny import SPEC as DENY
 from commands.health import SPEC as HEALTH
+from commands.heartbeat import SPEC as HEARTBEAT
 from commands.help import SPEC as HELP
 from commands.jobs import SPEC as JOBS
 from commands.policy import SPEC as POLICY
@@ -37,6 +38,7 @@ COMMANDS: list[CommandSpec[Any]] = [
     DENY,
     JOBS,
     CANCEL,
+    HEARTBEAT,
 ]
 
 __all__ = ["COMMANDS"]

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.config.heartbeat import HeartbeatConfig
 from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
 from bot.config.platform_ids import check_channel_id, check_user_id
 from bot.config.platforms import DiscordSection, SlackSection, TelegramSection
@@ -201,7 +202,7 @@ class Config(Strict):
     telegram: TelegramSection | None = None
     discord: DiscordSection | None = None
     state: StateSection = StateSection()
-    heartbeat: Stub = []
+    heartbeat: list[HeartbeatConfig] = []
     checks: Stub = []
 
     def service(self, name: str) -> Service | None:

@@ -207,3 +207,17 @@ class StateSection(Strict):
     redis_url: RedisUrl | None = None
     # A platform may redeliver an event for this long; its id is remembered that long.
     dedup_window: Duration = timedelta(hours=24)
+    # With Redis, one replica leads leader-only work (heartbeats) under a lease this long,
+    # renewed this often. A leader that cannot renew stands down at 4/5 of the lease, before
+    # Redis lets the lease go, so another replica takes over within about one lease.
+    leader_lease: Duration = timedelta(seconds=15)
+    leader_renew_every: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> StateSection:
+        if self.leader_renew_every * 2 > self.leader_lease:
+            raise ValueError(
+                "leader_renew_every must be at most half of leader_lease, so one late "
+                "renewal does not cost the lease"
+            )
+        return self

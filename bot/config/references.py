@@ -42,6 +42,7 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
     named = {
         "queues": [q.name for q in config.queues],
         "actions": [a.name for a in config.actions],
+        "heartbeat": [h.name for h in config.heartbeat],
     }
     for section, names in named.items():
         for i, name in enumerate(names):
@@ -52,6 +53,14 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             need_role(f"actions[{i}].roles[{j}]", role)
         for j, role in enumerate(action.approver_roles):
             need_role(f"actions[{i}].approver_roles[{j}]", role)
+
+    for i, beat in enumerate(config.heartbeat):
+        for j, channel in enumerate(beat.channels):
+            if channel not in config.channels:
+                known = ", ".join(sorted(config.channels)) or "none defined"
+                problems.append(
+                    f"heartbeat[{i}].channels[{j}]: unknown channel '{channel}' (channels: {known})"
+                )
 
     for i, role in enumerate(config.policy.admin_roles):
         need_role(f"policy.admin_roles[{i}]", role)

@@ -1,4 +1,4 @@
-"""Tables of bot state (SQLAlchemy Core); migration 0003 creates them."""
+"""Tables of bot state (SQLAlchemy Core); migrations 0003 and 0004 create them."""
 
 from __future__ import annotations
 
@@ -36,4 +36,22 @@ delivered_events = sa.Table(
     sa.Column("platform", sa.Text, primary_key=True),
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("at", UTCDateTime, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("platform", sa.Text, nullable=False),
+    sa.Column("workspace", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("thread", sa.Text, nullable=True),
+    sa.Column("key", sa.Text, nullable=True),
+    sa.Column("coalesce", sa.Boolean, nullable=False),
+    sa.Column("reply", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("next_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
 )
