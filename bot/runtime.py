@@ -27,6 +27,7 @@ from bot.flood import FloodGuard
 from bot.heartbeat import Heartbeats
 from bot.http_server import HttpServer, build_app
 from bot.jobs import JobBoard
+from bot.leader import leadership_for
 from bot.message import Message
 from bot.metrics import Metrics
 from bot.outbound import Outbox
@@ -75,7 +76,9 @@ class Bot:
             config.state.dedup_window,
         )
         self.jobs = JobBoard(config.jobs, audit=self.audit, outbox=self.outbox, clock=self.clock)
-        self.scheduler = Scheduler(self.clock)
+        # With Redis, one replica (the lease holder) runs the scheduled work.
+        self.leadership = leadership_for(config.state, self.redis_clients, config.bot.replica_id)
+        self.scheduler = Scheduler(self.clock, leadership=self.leadership)
         self.heartbeats = Heartbeats(
             config,
             scheduler=self.scheduler,
@@ -135,6 +138,7 @@ class Bot:
             )
             await server.start()
             self.http_server = server
+        await self.leadership.start()
         await self.scheduler.start()
 
     async def attach(self, adapters: Sequence[Adapter]) -> None:
@@ -161,6 +165,7 @@ class Bot:
     async def stop(self) -> None:
         # Scheduled work first: a heartbeat running now still posts through the adapters.
         await self.scheduler.stop()
+        await self.leadership.stop()
         # Jobs first: their results are posted through the adapters, and their last
         # audit entries need the trail still open.
         await self.jobs.drain()

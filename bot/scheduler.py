@@ -31,6 +31,7 @@ import structlog
 
 from bot.clock import Clock
 from bot.durations import format_duration
+from bot.leader import Leadership, LostLeadership, SoleLeader
 
 log = structlog.get_logger("opsbot.scheduler")
 
@@ -88,9 +89,15 @@ class Scheduler:
         *,
         shutdown_grace: timedelta = timedelta(seconds=10),
         misfire_grace: timedelta = timedelta(minutes=5),
+        leadership: Leadership | None = None,
     ) -> None:
-        """No I/O and no event loop needed: APScheduler is created in ``start()``."""
+        """No I/O and no event loop needed: APScheduler is created in ``start()``.
+
+        ``leadership``: scheduled runs happen only on the leader, after its fencing token
+        is checked, so several replicas post one heartbeat (``run_now``, asked for by a
+        person on this replica, runs here regardless)."""
         self._clock = clock
+        self._leadership: Leadership = leadership or SoleLeader()
         self._grace = shutdown_grace.total_seconds()
         self._misfire_grace = max(1, int(misfire_grace.total_seconds()))
         self._jobs: dict[str, _Job] = {}
@@ -245,25 +252,35 @@ class Scheduler:
         if job.task is not None and not job.task.done():
             log.warning("scheduler.run_skipped", job=name, reason="the previous run still runs")
             return
+        if not self._leadership.is_leader:
+            log.debug("scheduler.not_leader", job=name)
+            return
         # A fresh context: APScheduler's timer callback may carry whichever request last
         # touched the scheduler (a /heartbeat pause), and this run is not part of it.
-        self._launch(job, contextvars.Context())
+        self._launch(job, contextvars.Context(), fenced=True)
 
-    def _launch(self, job: _Job, context: contextvars.Context) -> asyncio.Task[None]:
+    def _launch(
+        self, job: _Job, context: contextvars.Context, *, fenced: bool = False
+    ) -> asyncio.Task[None]:
         if job.task is not None and not job.task.done():
             return job.task
-        task = asyncio.create_task(self._run(job), name=f"job:{job.name}", context=context)
+        task = asyncio.create_task(self._run(job, fenced), name=f"job:{job.name}", context=context)
         job.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job, fenced: bool = False) -> None:
         """The one sink for every job failure: logged with the job's name, never raised
         into APScheduler (the job keeps its schedule)."""
         with structlog.contextvars.bound_contextvars(job=job.name):
             try:
+                if fenced:
+                    # A stalled old leader learns here that another replica took over.
+                    await self._leadership.check_fence()
                 await job.func()
+            except LostLeadership as exc:
+                log.warning("scheduler.not_leader_any_more", job=job.name, reason=str(exc))
             except asyncio.CancelledError:
                 log.warning("scheduler.job_cancelled", job=job.name)
                 raise
