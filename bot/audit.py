@@ -218,7 +218,8 @@ def _make_dir(path: Path, what: str) -> None:
 
 def configured_secrets(config: Config) -> list[str]:
     """Secret values in the config besides the database's: Redis passwords, the actions'
-    secret_env, the platform tokens. Whatever echoes one (a script, an error) is masked."""
+    secret_env, the platform tokens, the alerts token. Whatever echoes one (a script, an
+    error) is masked."""
     urls = [q.redis_url.get_secret_value() for q in config.queues]
     if config.state.redis_url is not None:
         urls.append(config.state.redis_url.get_secret_value())
@@ -231,6 +232,8 @@ def configured_secrets(config: Config) -> list[str]:
                 for value in section.__dict__.values()
                 if isinstance(value, SecretStr)
             ]
+    if config.alerts is not None and config.alerts.token is not None:
+        secrets.append(config.alerts.token.get_secret_value())
     return secrets
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from bot.alerts import AlertBoard
     from bot.catalog import Catalog
     from bot.heartbeat import Heartbeats
     from bot.jobs import JobBoard
@@ -97,6 +98,8 @@ class Toolbox:
     # Timed background work (heartbeats), and the heartbeats themselves.
     scheduler: Scheduler
     heartbeats: Heartbeats
+    # Inbound alerts firing now (/alerts, /ack).
+    alerts: AlertBoard
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from bot import __version__
+from bot.channels import channel_destinations, serves
 from bot.clock import Clock
 from bot.config.heartbeat import HeartbeatConfig
 from bot.config.models import Config, Service
@@ -105,13 +106,7 @@ class Heartbeats:
 
     def destinations(self, beat: HeartbeatConfig) -> list[Destination]:
         """Every platform id of the heartbeat's channels, in config order, once each."""
-        found: dict[Destination, None] = {}
-        for channel in beat.channels:
-            group = self._config.channels.get(channel)
-            for qualified in group.ids if group is not None else ():
-                platform, _, channel_id = qualified.partition(":")
-                found.setdefault(Destination(platform, channel_id))
-        return list(found)
+        return channel_destinations(self._config, beat.channels)
 
     # ------------------------------------------------------------------ one heartbeat
 
@@ -191,8 +186,7 @@ class Heartbeats:
     # ------------------------------------------------------------------ internals
 
     def _serves(self, platform: str) -> bool:
-        state = self._adapters.states.get(platform)
-        return state is not None and not state.startswith(("error", "starting"))
+        return serves(self._adapters, platform)
 
     async def _post(self, name: str, destination: Destination, reply: Reply) -> bool:
         attempts = len(self.retry_delays) + 1

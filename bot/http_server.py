@@ -1,4 +1,5 @@
-"""The bot's own HTTP endpoints: /health (liveness), /ready, /version, /metrics.
+"""The bot's own HTTP endpoints: /health (liveness), /ready, /version, /metrics, and the
+inbound alert endpoints of :mod:`bot.alerts`.
 
 Served by uvicorn inside the bot's event loop. The socket is bound by us, so a
 busy port is a clear start-up error and tests can ask for port 0.
@@ -9,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bot import __version__
 from bot.errors import DependencyError
@@ -35,7 +36,9 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def build_app(metrics: Metrics, readiness: ReadinessProbe) -> Starlette:
+def build_app(
+    metrics: Metrics, readiness: ReadinessProbe, extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -60,6 +63,7 @@ def build_app(metrics: Metrics, readiness: ReadinessProbe) -> Starlette:
             Route("/ready", ready),
             Route("/version", version),
             Route("/metrics", metrics_endpoint),
+            *extra_routes,  # POST /alerts, /alerts/alertmanager (bot.alerts)
         ]
     )
 

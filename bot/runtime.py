@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from bot.adapter import Adapter, AdapterError
+from bot.alerts import AlertBoard, AlertIntake, alert_routes
 from bot.audit import AuditTrail, database_url, open_trail, prepare_database
 from bot.authz import Authorizer
 from bot.catalog import Catalog
@@ -90,6 +91,14 @@ class Bot:
             clock=self.clock,
             started_at=lambda: self.tools.started_at,
         )
+        self.alert_board = AlertBoard()
+        self.alert_intake = AlertIntake(
+            config,
+            board=self.alert_board,
+            outbox=self.outbox,
+            adapters=self.adapters,
+            clock=self.clock,
+        )
         self.tools = Toolbox(
             config=config,
             clock=self.clock,
@@ -107,6 +116,7 @@ class Bot:
             base_dir=_base_dir(config_source),
             scheduler=self.scheduler,
             heartbeats=self.heartbeats,
+            alerts=self.alert_board,
         )
         self.dispatcher = Dispatcher(
             tools=self.tools,
@@ -132,7 +142,11 @@ class Bot:
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
-                build_app(self.metrics, self.readiness),
+                build_app(
+                    self.metrics,
+                    self.readiness,
+                    alert_routes(self.alert_intake, self.config),
+                ),
                 self.config.http.host,
                 self.config.http.port,
             )

@@ -3,6 +3,8 @@
 from typing import Any
 
 from bot.command import CommandSpec
+from commands.ack import SPEC as ACK
+from commands.alerts import SPEC as ALERTS
 from commands.approvals import SPEC as APPROVALS
 from commands.approve import SPEC as APPROVE
 from commands.audit import SPEC as AUDIT
@@ -39,6 +41,8 @@ COMMANDS: list[CommandSpec[Any]] = [
     JOBS,
     CANCEL,
     HEARTBEAT,
+    ALERTS,
+    ACK,
 ]
 
 __all__ = ["COMMANDS"]

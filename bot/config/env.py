@@ -37,6 +37,10 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
         "Telegram webhook secret_token, for webhook mode (secret)",
     ),
     "OPSBOT_DISCORD_TOKEN": (("discord", "token"), "Discord bot token (secret)"),
+    "OPSBOT_ALERTS_TOKEN": (
+        ("alerts", "token"),
+        "bearer token alert senders present to POST /alerts and /alerts/alertmanager (secret)",
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.config.alerts import AlertsSection
 from bot.config.heartbeat import HeartbeatConfig
 from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
 from bot.config.platform_ids import check_channel_id, check_user_id
@@ -203,6 +204,7 @@ class Config(Strict):
     discord: DiscordSection | None = None
     state: StateSection = StateSection()
     heartbeat: list[HeartbeatConfig] = []
+    alerts: AlertsSection | None = None
     checks: Stub = []
 
     def service(self, name: str) -> Service | None:

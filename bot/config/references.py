@@ -20,6 +20,11 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             known = ", ".join(sorted(roles)) or "none defined"
             problems.append(f"{path}: unknown role '{role}' (roles: {known})")
 
+    def need_channel(path: str, channel: str) -> None:
+        if channel not in config.channels:
+            known = ", ".join(sorted(config.channels)) or "none defined"
+            problems.append(f"{path}: unknown channel '{channel}' (channels: {known})")
+
     for name, definition in config.roles.items():
         for i, included in enumerate(definition.includes):
             need_role(f"roles.{name}.includes[{i}]", included)
@@ -61,6 +66,14 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
                 problems.append(
                     f"heartbeat[{i}].channels[{j}]: unknown channel '{channel}' (channels: {known})"
                 )
+
+    alerts = config.alerts
+    if alerts is not None:
+        for i, route in enumerate(alerts.routes):
+            for j, channel in enumerate(route.channels):
+                need_channel(f"alerts.routes[{i}].channels[{j}]", channel)
+        for j, channel in enumerate(alerts.default_channels):
+            need_channel(f"alerts.default_channels[{j}]", channel)
 
     for i, role in enumerate(config.policy.admin_roles):
         need_role(f"policy.admin_roles[{i}]", role)

@@ -1,0 +1,64 @@
+"""/ack <id>: acknowledge a firing alert (audited, kind "alert")."""
+
+from __future__ import annotations
+
+from bot.auditlog import AuditEntry
+from bot.command import Args, CommandSpec, Risk
+from bot.context import Context
+from bot.errors import UsageError
+from bot.reply import Reply, Status
+
+USAGE = "/ack <id>"
+
+
+class AckArgs(Args):
+    id: str
+
+
+async def run(ctx: Context, args: AckArgs) -> Reply:
+    tools = ctx.tools
+    alert = tools.alerts.find(args.id)
+    if alert is None:
+        raise UsageError(f"no firing alert '{args.id}'; /alerts lists them", USAGE)
+    if alert.acked_by is not None:
+        return Reply(
+            title=f"Alert {alert.id} ({alert.name}) was already acknowledged by {alert.acked_by}",
+            status=Status.INFO,
+        )
+    now = tools.clock.now()
+    await tools.audit.record_durably(
+        AuditEntry(
+            request_id=ctx.request_id,
+            at=now,
+            stage="event",
+            kind="alert",
+            platform=ctx.message.platform,
+            workspace=ctx.message.workspace,
+            channel=ctx.message.channel_id,
+            thread=ctx.message.thread_id,
+            user_id=ctx.message.user_id,
+            principal=ctx.principal.name,
+            command="ack",
+            args={"alert": alert.id, "name": alert.name, "fingerprint": alert.fingerprint},
+            status="acked",
+            detail=f"alert {alert.id} ({alert.name}, {alert.severity or 'no severity'}) "
+            f"firing since {alert.since.isoformat()} acknowledged",
+            replica=tools.audit.replica,
+        )
+    )
+    alert.acked_by = ctx.principal.name
+    alert.acked_at = now
+    return Reply(
+        title=f"Alert {alert.id} ({alert.name}) acknowledged by {alert.acked_by}", status=Status.OK
+    )
+
+
+SPEC = CommandSpec(
+    name="ack",
+    summary="Acknowledge a firing alert",
+    usage=USAGE,
+    args_model=AckArgs,
+    run=run,
+    positional=("id",),
+    risk=Risk.WRITE,
+)

@@ -1,0 +1,41 @@
+"""/alerts: the inbound alerts firing now (see docs/alerts.md)."""
+
+from __future__ import annotations
+
+from bot.command import CommandSpec, NoArgs
+from bot.context import Context
+from bot.durations import format_duration
+from bot.reply import Reply, Status, Table
+
+
+async def run(ctx: Context, _: NoArgs) -> Reply:
+    active = ctx.tools.alerts.firing()
+    if not active:
+        return Reply(title="No alerts firing", status=Status.OK)
+    now = ctx.tools.clock.now()
+    rows = tuple(
+        (
+            a.id,
+            a.name,
+            a.severity or "-",
+            f"{a.since:%Y-%m-%d %H:%M} UTC ({format_duration(max(now - a.since, now - now))} ago)",
+            a.acked_by or "-",
+        )
+        for a in active
+    )
+    acked = sum(1 for a in active if a.acked_by)
+    return Reply(
+        title=f"{len(active)} alert(s) firing, {acked} acknowledged",
+        status=Status.WARNING,
+        text="/ack <id> acknowledges one.",
+        table=Table(("id", "alert", "severity", "since", "acked by"), rows),
+    )
+
+
+SPEC = CommandSpec(
+    name="alerts",
+    summary="List the alerts firing now",
+    usage="/alerts",
+    args_model=NoArgs,
+    run=run,
+)
