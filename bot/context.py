@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.audit import AuditTrail
+from bot.auditlog import AuditEntry
 from bot.clock import Clock
 from bot.config.models import Config
 from bot.directory import Principal
@@ -109,3 +110,44 @@ class Context:
     principal: Principal
     channel: str | None  # the configured channel name, None outside configured channels
     tools: Toolbox
+
+    async def record_event(
+        self,
+        *,
+        kind: str,
+        command: str,
+        args: Mapping[str, Any],
+        status: str,
+        detail: str,
+        stage: str = "event",
+        request_id: str | None = None,
+        approvers: tuple[str, ...] = (),
+        error: str | None = None,
+    ) -> datetime:
+        """Commit an audit entry for a state change this person made here (an approval,
+        an ack, a pause) before it takes effect; returns the time it was recorded at."""
+        audit = self.tools.audit
+        now = self.tools.clock.now()
+        message = self.message
+        await audit.record_durably(
+            AuditEntry(
+                request_id=request_id or self.request_id,
+                at=now,
+                stage=stage,
+                kind=kind,
+                platform=message.platform,
+                workspace=message.workspace,
+                channel=message.channel_id,
+                thread=message.thread_id,
+                user_id=message.user_id,
+                principal=self.principal.name,
+                command=command,
+                args=args,
+                approvers=approvers,
+                status=status,
+                error=None if error is None else audit.redactor.text(error),
+                detail=detail,
+                replica=audit.replica,
+            )
+        )
+        return now

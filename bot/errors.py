@@ -16,6 +16,8 @@ Vendor exceptions are wrapped at the boundary with ``raise InternalError(...) fr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class OpsbotError(Exception):
     """Base of every error opsbot raises on purpose."""
@@ -74,3 +76,22 @@ class DependencyError(InternalError):
     ) -> None:
         super().__init__(f"{dependency}: {message}", original)
         self.dependency = dependency
+
+
+def exception_causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything behind it: causes, contexts and the members of exception
+    groups (httpx wraps httpcore wraps anyio, which may group several connect attempts'
+    OSErrors; redis-py wraps socket errors), each once."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)

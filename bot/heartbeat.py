@@ -189,37 +189,21 @@ class Heartbeats:
         return serves(self._adapters, platform)
 
     async def _post(self, name: str, destination: Destination, reply: Reply) -> bool:
+        where = log.bind(
+            heartbeat=name, platform=destination.platform, channel=destination.channel_id
+        )
         attempts = len(self.retry_delays) + 1
         for attempt in range(1, attempts + 1):
             if await self.outbox.post(destination, reply):
                 if attempt > 1:
-                    log.info(
-                        "heartbeat.posted_after_retry",
-                        heartbeat=name,
-                        platform=destination.platform,
-                        channel=destination.channel_id,
-                        attempt=attempt,
-                    )
+                    where.info("heartbeat.posted_after_retry", attempt=attempt)
                 return True
             if attempt == attempts:
                 break
             delay = self.retry_delays[attempt - 1]
-            log.warning(
-                "heartbeat.post_retry",
-                heartbeat=name,
-                platform=destination.platform,
-                channel=destination.channel_id,
-                attempt=attempt,
-                retry_in_s=delay,
-            )
+            where.warning("heartbeat.post_retry", attempt=attempt, retry_in_s=delay)
             await asyncio.sleep(delay)
-        log.error(
-            "heartbeat.post_failed",
-            heartbeat=name,
-            platform=destination.platform,
-            channel=destination.channel_id,
-            attempts=attempts,
-        )
+        where.error("heartbeat.post_failed", attempts=attempts)
         return False
 
     async def _probe(self, services: Sequence[Service], request_id: str) -> list[HealthResult]:

@@ -5,10 +5,10 @@ commands over these functions, so every way in follows the same rules.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 
 from bot.actions.arguments import PreparedAction, prepare
-from bot.auditlog import AuditEntry
 from bot.command import Risk
 from bot.config.models import PolicyMode
 from bot.config.operations import ActionConfig
@@ -175,7 +175,7 @@ async def _ask_for_approval(ctx: Context, prepared: PreparedAction) -> Reply:
         fields=(
             Field("requested by", ctx.principal.name),
             Field("expires in", format_duration(action.approval_ttl)),
-            Field("argv", " ".join(_quote(a) for a in prepared.argv)),
+            Field("argv", " ".join(shlex.quote(a) for a in prepared.argv)),
         ),
         buttons=(
             Button("Approve", f"/approve {approval.id}", "primary"),
@@ -193,7 +193,7 @@ def _dry_run(ctx: Context, prepared: PreparedAction, needs_approval: bool) -> Re
     else:
         approval = f"none (risk {action.risk.value})"
     fields = [
-        Field("argv", " ".join(_quote(a) for a in prepared.argv)),
+        Field("argv", " ".join(shlex.quote(a) for a in prepared.argv)),
         Field("working dir", str(prepared.working_dir)),
         Field("environment", ", ".join(sorted(prepared.env)) or "(empty)"),
         Field("timeout", format_duration(action.timeout)),
@@ -237,28 +237,18 @@ async def _tell_requester(ctx: Context, approval: Approval, reply: Reply) -> Non
 
 
 async def _record(ctx: Context, approval: Approval, status: str, reason: str | None = None) -> None:
-    decided_by = ctx.principal.name if status in ("approved", "denied") else None
-    await ctx.tools.audit.record_durably(
-        AuditEntry(
-            request_id=approval.request_id,
-            at=ctx.tools.clock.now(),
-            stage="approval",
-            kind="approval",
-            platform=ctx.message.platform,
-            workspace=ctx.message.workspace,
-            channel=ctx.message.channel_id,
-            thread=ctx.message.thread_id,
-            user_id=ctx.message.user_id,
-            principal=ctx.principal.name,
-            command=approval.action,
-            args=approval.args,
-            approvers=(decided_by,) if decided_by and status == "approved" else (),
-            status=status,
-            error=None if reason is None else ctx.tools.audit.redactor.text(reason),
-            detail=f"approval {approval.id} requested by {approval.requester}, "
-            f"expires {approval.expires_at.isoformat()}",
-            replica=ctx.tools.audit.replica,
-        )
+    approved_by = (ctx.principal.name,) if status == "approved" else ()
+    await ctx.record_event(
+        stage="approval",
+        kind="approval",
+        request_id=approval.request_id,
+        command=approval.action,
+        args=approval.args,
+        approvers=approved_by,
+        status=status,
+        error=reason,
+        detail=f"approval {approval.id} requested by {approval.requester}, "
+        f"expires {approval.expires_at.isoformat()}",
     )
 
 
@@ -274,9 +264,3 @@ def _may_run(ctx: Context, action: ActionConfig) -> bool:
 def _one_of(roles: Sequence[str]) -> str:
     names = sorted(roles)
     return f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(f"'{r}'" for r in names)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)

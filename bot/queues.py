@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ import structlog
 from pydantic import SecretStr
 
 from bot.config.operations import FloorLevel, Level, QueueConfig, QueueThresholds
+from bot.errors import exception_causes
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -347,7 +348,7 @@ def describe_failure(exc: BaseException, queue: QueueConfig) -> str:
 
 
 def _connection_problem(exc: BaseException) -> str:
-    causes = list(_causes(exc))
+    causes = list(exception_causes(exc))
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
         return "connection refused"
     if any(isinstance(c, socket.gaierror) for c in causes):
@@ -362,18 +363,6 @@ def _connection_problem(exc: BaseException) -> str:
     if "closed" in text:
         return "connection closed"
     return "connection failed"
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend(c for c in (current.__cause__, current.__context__) if c is not None)
 
 
 def _one_line(text: str, limit: int = 120) -> str:

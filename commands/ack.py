@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bot.auditlog import AuditEntry
 from bot.command import Args, CommandSpec, Risk
 from bot.context import Context
 from bot.errors import UsageError
@@ -25,26 +24,13 @@ async def run(ctx: Context, args: AckArgs) -> Reply:
             title=f"Alert {alert.id} ({alert.name}) was already acknowledged by {alert.acked_by}",
             status=Status.INFO,
         )
-    now = tools.clock.now()
-    await tools.audit.record_durably(
-        AuditEntry(
-            request_id=ctx.request_id,
-            at=now,
-            stage="event",
-            kind="alert",
-            platform=ctx.message.platform,
-            workspace=ctx.message.workspace,
-            channel=ctx.message.channel_id,
-            thread=ctx.message.thread_id,
-            user_id=ctx.message.user_id,
-            principal=ctx.principal.name,
-            command="ack",
-            args={"alert": alert.id, "name": alert.name, "fingerprint": alert.fingerprint},
-            status="acked",
-            detail=f"alert {alert.id} ({alert.name}, {alert.severity or 'no severity'}) "
-            f"firing since {alert.since.isoformat()} acknowledged",
-            replica=tools.audit.replica,
-        )
+    now = await ctx.record_event(
+        kind="alert",
+        command="ack",
+        args={"alert": alert.id, "name": alert.name, "fingerprint": alert.fingerprint},
+        status="acked",
+        detail=f"alert {alert.id} ({alert.name}, {alert.severity or 'no severity'}) "
+        f"firing since {alert.since.isoformat()} acknowledged",
     )
     alert.acked_by = ctx.principal.name
     alert.acked_at = now

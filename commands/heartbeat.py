@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from bot.auditlog import AuditEntry
 from bot.command import Args, CommandSpec, Risk
 from bot.context import Context
 from bot.durations import format_duration, parse_duration
@@ -97,24 +96,12 @@ async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
     now = tools.clock.now()
     until = now + length
     # Recorded before it takes effect, like /policy off: a pause loosens the watch.
-    await tools.audit.record_durably(
-        AuditEntry(
-            request_id=ctx.request_id,
-            at=now,
-            stage="event",
-            kind="heartbeat",
-            platform=ctx.message.platform,
-            workspace=ctx.message.workspace,
-            channel=ctx.message.channel_id,
-            thread=ctx.message.thread_id,
-            user_id=ctx.message.user_id,
-            principal=ctx.principal.name,
-            command="heartbeat",
-            args={"heartbeats": names, "duration": format_duration(length)},
-            status="paused",
-            detail=f"{_heartbeats(names)} paused until {until.isoformat()}",
-            replica=tools.audit.replica,
-        )
+    await ctx.record_event(
+        kind="heartbeat",
+        command="heartbeat",
+        args={"heartbeats": names, "duration": format_duration(length)},
+        status="paused",
+        detail=f"{_heartbeats(names)} paused until {until.isoformat()}",
     )
     rows = []
     for name in names:

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.actionkit import Scripts, make_scripts
 from tests.botharness import TestBot, running_bot
+from tests.infra import redis_url
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +54,17 @@ async def testbot() -> AsyncIterator[TestBot]:
 def scripts(tmp_path: Path) -> Scripts:
     """Action scripts in a temporary directory (see tests/actionkit.py)."""
     return make_scripts(tmp_path)
+
+
+@pytest.fixture
+async def rds() -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A client on the test Redis and a key prefix no other test uses; keys go afterwards."""
+    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
+    prefix = f"opsbot-test:{uuid.uuid4().hex[:10]}:"
+    try:
+        yield client, prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

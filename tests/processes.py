@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -29,4 +30,23 @@ def run_opsbot(
         cwd=ROOT,
         env=clean_env() if env is None else env,
         check=False,
+    )
+
+
+async def spawn_console(
+    config: Path, *, stdout: int = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """A real interactive ``opsbot console --config config`` with stdin as a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        "--config",
+        str(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+        env=clean_env(),
     )

@@ -7,14 +7,13 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.message import Message
 from tests.actionkit import Scripts, actions_config, approval_id
 from tests.botharness import ManualClock, running_bot
-from tests.processes import ROOT, clean_env
+from tests.processes import spawn_console
 
 
 async def test_rollback_needs_a_second_person_then_runs_exactly_once(scripts: Scripts) -> None:
@@ -244,19 +243,7 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
     text = text.replace('name = "opsbot"', f'name = "opsbot"\ndata_dir = "{tmp_path / "data"}"', 1)
     config = tmp_path / "opsbot.toml"
     config.write_text(text + '\n[console]\nprincipal = "bob"\n')
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "console",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=ROOT,
-        env=clean_env(),
-    )
+    proc = await spawn_console(config, stdout=asyncio.subprocess.PIPE)
     pidfile = scripts.dir / "hang.pid"
     try:
         assert proc.stdin is not None

@@ -7,7 +7,6 @@ import asyncio
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG
 from tests.httpfakes import FakeServer, Route, serve
-from tests.processes import ROOT, clean_env, run_opsbot
+from tests.processes import clean_env, run_opsbot, spawn_console
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -51,19 +50,7 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         config.read_text().replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "90s"')
     )
     database = tmp_path / "data" / "audit.db"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "console",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=ROOT,
-        env=clean_env(),
-    )
+    proc = await spawn_console(config)
     try:
         assert proc.stdin is not None
         proc.stdin.write(b"/health stuck\n")

@@ -11,8 +11,6 @@ run, run after a pause) come from the manual clock and are checked exactly.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -298,19 +296,6 @@ async def test_a_post_refused_every_time_is_logged_and_the_gauge_stays() -> None
         assert gauge(tb, "ops") is None
         assert tb.all_posted() == []
         assert rows(await tb.send("/heartbeat"))["ops"][4] == "-"
-
-
-@pytest.fixture
-async def rds() -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
-    prefix = f"opsbot-test:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield client, prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @pytest.mark.redis

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -31,20 +30,6 @@ roles = ["oncall"]
 [policy.commands.workers]
 roles = ["oncall"]
 """
-
-
-@pytest.fixture
-async def rds() -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    """A client on the test Redis and a key prefix no other test uses; keys go afterwards."""
-    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
-    prefix = f"opsbot-test:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield client, prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def queue_toml(name: str, stream: str, url: str | None = None, **options: str) -> str:

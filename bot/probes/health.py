@@ -16,11 +16,13 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 import structlog
+
+from bot.errors import exception_causes
 
 __all__ = [
     "HealthResult",
@@ -192,7 +194,7 @@ def describe_failure(exc: Exception, timeout_s: float) -> str:
 
 
 def _describe_transport_error(exc: httpx.TransportError) -> str:
-    causes = list(_causes(exc))
+    causes = list(exception_causes(exc))
     for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS error: {clean_text(cause.verify_message or cause.reason)}"
@@ -209,24 +211,6 @@ def _describe_transport_error(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection failed"
     return f"network error ({type(exc).__name__})"
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    # httpx wraps httpcore, which wraps anyio, which may wrap the OSErrors of
-    # several connection attempts in an ExceptionGroup.
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                pending.append(linked)
 
 
 def elapsed_ms(started: float) -> float:
