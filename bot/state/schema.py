@@ -1,4 +1,4 @@
-"""Tables of bot state (SQLAlchemy Core); migrations 0003 and 0004 create them."""
+"""Tables of bot state (SQLAlchemy Core); migrations 0003, 0004 and 0005 create them."""
 
 from __future__ import annotations
 
@@ -54,4 +54,36 @@ outbox = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("next_at", UTCDateTime, nullable=False),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("owner", sa.Text, nullable=True),
+    sa.Column("lease_until", UTCDateTime, nullable=True),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("fingerprint", sa.Text, primary_key=True),
+    sa.Column("id", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("group_key", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("last_posted_at", UTCDateTime, nullable=True),
+    sa.Column("acked_by", sa.Text, nullable=True),
+    sa.Column("acked_at", UTCDateTime, nullable=True),
+)
+
+silences = sa.Table(
+    "silences",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("matchers", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime, nullable=False),
+    sa.Column("ended_by", sa.Text, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
 )
