@@ -40,7 +40,7 @@ from adapters.discord_sync import (
     point_at,
     token_of,
 )
-from bot.adapter import AdapterError, MessageHandler
+from bot.adapter import AdapterError, MessageHandler, keyed_slot
 from bot.clock import Clock
 from bot.command import CommandSpec
 from bot.config.models import Config
@@ -139,6 +139,7 @@ class DiscordAdapter:
         return "connected" if client.is_ready() and not client.is_closed() else "reconnecting"
 
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        key = keyed_slot(destination, key)
         client = self._client
         if client is None or client.is_closed():
             raise DependencyError(PLATFORM, "not connected; cannot post")

@@ -40,7 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack_render import ACTION_PREFIX, SlackMessage, outcome_blocks, render
-from bot.adapter import AdapterError, MessageHandler
+from bot.adapter import AdapterError, MessageHandler, keyed_slot
 from bot.clock import Clock
 from bot.command import CommandSpec
 from bot.config.models import Config
@@ -394,6 +394,7 @@ class SlackAdapter:
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         """chat.postMessage to the destination's channel and thread; a later post with the
         same ``key`` edits that message (chat.update) instead of adding one."""
+        key = keyed_slot(destination, key)
         client = self._require_client()
         known = self._keyed.get(key) if key is not None else None
         if known is not None and key is not None:

@@ -81,7 +81,7 @@ from adapters.telegram_render import (
     render_html,
     utf16_len,
 )
-from bot.adapter import AdapterError, MessageHandler
+from bot.adapter import AdapterError, MessageHandler, keyed_slot
 from bot.clock import Clock
 from bot.command import CommandSpec
 from bot.config.models import Config
@@ -440,6 +440,7 @@ class TelegramAdapter:
         return "connected" if app.updater.running else "error: polling or the webhook stopped"
 
     async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        key = keyed_slot(destination, key)
         chat = _chat_id(destination.channel_id)
         reply_to, topic = decode_thread(destination.thread_id)
         try:

@@ -46,3 +46,11 @@ class Adapter(Protocol):
         """Send ``reply`` unprompted (job progress, results). ``key`` names a message that
         later posts with the same key replace, where the platform can edit messages."""
         ...
+
+
+def keyed_slot(destination: Destination, key: str | None) -> str | None:
+    """Where an adapter remembers the message it posted under ``key``: one per channel
+    (and thread), because the outbox posts one key to every channel of an alert route."""
+    if key is None:
+        return None
+    return f"{destination.workspace}/{destination.channel_id}/{destination.thread_id or ''}/{key}"

@@ -4,15 +4,19 @@ and a small generic JSON format (``POST /alerts``), both described in docs/alert
 A delivery is checked (bearer token, body size, shape), then each of its groups becomes
 one message: the alerts of the group that are new (the same fingerprint with the same
 status was not posted within ``[alerts] dedup_window``), posted with ``coalesce=True`` and
-the outbox key ``alert:<groupKey>`` to the channels of the first route whose matchers all
-match the group's common labels (else ``default_channels``). Resolved alerts are posted as
-"RESOLVED" (status ok, ✅) to the same channels under the same key, so a resolution
-replaces a firing message still waiting in the outbox (unless the same delivery also has
-new firing alerts: then it goes without a key, and lists what still fires).
+an outbox key of its own (``alert:<groupKey>:<random>``) to the channels of the first
+route whose matchers all match the group's common labels (else ``default_channels``).
+Resolved alerts are posted as "RESOLVED" (status ok, ✅) to the same channels under the key
+of the message that announced them: an adapter that remembers that message edits it, and a
+firing message still waiting in the outbox is replaced.
 
-The :class:`AlertBoard` keeps the alerts firing now, in memory (a restart forgets them;
-Alertmanager re-sends what still fires at its next ``repeat_interval``): ``/alerts`` lists
-them and ``/ack <id>`` marks one acknowledged.
+An alert that is acknowledged (``/ack``) or muted by a silence (``/silence``) is not
+posted again; the resolution of an alert whose firing was never posted is not posted
+either.
+
+The :class:`~bot.alertboard.AlertBoard` keeps the alerts firing now in the state
+database (``/alerts`` lists them on every replica, ``/ack <id>`` acknowledges one), and
+:class:`~bot.alertboard.AlertDedup` (Redis with several replicas) decides what is news.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot.alertboard import ActiveAlert, AlertBoard, AlertDedup
 from bot.channels import channel_destinations, serves
 from bot.clock import Clock
 from bot.config.models import Config
@@ -41,6 +47,7 @@ from bot.reply import Reply, Status
 
 if TYPE_CHECKING:
     from bot.context import AdapterBoard
+    from bot.metrics import Metrics
 
 log = structlog.get_logger("opsbot.alerts")
 
@@ -120,20 +127,6 @@ class AlertGroup:
     alerts: tuple[Alert, ...]
 
 
-@dataclass(slots=True)
-class ActiveAlert:
-    id: str
-    fingerprint: str
-    group_key: str
-    name: str
-    severity: str
-    summary: str
-    labels: dict[str, str]
-    since: datetime
-    acked_by: str | None = None
-    acked_at: datetime | None = None
-
-
 def short_id(fingerprint: str) -> str:
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:6]
 
@@ -142,59 +135,6 @@ def fingerprint_of(name: str, labels: dict[str, str]) -> str:
     """A stable fingerprint for an alert its sender gave none: its name and labels."""
     text = json.dumps([name, sorted(labels.items())], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(slots=True)
-class AlertBoard:
-    """The alerts firing now (by fingerprint), and when each (fingerprint, status) was
-    last posted, for deduplication."""
-
-    active: dict[str, ActiveAlert] = field(default_factory=dict)
-    _posted: dict[tuple[str, str], datetime] = field(default_factory=dict)
-
-    def firing(self) -> list[ActiveAlert]:
-        return sorted(self.active.values(), key=lambda a: (a.since, a.name))
-
-    def find(self, alert_id: str) -> ActiveAlert | None:
-        alert_id = alert_id.strip().lower()
-        return next((a for a in self.active.values() if a.id == alert_id), None)
-
-    def fresh(self, alert: Alert, now: datetime, window: timedelta) -> bool:
-        """True (and remembered) unless the same alert with the same status was posted
-        within ``window``."""
-        key = (alert.fingerprint, alert.status)
-        last = self._posted.get(key)
-        if last is not None and now - last < window:
-            return False
-        self._posted[key] = now
-        other = "resolved" if alert.status == "firing" else "firing"
-        self._posted.pop((alert.fingerprint, other), None)  # a re-fire is news again
-        return True
-
-    def forget_before(self, moment: datetime) -> None:
-        for key in [k for k, at in self._posted.items() if at < moment]:
-            del self._posted[key]
-
-    def update(self, group: AlertGroup, alert: Alert, now: datetime) -> None:
-        if alert.status == "resolved":
-            self.active.pop(alert.fingerprint, None)
-            return
-        known = self.active.get(alert.fingerprint)
-        self.active[alert.fingerprint] = ActiveAlert(
-            id=alert.id,
-            fingerprint=alert.fingerprint,
-            group_key=group.key,
-            name=alert.name,
-            severity=alert.severity,
-            summary=alert.summary,
-            labels=alert.labels,
-            since=known.since if known else alert.starts_at or now,
-            acked_by=known.acked_by if known else None,
-            acked_at=known.acked_at if known else None,
-        )
-
-    def in_group(self, group_key: str) -> list[ActiveAlert]:
-        return [a for a in self.firing() if a.group_key == group_key]
 
 
 # ---------------------------------------------------------------------- payloads to groups
@@ -248,6 +188,12 @@ def _common(label_sets: Sequence[dict[str, str]]) -> dict[str, str]:
 # ---------------------------------------------------------------------- posting
 
 
+class Muter(Protocol):
+    """Silences: the one muting alerts with these labels, if any."""
+
+    async def muting(self, labels: Mapping[str, str]) -> object | None: ...
+
+
 class AlertIntake:
     """Takes deliveries, keeps the :class:`AlertBoard` up to date and posts what is new."""
 
@@ -256,18 +202,24 @@ class AlertIntake:
         config: Config,
         *,
         board: AlertBoard,
+        dedup: AlertDedup,
         outbox: Outbox,
         adapters: AdapterBoard,
         clock: Clock,
+        silences: Muter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self.board = board
+        self._dedup = dedup
         self._outbox = outbox
         self._adapters = adapters
         self._clock = clock
+        self._silences = silences
+        self._metrics = metrics
         self._lock = asyncio.Lock()
 
-    def channels_for(self, labels: dict[str, str]) -> list[str]:
+    def channels_for(self, labels: Mapping[str, str]) -> list[str]:
         """The first route whose matchers all equal the labels, else the defaults."""
         section = self._config.alerts
         if section is None:
@@ -277,60 +229,114 @@ class AlertIntake:
                 return list(route.channels)
         return list(section.default_channels)
 
+    async def muted(self, labels: Mapping[str, str]) -> bool:
+        if self._silences is None:
+            return False
+        return await self._silences.muting(labels) is not None
+
     async def receive(self, groups: Sequence[AlertGroup]) -> None:
-        section = self._config.alerts
-        window = section.dedup_window if section is not None else timedelta(minutes=5)
         async with self._lock:
             now = self._clock.now()
-            self.board.forget_before(now - window)
             for group in groups:
-                firing = [
-                    a
-                    for a in group.alerts
-                    if a.status == "firing" and self.board.fresh(a, now, window)
-                ]
-                resolved = [
-                    a
-                    for a in group.alerts
-                    if a.status == "resolved" and self.board.fresh(a, now, window)
-                ]
+                firing: list[Alert] = []
+                resolved: dict[str | None, list[Alert]] = {}  # by the message announcing them
                 for alert in group.alerts:
-                    self.board.update(group, alert, now)
+                    post, known = await self._news(group, alert, now)
+                    if not post:
+                        continue
+                    if alert.status == "firing":
+                        firing.append(alert)
+                    else:
+                        resolved.setdefault(known.post_key if known else None, []).append(alert)
                 if not firing and not resolved:
-                    log.debug("alerts.duplicate", group=group.key)
+                    log.debug("alerts.nothing_new", group=group.key)
                     continue
-                await self._post_group(group, firing, resolved)
+                await self._post_group(group, firing, resolved, now)
+
+    async def _news(
+        self, group: AlertGroup, alert: Alert, now: datetime
+    ) -> tuple[bool, ActiveAlert | None]:
+        """Record the alert on the board; True when it should be posted, with what the
+        board knew of it."""
+        self._count("received", alert.status)
+        if alert.status == "resolved":
+            known = await self.board.resolve(alert.fingerprint)
+            if known is not None and known.last_posted_at is None:
+                return False, known  # its firing was never posted (silenced): nothing to say
+        else:
+            known = await self.board.fire(
+                ActiveAlert(
+                    id=alert.id,
+                    fingerprint=alert.fingerprint,
+                    source="inbound",
+                    group_key=group.key,
+                    name=alert.name,
+                    severity=alert.severity,
+                    summary=alert.summary,
+                    labels=alert.labels,
+                    since=alert.starts_at or now,
+                )
+            )
+            if known.acked_by is not None:
+                return False, known  # acknowledged: someone is on it, no more reminders
+        # Silences first: a muted alert was not posted, so it must stay news for later.
+        if alert.status == "firing" and await self.muted(alert.labels):
+            self._count("silenced", alert.status)
+            log.info("alerts.silenced", alert=alert.name, id=alert.id)
+            return False, known
+        if not await self._dedup.fresh(alert.fingerprint, alert.status, now):
+            return False, known
+        return True, known
 
     async def _post_group(
-        self, group: AlertGroup, firing: Sequence[Alert], resolved: Sequence[Alert]
+        self,
+        group: AlertGroup,
+        firing: Sequence[Alert],
+        resolved: Mapping[str | None, Sequence[Alert]],
+        now: datetime,
     ) -> None:
         channels = self.channels_for(group.labels)
+        replies: list[tuple[Reply, str | None]] = []
+        # Each announcement has its own key: a resolution edits the message that announced
+        # those alerts (or replaces it while it still waits in the outbox).
+        announce_key = f"alert:{group.key}:{secrets.token_hex(4)}"
+        if firing:
+            replies.append((_firing_reply(group, firing), announce_key))
+        still = await self.board.in_group(group.key) if resolved else []
+        for key, alerts in resolved.items():
+            same_message = [a for a in still if key is not None and a.post_key == key]
+            replies.append((_resolved_reply(group, alerts, same_message or still), key))
+        if not await self.post_to(channels, replies, what=group.key):
+            return
+        if firing:
+            await self.board.posted([a.fingerprint for a in firing], now, key=announce_key)
+        for alert in (*firing, *(a for alerts in resolved.values() for a in alerts)):
+            self._count("posted", alert.status)
+        log.info(
+            "alerts.posted",
+            group=group.key,
+            firing=len(firing),
+            resolved=sum(len(a) for a in resolved.values()),
+            channels=channels,
+        )
+
+    async def post_to(
+        self, channels: Sequence[str], replies: Sequence[tuple[Reply, str | None]], *, what: str
+    ) -> bool:
+        """Queue each reply (with its outbox key) for every running destination of the
+        channels; False when there is none."""
         targets = [
             d
             for d in channel_destinations(self._config, channels)
             if serves(self._adapters, d.platform)
         ]
         if not targets:
-            log.warning("alerts.no_destination", group=group.key, channels=channels)
-            return
-        key = f"alert:{group.key}"
-        replies: list[tuple[Reply, str | None]] = []
-        if firing:
-            replies.append((_firing_reply(group, firing), key))
-        if resolved:
-            still = self.board.in_group(group.key)
-            # Under the group's key only when it replaces no firing news of this delivery.
-            replies.append((_resolved_reply(group, resolved, still), None if firing else key))
+            log.warning("alerts.no_destination", alert=what, channels=list(channels))
+            return False
         for reply, reply_key in replies:
             for destination in targets:
                 await self._post(destination, reply, reply_key)
-        log.info(
-            "alerts.posted",
-            group=group.key,
-            firing=len(firing),
-            resolved=len(resolved),
-            channels=channels,
-        )
+        return True
 
     async def _post(self, destination: Destination, reply: Reply, key: str | None) -> None:
         if not await self._outbox.post(destination, reply, key=key, coalesce=True):
@@ -340,6 +346,10 @@ class AlertIntake:
                 channel=destination.channel_id,
                 title=reply.title,
             )
+
+    def _count(self, event: str, status: str, source: str = "inbound") -> None:
+        if self._metrics is not None:
+            self._metrics.alert_events.labels(source, event, status).inc()
 
 
 def _firing_reply(group: AlertGroup, alerts: Sequence[Alert]) -> Reply:

@@ -40,7 +40,13 @@ def format_row(row: OutboxRow, now: datetime) -> str:
     if row.thread:
         destination += f"#{row.thread}"
     age = format_duration(max(now - row.created_at, now - now))
-    line = f"{row.id:>6}  {destination}  age {age}  attempts {row.attempts}  {row.reply.title!r}"
+    line = f"{row.id:>6}  {destination}  age {age}  attempts {row.attempts}"
+    if row.state is RowState.QUEUED:
+        owner = row.owner or "none"
+        if row.owner is not None and (row.lease_until is None or row.lease_until < now):
+            owner += " (lease ended)"
+        line += f"  owner {owner}"
+    line += f"  {row.reply.title!r}"
     if row.last_error:
         line += f"  last error: {row.last_error}"
     return line

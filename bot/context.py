@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from bot.alerts import AlertBoard
+    from bot.alertboard import AlertBoard
     from bot.catalog import Catalog
+    from bot.checks import Checks
     from bot.heartbeat import Heartbeats
     from bot.jobs import JobBoard
     from bot.outbound import Outbox
     from bot.scheduler import Scheduler
+    from bot.silences import Silences
     from bot.state.approvals import ApprovalStore
 
 
@@ -99,8 +101,12 @@ class Toolbox:
     # Timed background work (heartbeats), and the heartbeats themselves.
     scheduler: Scheduler
     heartbeats: Heartbeats
-    # Inbound alerts firing now (/alerts, /ack).
+    # Alerts firing now, inbound and from checks (/alerts, /ack).
     alerts: AlertBoard
+    # Scheduled checks and where each stands (/checks).
+    checks: Checks
+    # Silences muting alerts (/silence, /silences, /unsilence).
+    silences: Silences
 
 
 @dataclass(frozen=True, slots=True)

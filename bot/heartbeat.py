@@ -130,6 +130,7 @@ class Heartbeats:
         if not targets:
             log.warning("heartbeat.no_destination", heartbeat=name, channels=beat.channels)
             return False
+        await self._scheduler.confirm_leadership()  # composing may have taken a while
         posted = await asyncio.gather(*(self._post(name, d, reply) for d in targets))
         if all(posted):
             now = self._clock.now()

@@ -76,6 +76,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.alert_events = Counter(
+            "opsbot_alert_events_total",
+            "Alerts by source (inbound, check), event (received, posted, silenced) and status",
+            ["source", "event", "status"],
+            registry=self.registry,
+        )
+        self.alerts_firing = Gauge(
+            "opsbot_alerts_firing",
+            "Alerts firing now (inbound and checks), as this replica last read them",
+            registry=self.registry,
+        )
+        self.check_state = Gauge(
+            "opsbot_check_state",
+            "Each check's state: 0 ok, 1 warn, 2 critical",
+            ["check"],
+            registry=self.registry,
+        )
+
     def count(self, command: str, outcome: str, seconds: float) -> None:
         """One handled command. Children are cached: labels() takes a lock and builds a
         key on every call, which showed in the per-command profile."""

@@ -23,8 +23,39 @@ How a message travels:
 * A platform without a registered poster (its adapter still starting) keeps its messages
   queued, without spending attempts, until one registers.
 
-Delivered messages are deleted. Several replicas sharing a database each deliver what they
-queued; one starting up also picks up every queued row it finds.
+Delivered messages are deleted.
+
+Replicas sharing a database deliver each message once. Every queued row has an owner (a
+replica id, ``owner=``) and a lease (``lease_until``, :data:`LEASE_S` by default); only the
+owner delivers it.
+
+* ``post()`` queues a row owned by this replica, leased for ``lease`` seconds.
+* A background task renews the leases on the rows this replica holds every ``lease / 3``
+  seconds and claims rows nobody delivers: rows whose lease ran out (their replica died)
+  and rows without an owner (queued before owners existed). ``start()`` also claims this
+  replica's own rows, so a restart under the same replica id takes them back at once. A
+  claim is one conditional ``UPDATE ... RETURNING`` (``OutboxStore.claim``): of two
+  replicas racing for a row, exactly one gets it. Claimed rows join the queues in id order.
+* A stored message goes out only while its lease was confirmed (sent) less than
+  ``lease * 0.8`` ago by the monotonic clock. A replica that stalled longer asks for a
+  renewal first; the renewal names the rows another replica took over meanwhile, and
+  those are dropped undelivered. So while the database is unreachable stored messages
+  wait (a message the database could not take at all goes out from memory).
+* ``stop()`` delivers what it can within its grace, then releases the rest (the lease ends
+  now): another replica claims them within ``lease / 3`` s. After a crash they wait until
+  the lease runs out. A post after ``stop()`` is queued already released.
+
+The remaining window: a delivery in flight when its lease runs out (the post outlasting
+``lease * 0.2``, or the process freezing between the check and the post) can be made again
+by the replica that takes the row over. The lease (a minute) is long next to a post (a
+second or two), so that takes a stall about as long as the lease. Also: a delivered row
+whose delete fails stays leased while the delete is retried, but is delivered again if this
+replica stops first; a dead letter whose state could not be written is retried once its
+lease runs out. Replica clocks (``lease_until`` is wall-clock time) must agree to well
+within ``lease * 0.2``, and two processes must not run under one replica id (each would
+take the other's rows at start-up). Order is kept per destination among the rows one
+replica holds; one destination's messages from two replicas may interleave. Rows for a
+platform this replica has no poster for stay with it while it runs.
 """
 
 from __future__ import annotations
@@ -32,9 +63,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -43,12 +75,13 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from bot.clock import Clock, SystemClock
+from bot.errors import DependencyError
 from bot.message import Message
 from bot.metrics import Metrics
 from bot.reply import Reply, Status
 
 if TYPE_CHECKING:
-    from bot.state.outbox import OutboxStore
+    from bot.state.outbox import OutboxRow, OutboxStore
 
 log = structlog.get_logger("opsbot.outbound")
 
@@ -131,6 +164,14 @@ class RetryPolicy:
 # ------------------------------------------------------------------ the queue
 
 
+LEASE_S = 60.0
+"""How long a replica's claim on a queued row holds without being renewed."""
+
+_MARGIN = 0.2  # of the lease: a message goes out only while its lease was confirmed
+# less than lease * (1 - margin) ago, so the post has that long before another may take it
+_CLAIM_BATCH = 500  # ids looked at per claim statement
+
+
 @dataclass(slots=True, eq=False)
 class _Item:
     id: int | None  # None: the database could not take it; delivered from memory only
@@ -138,6 +179,10 @@ class _Item:
     key: str | None
     coalesce: bool
     attempts: int = 0
+    # Monotonic time the last write that leased the row to us was sent (post, claim,
+    # renewal); a message without a row needs no lease.
+    confirmed: float = math.inf
+    lost: bool = False  # another replica took the row over while it was being posted
 
 
 @dataclass(slots=True, eq=False)
@@ -156,13 +201,23 @@ class Outbox:
         self,
         store: OutboxStore | None = None,
         *,
+        owner: str = "local",
+        lease: float = LEASE_S,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         limits: Mapping[str, PlatformLimits] = LIMITS,
         retry: RetryPolicy | None = None,
     ) -> None:
-        """``store`` None: a queue in memory only (nothing survives a restart)."""
+        """``store`` None: a queue in memory only (nothing survives a restart).
+        ``owner``: this replica's id, which owns the rows it delivers; ``lease``: seconds
+        a claim on a row holds unrenewed (renewed every ``lease / 3``)."""
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, not {lease}")
         self._store = store
+        self.owner = owner
+        self._lease = lease
+        self._tick = lease / 3  # how often leases are renewed and rows claimed
+        self._window = lease * (1 - _MARGIN)
         self._clock = clock or SystemClock()
         self._metrics = metrics
         self._limits = limits
@@ -170,7 +225,14 @@ class Outbox:
         self._posters: dict[str, Poster] = {}
         self._lanes: dict[Destination, _Lane] = {}
         self._limiters: dict[tuple[str, ...], AsyncLimiter] = {}
-        self._enqueue = asyncio.Lock()
+        # Held while the rows this outbox holds may change in the database and in memory
+        # together (post, claim, renewal): a claim must not take a row that post() has
+        # just written but not yet queued, or one a worker delivered and is deleting.
+        self._lock = asyncio.Lock()
+        self._settling: set[int] = set()  # out of the queues, row not yet deleted / dead
+        self._undeleted: set[int] = set()  # delivered, but deleting the row failed
+        self._leases: asyncio.Task[None] | None = None
+        self._renew_now = asyncio.Event()
         self._running = False
         self._stored = store is None  # may post() queue yet (the database is up)
         self._dead = 0
@@ -191,8 +253,8 @@ class Outbox:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Load the messages a previous run left queued and start delivering them (the
-        state database must be started)."""
+        """Claim the messages this replica left queued and those nobody delivers, start
+        delivering them, and keep the leases (the state database must be started)."""
         self._stored = True
         self._running = True
         if self._store is None:
@@ -200,39 +262,45 @@ class Outbox:
         from bot.state.outbox import RowState
 
         try:
-            rows = await self._store.rows(RowState.QUEUED)
             self._dead = await self._store.count(RowState.DEAD)
         except Exception:
             log.exception("outbox.load_failed")
-            rows = []
         self._set_dead_gauge()
-        for row in rows:
-            destination = Destination(row.platform, row.channel, row.thread, row.workspace)
-            item = _Item(row.id, row.reply, row.key, row.coalesce, row.attempts)
-            self._lane(destination).items.append(item)
-        if rows:
-            log.info("outbox.loaded", queued=len(rows), destinations=len(self._lanes))
-        for destination, lane in self._lanes.items():
-            self._kick(destination, lane)
+        try:
+            await self._keep_leases(first=True)
+        except Exception:
+            log.exception("outbox.load_failed", owner=self.owner)
+        self._renew_now.clear()
+        self._leases = asyncio.create_task(
+            self._leasing(), name=f"outbox-leases:{self.owner}", context=contextvars.Context()
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Deliver what can be delivered within ``grace`` seconds, then stop the workers.
-        What is left stays queued in the database for the next start."""
+        """Deliver what can be delivered within ``grace`` seconds, then stop the workers
+        and release the rest: it stays queued, and another replica (or this one, started
+        again) takes it over at once."""
         await self.drain(grace)
-        self._running = False
+        was_running, self._running = self._running, False
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if self._leases is not None:
+            tasks.append(self._leases)
+            self._leases = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if was_running:
+            await self._release()
         left = self.queued
         if left:
-            log.info("outbox.stopped_with_queued", queued=left)
+            log.info("outbox.stopped_with_queued", queued=left, owner=self.owner)
         self._lanes.clear()
         self._limiters.clear()
-        # post() after this still writes to the database (the next start delivers it),
-        # until the database closes.
+        self._settling.clear()
+        self._undeleted.clear()
+        # post() after this still writes to the database, released at once (whichever
+        # replica runs delivers it), until the database closes.
 
     async def drain(self, within: float) -> bool:
         """Wait until every message for a platform with a poster is delivered (or dead);
@@ -269,7 +337,7 @@ class Outbox:
         if not self._stored:
             log.warning("outbox.not_started", platform=destination.platform, title=reply.title)
             return False
-        async with self._enqueue:
+        async with self._lock:
             lane = self._lane(destination)
             replaced = [
                 item
@@ -277,7 +345,11 @@ class Outbox:
                 if key is not None and item.key == key and item not in lane.in_flight
             ]
             item_id: int | None = None
+            sent = self._clock.monotonic()
             if self._store is not None:
+                now = self._clock.now()
+                # Stopped: leased to nobody in particular, whichever replica runs takes it.
+                until = now + timedelta(seconds=self._lease) if self._running else now
                 try:
                     item_id = await self._store.add(
                         platform=destination.platform,
@@ -287,8 +359,10 @@ class Outbox:
                         key=key,
                         coalesce=coalesce,
                         reply=reply,
-                        now=self._clock.now(),
+                        now=now,
                         replaces=[i.id for i in replaced if i.id is not None],
+                        owner=self.owner,
+                        lease_until=until,
                     )
                 except Exception:
                     # Better delivered from memory than lost: a database outage is when
@@ -300,7 +374,10 @@ class Outbox:
             for old in replaced:
                 if old in lane.items and old not in lane.in_flight:
                     lane.items.remove(old)
-            lane.items.append(_Item(item_id, reply, key, coalesce))
+            item = _Item(item_id, reply, key, coalesce)
+            if item_id is not None:
+                item.confirmed = sent
+            lane.items.append(item)
             self._kick(destination, lane)
         return True
 
@@ -344,19 +421,33 @@ class Outbox:
                     await asyncio.sleep(pause)
                     continue
                 await self._acquire(destination)
+                if not lane.items:  # another replica took them over meanwhile
+                    continue
                 # Taken after the wait: what piled up meanwhile can still be merged.
                 batch = _take(lane.items)
+                if not self._leased(batch):
+                    # Not sure the rows are still ours (a stall, a database outage): a
+                    # renewal says, and drops those another replica took over.
+                    self._renew_now.set()
+                    lane.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._tick):
+                            await lane.wake.wait()
+                    continue
                 lane.in_flight = batch
                 try:
                     await poster(
                         destination, _merge(batch), batch[0].key if len(batch) == 1 else None
                     )
                 except Exception as exc:
-                    await self._failed(destination, lane, batch, exc)
-                else:
                     for item in batch:
-                        lane.items.remove(item)
-                    await self._forget([i.id for i in batch if i.id is not None])
+                        if item.lost:  # the replica that took it over retries it
+                            lane.items.remove(item)
+                    kept = [item for item in batch if not item.lost]
+                    if kept:
+                        await self._failed(destination, lane, kept, exc)
+                else:
+                    await self._delivered(lane, batch)
                 finally:
                     lane.in_flight = []
         finally:
@@ -405,6 +496,7 @@ class Outbox:
             "error": error,
         }
         if dead:
+            self._settling.update(ids)
             for item in batch:
                 lane.items.remove(item)
             self._dead += len(batch)
@@ -423,16 +515,180 @@ class Outbox:
                 dead=dead,
             )
         except Exception:
+            # A dead letter still queued in the table: unrenewed, it is claimed again
+            # when its lease runs out, and retried.
             log.exception("outbox.update_failed", platform=destination.platform)
+        if dead:
+            async with self._lock:
+                self._settling.difference_update(ids)
 
-    async def _forget(self, ids: Sequence[int]) -> None:
+    async def _delivered(self, lane: _Lane, batch: Sequence[_Item]) -> None:
+        ids = [i.id for i in batch if i.id is not None]
+        # Held (renewed, never claimed back) until the row is gone from the table.
+        self._settling.update(ids)
+        for item in batch:
+            lane.items.remove(item)
         if self._store is None or not ids:
             return
         try:
             await self._store.delete(ids)
         except Exception:
-            # Delivered but still in the table: the next start delivers it again.
-            log.exception("outbox.delete_failed", ids=list(ids))
+            # Delivered but still in the table: its lease is renewed while the delete is
+            # retried, so no replica delivers it again.
+            log.exception("outbox.delete_failed", ids=ids)
+            self._undeleted.update(ids)
+            return
+        async with self._lock:
+            self._settling.difference_update(ids)
+
+    # ------------------------------------------------------------------ leases
+
+    def _leased(self, batch: Iterable[_Item]) -> bool:
+        """Whether every stored message in ``batch`` is still surely this replica's."""
+        now = self._clock.monotonic()
+        return all(now - item.confirmed < self._window for item in batch)
+
+    async def _leasing(self) -> None:
+        """The background task: renew and claim every ``lease / 3`` s, or at once when a
+        worker asks."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._tick):
+                    await self._renew_now.wait()
+            self._renew_now.clear()
+            try:
+                await self._keep_leases(first=False)
+            except DependencyError as exc:
+                log.warning("outbox.lease_failed", owner=self.owner, error=str(exc))
+            except Exception:
+                log.exception("outbox.lease_failed", owner=self.owner)
+            else:
+                continue
+            await asyncio.sleep(self._tick)  # no retry storm while the database is away
+
+    async def _keep_leases(self, *, first: bool) -> None:
+        """Renew the leases on the rows held here, drop those another replica took over,
+        claim what nobody delivers (``first``: this replica's own rows too)."""
+        store = self._store
+        if store is None:
+            return
+        async with self._lock:
+            await self._retry_deletes(store)
+            held = self._held()
+            sent = self._clock.monotonic()
+            until = self._clock.now() + timedelta(seconds=self._lease)
+            kept = await store.renew(held | self._settling, owner=self.owner, until=until)
+            self._confirm(held, kept, sent)
+            await self._claim(store, own=first)
+        for lane in self._lanes.values():
+            lane.wake.set()  # workers waiting for a renewal
+
+    async def _retry_deletes(self, store: OutboxStore) -> None:
+        if not self._undeleted:
+            return
+        try:
+            await store.delete(self._undeleted)
+        except Exception:
+            log.exception("outbox.delete_failed", ids=sorted(self._undeleted))
+        else:
+            self._settling.difference_update(self._undeleted)
+            self._undeleted.clear()
+
+    def _held(self) -> set[int]:
+        return {
+            item.id for lane in self._lanes.values() for item in lane.items if item.id is not None
+        }
+
+    def _confirm(self, held: set[int], kept: set[int], sent: float) -> None:
+        """Mark the rows still ours as leased since ``sent``; drop the others."""
+        lost = 0
+        for destination, lane in list(self._lanes.items()):
+            for item in list(lane.items):
+                if item.id is None or item.id not in held:
+                    continue
+                if item.id in kept:
+                    item.confirmed = max(item.confirmed, sent)
+                elif item in lane.in_flight:
+                    item.lost = True
+                    lost += 1
+                else:
+                    lane.items.remove(item)
+                    lost += 1
+            if not lane.items and lane.task is None:
+                del self._lanes[destination]
+        if lost:
+            log.warning("outbox.lease_lost", owner=self.owner, messages=lost)
+
+    async def _claim(self, store: OutboxStore, *, own: bool) -> None:
+        after = 0
+        claimed: list[OutboxRow] = []
+        while True:
+            now = self._clock.now()
+            ids = await store.claimable(
+                owner=self.owner, now=now, own=own, after=after, limit=_CLAIM_BATCH
+            )
+            if not ids:
+                break
+            after = ids[-1]
+            held = self._held() | self._settling
+            wanted = [i for i in ids if i not in held]
+            if wanted:
+                sent = self._clock.monotonic()
+                until = now + timedelta(seconds=self._lease)
+                rows = await store.claim(wanted, owner=self.owner, now=now, until=until)
+                self._adopt(rows, sent)
+                claimed.extend(rows)
+            if len(ids) < _CLAIM_BATCH:
+                break
+        if claimed:
+            log.info(
+                "outbox.claimed",
+                owner=self.owner,
+                messages=len(claimed),
+                destinations=len({(r.platform, r.workspace, r.channel, r.thread) for r in claimed}),
+            )
+
+    def _adopt(self, rows: Sequence[OutboxRow], sent: float) -> None:
+        """Queue claimed rows, each in id order among what its destination holds."""
+        touched: dict[Destination, _Lane] = {}
+        for row in rows:
+            destination = Destination(row.platform, row.channel, row.thread, row.workspace)
+            lane = self._lane(destination)
+            item = _Item(row.id, row.reply, row.key, row.coalesce, row.attempts, confirmed=sent)
+            position = len(lane.items)
+            for index in range(len(lane.in_flight), len(lane.items)):
+                other = lane.items[index].id
+                if other is not None and other > row.id:
+                    position = index
+                    break
+            lane.items.insert(position, item)
+            touched[destination] = lane
+        for destination, lane in touched.items():
+            self._kick(destination, lane)
+
+    async def _release(self) -> None:
+        """Stopping: let another replica take the rows still held here over at once."""
+        store = self._store
+        if store is None:
+            return
+        async with self._lock:
+            await self._retry_deletes(store)
+            try:
+                # All of this replica's rows, also any a cancelled claim left unqueued; not
+                # those delivered (or dead) whose row is still being settled.
+                released = await store.release(
+                    owner=self.owner, now=self._clock.now(), keep=self._settling
+                )
+            except Exception:
+                log.exception(
+                    "outbox.release_failed",
+                    owner=self.owner,
+                    hint=f"another replica takes them over when the lease runs out "
+                    f"({self._lease:g}s)",
+                )
+                return
+        if released:
+            log.info("outbox.released", owner=self.owner, messages=released)
 
     def _set_dead_gauge(self) -> None:
         if self._metrics is not None:

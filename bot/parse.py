@@ -59,15 +59,27 @@ def parse(text: str, *, bot_names: frozenset[str], addressed: bool) -> ParsedCom
         return ParsedCommand(name, raw_args=rest, problem=str(exc))
 
 
+def split_words(text: str, *, backslash_escapes: bool = True) -> list[str]:
+    """The words of ``text`` as the parser splits them (quotes group, typographic quotes
+    count as plain ones). ``backslash_escapes=False`` keeps every backslash as typed, for
+    arguments that are regular expressions (/silence). Raises UsageError on an unbalanced
+    quote."""
+    text = text.translate(_SMART_QUOTES)
+    if _NEEDS_SHLEX.isdisjoint(text):
+        return text.split()
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    if not backslash_escapes:
+        lexer.escape = ""
+    try:
+        return list(lexer)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("No closing", "no closing")) from exc
+
+
 def _split_arguments(name: str, rest: str) -> ParsedCommand:
-    rest = rest.translate(_SMART_QUOTES)
-    if _NEEDS_SHLEX.isdisjoint(rest):
-        tokens = rest.split()
-    else:
-        try:
-            tokens = shlex.split(rest)
-        except ValueError as exc:
-            raise UsageError(str(exc).replace("No closing", "no closing")) from exc
+    tokens = split_words(rest)
     positionals: list[str] = []
     options: dict[str, str | bool] = {}
     only_positionals = False

@@ -15,12 +15,15 @@ from typing import Any
 import structlog
 
 from bot.adapter import Adapter, AdapterError
-from bot.alerts import AlertBoard, AlertIntake, alert_routes
+from bot.alertboard import AlertBoard, AlertDedup, MemoryAlertDedup, RedisAlertDedup
+from bot.alerts import AlertIntake, alert_routes
 from bot.audit import AuditTrail, database_url, open_trail, prepare_database
 from bot.authz import Authorizer
 from bot.catalog import Catalog
+from bot.checks import Checks, Measurer
 from bot.clock import Clock, SystemClock
 from bot.command import CommandSpec
+from bot.config.alerts import AlertsSection
 from bot.config.models import Config
 from bot.context import AdapterBoard, HttpClients, Toolbox
 from bot.directory import Directory
@@ -37,6 +40,8 @@ from bot.policy import PolicySwitch
 from bot.redis_clients import RedisClients
 from bot.reply import Reply
 from bot.scheduler import Scheduler
+from bot.silences import Silences, SilenceStore
+from bot.state.alerts import AlertStore
 from bot.state.approvals import ApprovalStore
 from bot.state.database import StateDatabase
 from bot.state.dedup import DatabaseDedup, EventDedup, RedisDedup, RememberingDedup
@@ -64,8 +69,14 @@ class Bot:
         self.http_clients = HttpClients()
         self.redis_clients = RedisClients()
         self.state_db = StateDatabase(database_url(config))
-        self.outbox = Outbox(OutboxStore(self.state_db), clock=self.clock, metrics=self.metrics)
+        self.outbox = Outbox(
+            OutboxStore(self.state_db),
+            owner=config.bot.replica_id,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         self.approvals = ApprovalStore(self.state_db)
+        self.silences = Silences(SilenceStore(self.state_db), clock=self.clock)
         self.dedup: EventDedup = RememberingDedup(
             RedisDedup(
                 self.redis_clients,
@@ -91,12 +102,26 @@ class Bot:
             clock=self.clock,
             started_at=lambda: self.tools.started_at,
         )
-        self.alert_board = AlertBoard()
+        self.alert_board = AlertBoard(AlertStore(self.state_db))
+        self.alert_dedup = _alert_dedup(config, self.redis_clients)
         self.alert_intake = AlertIntake(
             config,
             board=self.alert_board,
+            dedup=self.alert_dedup,
             outbox=self.outbox,
             adapters=self.adapters,
+            clock=self.clock,
+            silences=self.silences,
+            metrics=self.metrics,
+        )
+        self.checks = Checks(
+            config,
+            scheduler=self.scheduler,
+            board=self.alert_board,
+            dedup=self.alert_dedup,
+            intake=self.alert_intake,
+            measurer=Measurer(config, self.http_clients, self.redis_clients),
+            metrics=self.metrics,
             clock=self.clock,
         )
         self.tools = Toolbox(
@@ -117,6 +142,8 @@ class Bot:
             scheduler=self.scheduler,
             heartbeats=self.heartbeats,
             alerts=self.alert_board,
+            checks=self.checks,
+            silences=self.silences,
         )
         self.dispatcher = Dispatcher(
             tools=self.tools,
@@ -131,6 +158,7 @@ class Bot:
         self.http_server: HttpServer | None = None
         self._attached: list[Adapter] = []
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
+        self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
 
     async def start(self, *, serve_http: bool | None = None) -> None:
         self.tools.started_at = self.clock.now()
@@ -139,6 +167,7 @@ class Bot:
         await self.audit.start()
         await self.state_db.start()
         await self.outbox.start()
+        await self.alert_board.firing()  # what fires, for the gauge, from the last run
         await self.policy.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
@@ -227,6 +256,13 @@ class Bot:
 
 _log = structlog.get_logger("opsbot.runtime")
 OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _alert_dedup(config: Config, clients: RedisClients) -> AlertDedup:
+    window = (config.alerts or AlertsSection()).dedup_window
+    if config.state.redis_url is not None:
+        return RedisAlertDedup(clients, config.state.redis_url.get_secret_value(), window)
+    return MemoryAlertDedup(window)
 
 
 def _base_dir(config_source: str) -> Path:

@@ -159,6 +159,13 @@ class Scheduler:
         # Runs in the caller's context: its log lines carry the request that asked.
         return self._launch(job, contextvars.copy_context())
 
+    async def confirm_leadership(self) -> None:
+        """In a scheduled run, check the fence again (raises LostLeadership, which ends the
+        run quietly): a job calls it right before it posts, so a leader that stalled
+        between the start of its run and the post cannot post after losing the lease."""
+        if _FENCED.get():
+            await self._leadership.check_fence()
+
     async def join(self) -> None:
         """Wait until no job is running."""
         while self._tasks:
@@ -278,6 +285,7 @@ class Scheduler:
                 if fenced:
                     # A stalled old leader learns here that another replica took over.
                     await self._leadership.check_fence()
+                    _FENCED.set(True)  # this task's own context
                 await job.func()
             except LostLeadership as exc:
                 log.warning("scheduler.not_leader_any_more", job=job.name, reason=str(exc))
@@ -286,6 +294,10 @@ class Scheduler:
                 raise
             except Exception:
                 log.exception("scheduler.job_failed", job=job.name)
+
+
+# Set in a scheduled (leader-only) run's task; run_now() runs anywhere and is not fenced.
+_FENCED: contextvars.ContextVar[bool] = contextvars.ContextVar("opsbot_fenced_run", default=False)
 
 
 # ---------------------------------------------------------------------- triggers

@@ -9,6 +9,7 @@ from commands.approvals import SPEC as APPROVALS
 from commands.approve import SPEC as APPROVE
 from commands.audit import SPEC as AUDIT
 from commands.cancel import SPEC as CANCEL
+from commands.checks import SPEC as CHECKS
 from commands.deny import SPEC as DENY
 from commands.health import SPEC as HEALTH
 from commands.heartbeat import SPEC as HEARTBEAT
@@ -18,7 +19,10 @@ from commands.policy import SPEC as POLICY
 from commands.queue import SPEC as QUEUE
 from commands.rollback import SPEC as ROLLBACK
 from commands.run import SPEC as RUN
+from commands.silence import SPEC as SILENCE
+from commands.silences import SPEC as SILENCES
 from commands.status import SPEC as STATUS
+from commands.unsilence import SPEC as UNSILENCE
 from commands.version import SPEC as VERSION
 from commands.whoami import SPEC as WHOAMI
 from commands.workers import SPEC as WORKERS
@@ -43,6 +47,10 @@ COMMANDS: list[CommandSpec[Any]] = [
     HEARTBEAT,
     ALERTS,
     ACK,
+    CHECKS,
+    SILENCES,
+    SILENCE,
+    UNSILENCE,
 ]
 
 __all__ = ["COMMANDS"]

@@ -1,4 +1,5 @@
-"""/ack <id>: acknowledge a firing alert (audited, kind "alert")."""
+"""/ack <id>: acknowledge a firing alert, inbound or from a check (audited, kind "alert"):
+it is not posted again while it keeps firing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class AckArgs(Args):
 
 async def run(ctx: Context, args: AckArgs) -> Reply:
     tools = ctx.tools
-    alert = tools.alerts.find(args.id)
+    alert = await tools.alerts.find(args.id)
     if alert is None:
         raise UsageError(f"no firing alert '{args.id}'; /alerts lists them", USAGE)
     if alert.acked_by is not None:
@@ -32,10 +33,18 @@ async def run(ctx: Context, args: AckArgs) -> Reply:
         detail=f"alert {alert.id} ({alert.name}, {alert.severity or 'no severity'}) "
         f"firing since {alert.since.isoformat()} acknowledged",
     )
-    alert.acked_by = ctx.principal.name
-    alert.acked_at = now
+    acked = await tools.alerts.ack(alert.id, by=ctx.principal.name, at=now)
+    if acked is None:
+        return Reply(title=f"Alert {alert.id} ({alert.name}) resolved meanwhile", status=Status.OK)
+    if acked.acked_by != ctx.principal.name:  # someone else was quicker
+        return Reply(
+            title=f"Alert {alert.id} ({alert.name}) was already acknowledged by {acked.acked_by}",
+            status=Status.INFO,
+        )
     return Reply(
-        title=f"Alert {alert.id} ({alert.name}) acknowledged by {alert.acked_by}", status=Status.OK
+        title=f"Alert {alert.id} ({alert.name}) acknowledged by {acked.acked_by}",
+        status=Status.OK,
+        text="It is not posted again while it fires.",
     )
 
 

@@ -1,4 +1,4 @@
-"""/alerts: the inbound alerts firing now (see docs/alerts.md)."""
+"""/alerts: the alerts firing now, inbound and from checks (see docs/alerts.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from bot.reply import Reply, Status, Table
 
 
 async def run(ctx: Context, _: NoArgs) -> Reply:
-    active = ctx.tools.alerts.firing()
+    active = await ctx.tools.alerts.firing()
     if not active:
         return Reply(title="No alerts firing", status=Status.OK)
     now = ctx.tools.clock.now()

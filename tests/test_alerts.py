@@ -147,7 +147,7 @@ async def test_ack_marks_the_alert_and_is_audited() -> None:
             "/alerts/alertmanager", json=webhook(am_alert("DiskFull"), group="g"), headers=AUTH
         )
         await tb.posted("DiskFull")
-        alert = tb.bot.alert_board.firing()[0]
+        alert = (await tb.bot.alert_board.firing())[0]
         assert "/ack" in await tb.exec("/alerts", as_="bob")
         denied = await tb.exec(f"/ack {alert.id}", as_="carol")
         acked = await tb.exec(f"/ack {alert.id}", as_="bob")
@@ -284,3 +284,28 @@ def test_token_comes_from_the_environment() -> None:
     config = parse_config(BASE_CONFIG, "test", env, [c.name for c in COMMANDS])
     assert config.alerts is not None and config.alerts.token is not None
     assert config.alerts.token.get_secret_value() == "from-env"
+
+
+async def test_a_silenced_alert_is_listed_but_neither_it_nor_its_resolution_is_posted() -> None:
+    rules = '\n[policy.commands.silence]\nroles = ["oncall"]\n'
+    async with alerting_bot(BASE_CONFIG + ALERTS + rules) as (tb, client):
+        reply = await tb.exec('/silence alertname=~"Disk.*" env!=dev 2h disk swap', as_="bob")
+        assert reply.startswith("✅"), reply
+        disk = am_alert("DiskFull", env="prod", fp="f-disk")
+        dev = am_alert("DiskSlow", env="dev", fp="f-dev")
+        await client.post("/alerts/alertmanager", json=webhook(disk, dev, group="g"), headers=AUTH)
+        await tb.posted("DiskSlow")
+        listing = await tb.exec("/alerts", as_="bob")
+        resolved = {**disk, "status": "resolved"}
+        await client.post("/alerts/alertmanager", json=webhook(resolved, group="g"), headers=AUTH)
+        posted = await settled(tb)
+        metrics = tb.bot.metrics.render().decode()
+    assert 'opsbot_alert_events_total{event="silenced",source="inbound",status="firing"} 1.0' in (
+        metrics
+    )
+    assert 'opsbot_alert_events_total{event="posted",source="inbound",status="firing"} 1.0' in (
+        metrics
+    )
+    assert len(posted) == 1, posted
+    assert "DiskSlow" in posted[0][1] and "DiskFull" not in posted[0][1]
+    assert "2 alert(s) firing" in listing and "DiskFull" in listing

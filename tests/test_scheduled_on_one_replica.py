@@ -59,3 +59,47 @@ async def test_only_the_leader_runs_scheduled_jobs_and_the_other_takes_over() ->
             await scheduler.stop()
             await lease.stop()
         await clients.close()
+
+
+async def test_a_run_that_stalls_past_a_takeover_does_not_post() -> None:
+    """The fence is checked at the start of a scheduled run and again right before the
+    post (confirm_leadership): a leader that stalls in between, while the lease moves to
+    another replica, never posts."""
+    key = f"opsbot-test:leader:{uuid.uuid4().hex[:10]}"
+    clients = RedisClients()
+    old = LeaderLease(clients, redis_url(), key=key, holder="old", lease=3.0, renew_every=1.5)
+    new = LeaderLease(clients, redis_url(), key=key, holder="new", lease=3.0, renew_every=0.05)
+    scheduler = Scheduler(SystemClock(), leadership=old)
+    stalled, release = asyncio.Event(), asyncio.Event()
+    posts: list[str] = []
+
+    async def heartbeat() -> None:
+        stalled.set()
+        await release.wait()  # composing takes long (a slow probe, a GC pause)
+        await scheduler.confirm_leadership()
+        posts.append("old")
+
+    scheduler.add("heartbeat", heartbeat, Every(TICK))
+    try:
+        await old.start()
+        await scheduler.start()
+        async with asyncio.timeout(5):
+            await stalled.wait()
+        took_over = asyncio.Event()
+        new.on_change(lambda leading: took_over.set() if leading else None)
+        await new.start()
+        await clients.client(redis_url(), timeout=2).delete(key)  # a failover lost the key
+        async with asyncio.timeout(2):
+            await took_over.wait()
+        release.set()
+        await scheduler.join()
+        assert posts == []
+        # run_now is a person asking: it runs on any replica, unfenced.
+        await scheduler.run_now("heartbeat")
+        assert posts == ["old"]
+    finally:
+        release.set()
+        await scheduler.stop()
+        await asyncio.gather(old.stop(), new.stop())
+        await clients.client(redis_url(), timeout=2).delete(key, f"{key}:fence")
+        await clients.close()

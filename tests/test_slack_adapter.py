@@ -406,6 +406,20 @@ async def test_post_with_a_key_edits_the_message_it_posted_before() -> None:
         ]
 
 
+async def test_one_key_posted_to_two_channels_edits_each_channels_own_message() -> None:
+    """An alert goes to every channel of its route under one key; its resolution must
+    edit the message in each channel, not move one channel's message to the other."""
+    async with slack_bot() as (_, slack, [adapter]):
+        ops, incident = Destination("slack", OPS), Destination("slack", "C0INC0001")
+        for where in (ops, incident):
+            await adapter.post(where, Reply(title="FIRING: DiskFull"), "alert:g1:ab12")
+        for where in (ops, incident):
+            await adapter.post(where, Reply(title="RESOLVED: DiskFull"), "alert:g1:ab12")
+        alerts = [m for m in slack.messages.values() if "DiskFull" in m.text]
+    assert sorted(m.channel for m in alerts) == sorted([OPS, "C0INC0001"])
+    assert all(m.updates == 1 and "RESOLVED" in m.all_text() for m in alerts)
+
+
 # -- rendering and translation (pure) --------------------------------------------------------
 
 

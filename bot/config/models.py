@@ -11,7 +11,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from bot.config.alerts import AlertsSection
+from bot.config.checks import CheckConfig
 from bot.config.heartbeat import HeartbeatConfig
 from bot.config.operations import ActionConfig, JobsSection, QueueConfig, StateSection
 from bot.config.platform_ids import check_channel_id, check_user_id
@@ -178,10 +179,6 @@ class ConsoleSection(Strict):
     channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
 
 
-# Sections that later features fill in; they validate their outer shape now so a
-# config written today keeps loading tomorrow.
-Stub = list[dict[str, Any]]
-
 __all__ = ["Duration", "Name"]  # re-exported: the primitives live in types.py
 
 
@@ -205,7 +202,7 @@ class Config(Strict):
     state: StateSection = StateSection()
     heartbeat: list[HeartbeatConfig] = []
     alerts: AlertsSection | None = None
-    checks: Stub = []
+    checks: list[CheckConfig] = []
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

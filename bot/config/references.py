@@ -48,6 +48,7 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
         "queues": [q.name for q in config.queues],
         "actions": [a.name for a in config.actions],
         "heartbeat": [h.name for h in config.heartbeat],
+        "checks": [c.name for c in config.checks],
     }
     for section, names in named.items():
         for i, name in enumerate(names):
@@ -66,6 +67,20 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
                 problems.append(
                     f"heartbeat[{i}].channels[{j}]: unknown channel '{channel}' (channels: {known})"
                 )
+
+    services = {s.name for s in config.services}
+    queues = {q.name for q in config.queues}
+    for i, check in enumerate(config.checks):
+        if check.service is not None and check.service not in services:
+            known = ", ".join(sorted(services)) or "none defined"
+            problems.append(
+                f"checks[{i}].service: unknown service '{check.service}' (services: {known})"
+            )
+        if check.queue is not None and check.queue not in queues:
+            known = ", ".join(sorted(queues)) or "none defined"
+            problems.append(f"checks[{i}].queue: unknown queue '{check.queue}' (queues: {known})")
+        for j, channel in enumerate(check.channels):
+            need_channel(f"checks[{i}].channels[{j}]", channel)
 
     alerts = config.alerts
     if alerts is not None:

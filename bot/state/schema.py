@@ -71,6 +71,7 @@ alerts = sa.Table(
     sa.Column("labels", sa.Text, nullable=False),
     sa.Column("since", UTCDateTime, nullable=False),
     sa.Column("last_posted_at", UTCDateTime, nullable=True),
+    sa.Column("post_key", sa.Text, nullable=True),
     sa.Column("acked_by", sa.Text, nullable=True),
     sa.Column("acked_at", UTCDateTime, nullable=True),
 )

@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("labels", sa.Text, nullable=False),  # JSON object
         sa.Column("since", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_posted_at", sa.DateTime(timezone=True), nullable=True),
+        # The outbox key of the message that announced it: its resolution edits that one.
+        sa.Column("post_key", sa.Text, nullable=True),
         sa.Column("acked_by", sa.Text, nullable=True),
         sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True),
     )

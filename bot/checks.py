@@ -1,0 +1,465 @@
+"""Checks: rules the bot evaluates on a schedule (``[[checks]]``) and turns into alerts.
+
+Each run measures one thing (a service's health, a number in an HTTP endpoint's JSON, a
+queue's length, its workers, how long its oldest pending entry waits) and judges it ok,
+warn or critical against the check's levels. A check's life:
+
+* ``for`` consecutive bad runs fire it: a message to its channels (or, without channels,
+  wherever its labels route, as for inbound alerts), under an outbox key of its own;
+* a change of level while firing (warn to critical, or back) is posted as a new message;
+* while it fires, unacknowledged, a reminder goes out every ``repeat``; ``/ack`` stops them;
+* the first good run resolves it: the message that announced it is edited to "RESOLVED"
+  (by an adapter that remembers it; else a new message says so);
+* a silence whose matchers match the check's labels keeps it from being posted, and a
+  firing that was never posted is not resolved in chat either;
+* the same state is never posted twice within the dedup window (``[alerts] dedup_window``).
+
+Where it stands lives on the :class:`~bot.alertboard.AlertBoard` (the state database),
+read at every run: a replica that becomes leader continues where the last one stopped. Only
+the count of consecutive bad runs is this process's own. The scheduler runs checks on the
+leader only.
+
+Labels of a check's alert: ``alertname`` (the check's name), ``severity`` (``warning`` or
+``critical``), ``check_kind``, and the check's own ``labels``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING
+
+import structlog
+
+from bot.alertboard import ActiveAlert, AlertBoard, AlertDedup
+from bot.alerts import short_id
+from bot.clock import Clock
+from bot.config.checks import CheckConfig, CheckKind, OnError
+from bot.config.models import Config
+from bot.durations import format_duration
+from bot.reply import Field, Reply, Status
+from bot.scheduler import Every, Scheduler
+
+if TYPE_CHECKING:
+    from bot.alerts import AlertIntake
+    from bot.context import HttpClients
+    from bot.metrics import Metrics
+    from bot.redis_clients import RedisClients
+
+log = structlog.get_logger("opsbot.checks")
+
+SOURCE = "check"
+
+
+class Level(enum.IntEnum):
+    OK = 0
+    WARN = 1
+    CRITICAL = 2
+
+    @property
+    def severity(self) -> str:
+        """The ``severity`` label, as Prometheus rules spell it."""
+        return _SEVERITIES[self]
+
+
+_SEVERITIES = {Level.OK: "ok", Level.WARN: "warning", Level.CRITICAL: "critical"}
+_BY_SEVERITY = {word: level for level, word in _SEVERITIES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One run's measurement: its level and one line saying why."""
+
+    level: Level
+    detail: str
+    value: float | None = None
+    failed: bool = False  # could not be measured (``on_error`` decides what it counts as)
+
+
+class CheckFailed(Exception):
+    """The value could not be read; the message is one line for the channel."""
+
+
+# ------------------------------------------------------------------ measuring
+
+
+class Measurer:
+    """Reads what a check looks at, with the bot's shared HTTP and Redis clients."""
+
+    def __init__(self, config: Config, http: HttpClients, redis: RedisClients) -> None:
+        self._config = config
+        self._http = http
+        self._redis = redis
+
+    async def read(self, check: CheckConfig) -> Reading:
+        try:
+            if check.kind is CheckKind.HEALTH:
+                return await self._health(check)
+            value = await self._value(check)
+        except CheckFailed as exc:
+            return Reading(Level.CRITICAL, str(exc), failed=True)
+        return judge(check, value)
+
+    async def _health(self, check: CheckConfig) -> Reading:
+        from bot.probes import HealthState, ProbeTarget, ResponseShape, probe_health
+
+        service = self._config.service(check.service or "")
+        assert service is not None  # the config's references are checked at load
+        result = await probe_health(
+            self._http.client(),
+            ProbeTarget(
+                service.name,
+                service.health_url,
+                min(service.timeout, check.timeout).total_seconds(),
+                ResponseShape(service.shape.value),
+            ),
+            request_id=f"check-{secrets.token_hex(5)}",
+        )
+        level = {
+            HealthState.UP: Level.OK,
+            HealthState.DEGRADED: Level.WARN,
+            HealthState.DOWN: Level.CRITICAL,
+        }[result.state]
+        why = "; ".join(filter(None, (result.detail, *result.failing_components)))
+        return Reading(level, f"{service.name} {result.state.value}" + (f" ({why})" if why else ""))
+
+    async def _value(self, check: CheckConfig) -> float:
+        if check.kind is CheckKind.HTTP_JSON:
+            return await self._json_field(check)
+        return await self._queue_figure(check)
+
+    async def _json_field(self, check: CheckConfig) -> float:
+        from bot.probes.health import describe_failure, fetch, parse_json
+
+        assert check.url is not None
+        assert check.field is not None
+        timeout = check.timeout.total_seconds()
+        try:
+            fetched = await fetch(
+                self._http.client(),
+                str(check.url),
+                request_id=f"check-{secrets.token_hex(5)}",
+                timeout_s=timeout,
+                read_body=True,
+            )
+        except Exception as exc:
+            raise CheckFailed(describe_failure(exc, timeout)) from exc
+        if not fetched.is_success:
+            raise CheckFailed(f"the endpoint answered HTTP {fetched.status}")
+        ok, document = parse_json(fetched.body)
+        if not ok:
+            raise CheckFailed("the endpoint's answer is not JSON")
+        return number_at(document, check.field)
+
+    async def _queue_figure(self, check: CheckConfig) -> float:
+        from bot.queues import QueueFailure, inspect_queue
+
+        queue = self._config.queue(check.queue or "")
+        assert queue is not None  # the config's references are checked at load
+        report = await inspect_queue(self._redis, queue)
+        if isinstance(report, QueueFailure):
+            raise CheckFailed(f"queue {report.queue}: {report.reason}")
+        if check.kind is CheckKind.QUEUE_LENGTH:
+            return float(report.length.value or 0)
+        if check.kind is CheckKind.WORKERS:
+            return float(sum(g.workers.value or 0 for g in report.groups))
+        return float(max((g.oldest_pending_idle.value or 0 for g in report.groups), default=0))
+
+
+def number_at(document: object, path: str) -> float:
+    """The number at a dotted ``path`` of a JSON document; CheckFailed naming what is wrong."""
+    node = document
+    walked: list[str] = []
+    for part in path.split("."):
+        walked.append(part)
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise CheckFailed(f"field '{'.'.join(walked)}' is missing from the answer")
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise CheckFailed(f"field '{path}' is not a number ({type(node).__name__})")
+    return float(node)
+
+
+def judge(check: CheckConfig, value: float) -> Reading:
+    """Above (the default): warn past ``warn``, critical past ``critical``. Below (workers,
+    or ``direction = "below"``): warn under ``warn``, critical at or under ``critical``."""
+    assert check.warn is not None
+    assert check.critical is not None
+    name = _figure_name(check)
+    if check.falls_bad:
+        level = (
+            Level.CRITICAL
+            if value <= check.critical
+            else Level.WARN
+            if value < check.warn
+            else Level.OK
+        )
+        levels = f"warn below {check.warn:g}, critical at {check.critical:g} or below"
+    else:
+        level = (
+            Level.CRITICAL
+            if value > check.critical
+            else Level.WARN
+            if value > check.warn
+            else Level.OK
+        )
+        levels = f"warn above {check.warn:g}, critical above {check.critical:g}"
+    return Reading(level, f"{name} {value:g} ({levels})", value)
+
+
+def _figure_name(check: CheckConfig) -> str:
+    if check.kind is CheckKind.HTTP_JSON:
+        return check.field or "value"
+    return {
+        CheckKind.QUEUE_LENGTH: f"queue {check.queue} length",
+        CheckKind.WORKERS: f"queue {check.queue} workers",
+        CheckKind.PENDING_IDLE: f"queue {check.queue} oldest pending idle (s)",
+    }.get(check.kind, check.name)
+
+
+# ------------------------------------------------------------------ the state machine
+
+
+@dataclass(frozen=True, slots=True)
+class CheckView:
+    """What ``/checks`` shows of one check."""
+
+    name: str
+    kind: str
+    level: Level
+    detail: str
+    last_run: datetime | None
+    next_run: datetime | None
+    failing_runs: int
+    needed_runs: int
+
+
+class Checks:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        scheduler: Scheduler,
+        board: AlertBoard,
+        dedup: AlertDedup,
+        intake: AlertIntake,
+        measurer: Measurer,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        """Adds one scheduler job per check (``check:<name>``); no I/O."""
+        self._checks = {check.name: check for check in config.checks}
+        self._scheduler = scheduler
+        self._board = board
+        self._dedup = dedup
+        self._intake = intake
+        self._measurer = measurer
+        self._metrics = metrics
+        self._clock = clock
+        self._failing: dict[str, int] = dict.fromkeys(self._checks, 0)
+        self._last: dict[str, tuple[datetime, Reading]] = {}
+        self._locks = {name: asyncio.Lock() for name in self._checks}
+        for check in config.checks:
+            scheduler.add(
+                job_name(check.name), partial(self.run, check.name), Every(check.interval)
+            )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._checks)
+
+    async def views(self) -> list[CheckView]:
+        firing = {a.fingerprint: a for a in await self._board.firing() if a.source == SOURCE}
+        views = []
+        for name, check in self._checks.items():
+            known = firing.get(fingerprint(name))
+            last = self._last.get(name)
+            views.append(
+                CheckView(
+                    name=name,
+                    kind=check.kind.value,
+                    level=_level_of(known),
+                    detail=last[1].detail if last else (known.summary if known else ""),
+                    last_run=last[0] if last else None,
+                    next_run=self._scheduler.next_run(job_name(name)),
+                    failing_runs=self._failing[name],
+                    needed_runs=check.for_,
+                )
+            )
+        return views
+
+    async def run(self, name: str) -> Reading | None:
+        """Measure the check and act on it; the reading, or None when it was ignored."""
+        check = self._checks[name]
+        async with self._locks[name]:
+            reading = await self._measurer.read(check)
+            now = self._clock.now()
+            self._last[name] = (now, reading)
+            if reading.failed:
+                log.warning("check.unreadable", check=name, detail=reading.detail)
+                if check.on_error is OnError.IGNORE:
+                    return None
+                if check.on_error is OnError.WARN:
+                    reading = Reading(Level.WARN, reading.detail, failed=True)
+            known = await self._board.get(fingerprint(name))
+            level = _level_of(known)
+            state = level
+            if reading.level is Level.OK:
+                self._failing[name] = 0
+                if known is not None:
+                    await self._resolve(check, known, reading, now)
+                state = Level.OK
+            else:
+                self._failing[name] += 1
+                if known is not None and reading.level is level:
+                    await self._remind(check, known, reading, now)
+                elif self._failing[name] >= check.for_ or known is not None:
+                    await self._fire(check, known, reading, now)
+                    state = reading.level
+            self._metrics.check_state.labels(name).set(state)
+            log.debug("check.ran", check=name, level=reading.level.name, detail=reading.detail)
+            return reading
+
+    # -------------------------------------------------------------- transitions
+
+    async def _fire(
+        self, check: CheckConfig, known: ActiveAlert | None, reading: Reading, now: datetime
+    ) -> None:
+        """Fire, or move a firing check to another level: either way a new message."""
+        labels = self.labels(check, reading.level)
+        alert = await self._board.fire(
+            ActiveAlert(
+                id=short_id(fingerprint(check.name)),
+                fingerprint=fingerprint(check.name),
+                source=SOURCE,
+                group_key=fingerprint(check.name),
+                name=check.name,
+                severity=reading.level.severity,
+                summary=reading.detail,
+                labels=labels,
+                since=known.since if known is not None else now,
+            )
+        )
+        was = _level_of(known)
+        log.info("check.fired", check=check.name, level=reading.level.name, was=was.name)
+        if not await self._news(check, reading.level.severity, labels, now):
+            return
+        if was is Level.OK:
+            title = f"{reading.level.severity.upper()}: {check.name}"
+        else:
+            title = f"{reading.level.severity.upper()} (was {was.severity}): {check.name}"
+        key = f"check:{check.name}:{secrets.token_hex(4)}"
+        if await self._post(check, labels, _alert_reply(title, check, alert, reading, now), key):
+            await self._board.posted([alert.fingerprint], now, key=key)
+
+    async def _remind(
+        self, check: CheckConfig, known: ActiveAlert, reading: Reading, now: datetime
+    ) -> None:
+        if known.acked_by is not None:
+            return
+        if known.last_posted_at is not None and now - known.last_posted_at < check.repeat:
+            return
+        labels = self.labels(check, reading.level)
+        if known.last_posted_at is None and not await self._news(
+            check, reading.level.severity, labels, now
+        ):
+            return  # never announced (it was silenced, or the post failed) and still news
+        if known.last_posted_at is not None and await self._intake.muted(labels):
+            return
+        title = f"STILL {reading.level.severity.upper()}: {check.name}"
+        reply = _alert_reply(title, check, known, reading, now)
+        if await self._post(check, labels, reply, None):
+            # A reminder keeps the announcement's key: the resolution edits that message.
+            await self._board.posted([known.fingerprint], now)
+
+    async def _resolve(
+        self, check: CheckConfig, known: ActiveAlert, reading: Reading, now: datetime
+    ) -> None:
+        await self._board.resolve(known.fingerprint)
+        log.info("check.resolved", check=check.name, was=known.severity)
+        if known.last_posted_at is None:
+            return  # never announced: nothing to take back
+        if not await self._dedup.fresh(known.fingerprint, "resolved", now):
+            return
+        lasted = format_duration(max(now - known.since, now - now))
+        reply = Reply(
+            title=f"RESOLVED: {check.name}",
+            status=Status.OK,
+            text=f"was {known.severity} for {lasted}; now {reading.detail}",
+            fields=(Field("id", known.id),),
+        )
+        await self._post(check, known.labels, reply, known.post_key)
+
+    async def _news(
+        self, check: CheckConfig, status: str, labels: Mapping[str, str], now: datetime
+    ) -> bool:
+        # Silences first: a muted state was not posted, so it must stay news for later.
+        if await self._intake.muted(labels):
+            log.info("check.silenced", check=check.name, status=status)
+            self._metrics.alert_events.labels(SOURCE, "silenced", status).inc()
+            return False
+        if not await self._dedup.fresh(fingerprint(check.name), status, now):
+            log.info("check.duplicate", check=check.name, status=status)
+            return False
+        return True
+
+    async def _post(
+        self, check: CheckConfig, labels: Mapping[str, str], reply: Reply, key: str | None
+    ) -> bool:
+        channels = list(check.channels) or self._intake.channels_for(labels)
+        await self._scheduler.confirm_leadership()
+        posted = await self._intake.post_to(channels, [(reply, key)], what=check.name)
+        if posted:
+            self._metrics.alert_events.labels(SOURCE, "posted", reply.status.value).inc()
+        return posted
+
+    def labels(self, check: CheckConfig, level: Level) -> dict[str, str]:
+        return {
+            **check.labels,
+            "alertname": check.name,
+            "severity": level.severity,
+            "check_kind": check.kind.value,
+        }
+
+
+def job_name(check: str) -> str:
+    return f"check:{check}"
+
+
+def fingerprint(check: str) -> str:
+    return f"check:{check}"
+
+
+def _level_of(known: ActiveAlert | None) -> Level:
+    if known is None:
+        return Level.OK
+    return _BY_SEVERITY.get(known.severity, Level.CRITICAL)
+
+
+def _alert_reply(
+    title: str, check: CheckConfig, alert: ActiveAlert, reading: Reading, now: datetime
+) -> Reply:
+    fields: list[Field] = [Field("id", alert.id)]
+    if alert.since < now:
+        fields.append(Field("firing for", format_duration(now - alert.since)))
+    shown = {k: v for k, v in check.labels.items()}
+    if shown:
+        fields.append(Field("labels", ", ".join(f"{k}={v}" for k, v in shown.items())))
+    text = reading.detail if not check.summary else f"{check.summary}\n{reading.detail}"
+    return Reply(
+        title=title,
+        status=Status.ERROR if reading.level is Level.CRITICAL else Status.WARNING,
+        text=f"{text}\n/ack {alert.id} stops the reminders.",
+        fields=tuple(fields),
+    )
+
+
+__all__: Sequence[str] = ["CheckView", "Checks", "Level", "Measurer", "Reading", "judge"]

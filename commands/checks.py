@@ -1,0 +1,74 @@
+"""/checks [now <name>]: each scheduled check's state and last reading, or run one at once
+(the alert it raises or resolves is posted as on schedule)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bot.checks import Level, job_name
+from bot.command import Args, CommandSpec
+from bot.context import Context
+from bot.durations import format_duration
+from bot.errors import UsageError
+from bot.reply import Reply, Status, Table
+
+USAGE = "/checks [now <name>]"
+
+NOT_CONFIGURED = Reply(
+    title="No checks configured",
+    text="Add [[checks]] entries (name, kind, levels, interval) to the config.",
+)
+_STATUS = {Level.OK: Status.OK, Level.WARN: Status.WARNING, Level.CRITICAL: Status.ERROR}
+
+
+class ChecksArgs(Args):
+    action: Literal["now"] | None = None
+    name: str | None = None
+
+
+async def run(ctx: Context, args: ChecksArgs) -> Reply:
+    checks = ctx.tools.checks
+    if not checks.names:
+        return NOT_CONFIGURED
+    if args.action == "now":
+        if args.name is None or args.name not in checks.names:
+            raise UsageError(f"name a check: {', '.join(checks.names)}", USAGE)
+        await ctx.tools.scheduler.run_now(job_name(args.name))
+    now = ctx.tools.clock.now()
+    views = await checks.views()
+    if args.name is not None:
+        views = [v for v in views if v.name == args.name]
+    rows = []
+    for view in views:
+        state = view.level.severity
+        if view.level is Level.OK and view.failing_runs:
+            state = f"pending ({view.failing_runs}/{view.needed_runs})"
+        rows.append(
+            (
+                view.name,
+                state,
+                view.detail or "-",
+                f"{format_duration(now - view.last_run)} ago" if view.last_run else "not yet",
+                f"in {format_duration(max(view.next_run - now, now - now))}"
+                if view.next_run
+                else "-",
+            )
+        )
+    worst = max((v.level for v in views), default=Level.OK)
+    firing = sum(1 for v in views if v.level is not Level.OK)
+    title = f"{len(views)} check(s), {firing} firing" if args.action is None else "Check ran"
+    return Reply(
+        title=title,
+        status=_STATUS[worst],
+        table=Table(("check", "state", "last reading", "last run", "next run"), tuple(rows)),
+    )
+
+
+SPEC = CommandSpec(
+    name="checks",
+    summary="Show the scheduled checks, or run one now",
+    usage=USAGE,
+    args_model=ChecksArgs,
+    run=run,
+    positional=("action", "name"),
+)

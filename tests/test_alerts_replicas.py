@@ -1,0 +1,111 @@
+"""Two replicas on one PostgreSQL and one Redis: an alert delivered to both is posted once,
+both list the same alerts, an acknowledgement on one holds on the other, and a check run
+on both at once is announced once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.auditlog import upgrade
+from bot.render import render_text
+from tests.auditlog_helpers import pg_database
+from tests.botharness import BASE_CONFIG, TestBot, running_bot
+from tests.httpfakes import Route, serve
+from tests.infra import redis_url
+from tests.test_alerts import ALERTS, AUTH, am_alert, webhook
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+CHECK_RULES = """
+[policy.commands.checks]
+roles = ["oncall"]
+"""
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(
+    config: str, tmp_path: Path
+) -> AsyncIterator[tuple[tuple[TestBot, httpx.AsyncClient], tuple[TestBot, httpx.AsyncClient]]]:
+    async with pg_database() as url:
+        await upgrade(url)
+        text = config + f'\n[audit]\ndatabase_url = "{url}"\n[state]\nredis_url = "{redis_url()}"\n'
+        first = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "one"', 1)
+        second = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "two"', 1)
+        async with (
+            running_bot(first, data_dir=tmp_path / "one", serve_http=True) as one,
+            running_bot(second, data_dir=tmp_path / "two", serve_http=True) as two,
+            _client(one) as client_one,
+            _client(two) as client_two,
+        ):
+            yield (one, client_one), (two, client_two)
+
+
+def _client(tb: TestBot) -> httpx.AsyncClient:
+    assert tb.bot.http_server is not None
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{tb.bot.http_server.bound_port}")
+
+
+async def posts(*bots: TestBot) -> list[str]:
+    for tb in bots:
+        assert await tb.bot.outbox.drain(5.0)
+    return [render_text(r) for tb in bots for _, r in tb.console.posted]
+
+
+async def test_an_alert_delivered_to_both_replicas_is_posted_once(tmp_path: Path) -> None:
+    name = f"Disk{uuid.uuid4().hex[:8]}"  # Redis outlives the test: a name of its own
+    body = webhook(am_alert(name, severity="critical", fp=f"fp-{name}"), group=f"g-{name}")
+    async with two_replicas(BASE_CONFIG + ALERTS, tmp_path) as ((one, c1), (two, c2)):
+        answers = await asyncio.gather(
+            c1.post("/alerts/alertmanager", json=body, headers=AUTH),
+            c2.post("/alerts/alertmanager", json=body, headers=AUTH),
+        )
+        assert [a.status_code for a in answers] == [202, 202]
+        posted = [p for p in await posts(one, two) if name in p]
+        listing_two = await two.exec("/alerts", as_="bob")
+        alert = (await two.bot.alert_board.firing())[0]
+        acked = await two.exec(f"/ack {alert.id}", as_="bob")
+        listing_one = await one.exec("/alerts", as_="bob")
+    assert len(posted) == 1, posted
+    assert name in listing_two and "1 alert(s) firing, 0 acknowledged" in listing_two
+    assert "acknowledged by bob" in acked
+    assert "1 alert(s) firing, 1 acknowledged" in listing_one
+
+
+async def test_a_check_run_on_both_replicas_is_announced_once(tmp_path: Path) -> None:
+    check = f"cpu-{uuid.uuid4().hex[:8]}"
+    async with serve({"/stats": Route.of_json({"cpu": 97})}) as server:
+        config = (
+            BASE_CONFIG
+            + ALERTS
+            + CHECK_RULES
+            + f"""
+[[checks]]
+name = "{check}"
+kind = "http_json"
+url = "{server.url("/stats")}"
+field = "cpu"
+warn = 70
+critical = 90
+interval = "1h"
+"""
+        )
+        async with two_replicas(config, tmp_path) as ((one, _), (two, _)):
+            await asyncio.gather(
+                one.exec(f"/checks now {check}", as_="bob"),
+                two.exec(f"/checks now {check}", as_="bob"),
+            )
+            fired = [p for p in await posts(one, two) if check in p]
+            server.routes["/stats"] = Route.of_json({"cpu": 12})
+            await two.exec(f"/checks now {check}", as_="bob")
+            await one.exec(f"/checks now {check}", as_="bob")
+            resolved = [p for p in await posts(one, two) if check in p and "RESOLVED" in p]
+    assert len(fired) == 1, fired
+    assert fired[0].startswith(f"❌ CRITICAL: {check}")
+    assert len(resolved) == 1, resolved
