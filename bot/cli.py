@@ -384,8 +384,9 @@ async def _serve(config: Config, source: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await bot.start()
+    await bot.start(defer_scheduled=True)
     await bot.attach(build_adapters(config, COMMANDS, bot.clock))
+    await bot.start_scheduled()
     # Everything made while starting lives as long as the process: move it out of the
     # collector's sight, so the first full collection does not stall commands in flight
     # for tens of milliseconds.

@@ -157,10 +157,13 @@ class Bot:
         )
         self.http_server: HttpServer | None = None
         self._attached: list[Adapter] = []
+        self._scheduled = False
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
         self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
 
-    async def start(self, *, serve_http: bool | None = None) -> None:
+    async def start(self, *, serve_http: bool | None = None, defer_scheduled: bool = False) -> None:
+        """Open state, the outbox and the HTTP server; then, unless ``defer_scheduled``,
+        :meth:`start_scheduled`."""
         self.tools.started_at = self.clock.now()
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
@@ -181,6 +184,16 @@ class Bot:
             )
             await server.start()
             self.http_server = server
+        if not defer_scheduled:
+            await self.start_scheduled()
+
+    async def start_scheduled(self) -> None:
+        """Compete for the lease and start the scheduled work (heartbeats, checks).
+        ``opsbot run`` calls it once its adapters are attached: a replica that led before
+        its chat connections were up would skip the posts another replica could make."""
+        if self._scheduled:
+            return
+        self._scheduled = True
         await self.leadership.start()
         await self.scheduler.start()
 

@@ -304,15 +304,29 @@ _FENCED: contextvars.ContextVar[bool] = contextvars.ContextVar("opsbot_fenced_ru
 
 
 def make_trigger(schedule: Schedule, now: datetime) -> Any:
-    """The APScheduler trigger for ``schedule``; an interval's grid starts at ``now``."""
+    """The APScheduler trigger for ``schedule``. An interval's grid is counted from the Unix
+    epoch, not from this process's start: every replica has the same grid, so a new leader
+    runs a 30-minute heartbeat at :00 and :30 like the old one, not two posts close
+    together after a handover."""
     if isinstance(schedule, Every):
         from apscheduler.triggers.interval import (  # type: ignore[import-untyped]
             IntervalTrigger,
         )
 
         seconds = schedule.interval.total_seconds()
-        return IntervalTrigger(seconds=seconds, start_date=now + schedule.interval, timezone=UTC)
+        return IntervalTrigger(
+            seconds=seconds, start_date=grid_after(now, schedule.interval), timezone=UTC
+        )
     return crontab_trigger(schedule.expr)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def grid_after(now: datetime, interval: timedelta) -> datetime:
+    """The first multiple of ``interval`` since the Unix epoch after ``now``."""
+    steps = (now - _EPOCH) // interval + 1
+    return _EPOCH + steps * interval
 
 
 def next_fire_time(trigger: Any, at_or_after: datetime) -> datetime | None:

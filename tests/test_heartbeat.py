@@ -451,8 +451,27 @@ async def test_a_pause_before_start_is_kept() -> None:
     assert scheduler.pause("ops", FUTURE + timedelta(hours=1, minutes=10)) is None
     await scheduler.start()
     try:
-        # The grid starts one interval after start: 12:30, 13:00, 13:30...
+        # The grid counts from the epoch, as on every replica: 12:30, 13:00, 13:30...
         assert scheduler.next_run("ops") == FUTURE + timedelta(hours=1, minutes=30)
         assert scheduler.paused_until("ops") == FUTURE + timedelta(hours=1, minutes=10)
     finally:
         await scheduler.stop()
+
+
+async def test_every_replica_has_the_same_interval_grid() -> None:
+    """Replicas started at different times run an interval job at the same moments, so
+    a new leader neither doubles a heartbeat nor leaves a gap after a handover."""
+    next_runs = []
+    for started in (FUTURE + timedelta(minutes=7), FUTURE + timedelta(minutes=23, seconds=5)):
+        scheduler = Scheduler(ManualClock(started))
+
+        async def job() -> None:
+            return None
+
+        scheduler.add("ops", job, Every(timedelta(minutes=30)))
+        await scheduler.start()
+        try:
+            next_runs.append(scheduler.next_run("ops"))
+        finally:
+            await scheduler.stop()
+    assert next_runs == [FUTURE + timedelta(minutes=30)] * 2
