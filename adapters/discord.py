@@ -47,7 +47,7 @@ from bot.config.models import Config
 from bot.config.platforms import DiscordSection
 from bot.errors import DependencyError
 from bot.message import Message
-from bot.outbound import Destination
+from bot.outbound import Destination, RetryAfter
 from bot.reply import Reply
 
 log = structlog.get_logger("opsbot.discord")
@@ -163,6 +163,10 @@ class DiscordAdapter:
             else:
                 ids = await self._send(channel, reply, reference)
         except SEND_ERRORS as exc:
+            wait = _retry_after(exc)
+            if wait is not None:
+                # discord.py waited out its buckets and gave up: the outbox pauses the channel.
+                raise RetryAfter(wait, f"discord: channel {channel_id} rate limited") from exc
             raise DependencyError(
                 PLATFORM, f"posting to channel {channel_id} failed: {exc}", exc
             ) from exc
@@ -493,3 +497,14 @@ def _parent_of(channel: object) -> str | None:
     if isinstance(channel, discord.Thread) and channel.parent_id is not None:
         return str(channel.parent_id)
     return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds Discord asked to wait when it refused for its rate limit (HTTP 429)."""
+    if not isinstance(exc, discord.HTTPException) or exc.status != 429:
+        return None
+    value = exc.response.headers.get("Retry-After", "1") if exc.response is not None else "1"
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0

@@ -405,6 +405,8 @@ class SlackAdapter:
                     "chat.update", client.chat_update(channel=channel, ts=ts, **parts[0].payload())
                 )
             except AdapterError as exc:
+                if exc.retry_after is not None:
+                    raise  # the same edit, after the pause: a new message would be a copy
                 log.info("slack.keyed_update_failed", key=key, error=str(exc))
             else:
                 self._keyed.move_to_end(key)
@@ -442,7 +444,9 @@ class SlackAdapter:
         try:
             return await call
         except SlackApiError as exc:
-            raise AdapterError(f"slack: {method} failed: {_error_code(exc)}") from exc
+            raise AdapterError(
+                f"slack: {method} failed: {_error_code(exc)}", retry_after=_retry_after(exc)
+            ) from exc
         except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AdapterError(
                 f"slack: {method} failed: cannot reach {self._section.api_url} "
@@ -599,6 +603,20 @@ def plain_text(text: str) -> str:
         return text
     unlinked = _LINK.sub(link, text)
     return unlinked.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _retry_after(exc: SlackApiError) -> float | None:
+    """Seconds Slack asked to wait, when it refused for its rate limit (HTTP 429, after
+    the SDK's own retries ran out)."""
+    response = exc.response
+    if getattr(response, "status_code", None) != 429:
+        return None
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("retry-after") or "1"
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0
 
 
 def _text(mapping: Any, key: str) -> str:

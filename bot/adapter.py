@@ -23,7 +23,13 @@ MessageHandler = Callable[[Message], Awaitable[Reply | None]]
 
 
 class AdapterError(OpsbotError):
-    """An adapter could not start or lost its platform; the message is for the operator."""
+    """An adapter could not start or lost its platform; the message is for the operator.
+    ``retry_after``: the platform refused for its rate limit and said how many seconds to
+    wait (the outbox pauses the destination that long before trying again)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Adapter(Protocol):

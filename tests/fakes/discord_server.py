@@ -25,6 +25,20 @@ with an error (a 429 carries ``Via`` and ``retry_after``, as Discord's do);
 
 JSON answers carry ``Content-Type: application/json`` exactly: discord.py reads anything
 else as text.
+
+``enforce_limits()`` turns on Discord's message limit, off by default: POST
+/channels/{id}/messages gets at most 5 messages in any 5 seconds per channel (a sliding
+window on the fake's own clock, ``time.monotonic``: stricter than Discord's own buckets,
+which reset all at once). Every answer to it then carries the headers discord.py's
+HTTPClient reads (``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``, ``-Reset-After``,
+``-Bucket``). ``Reset``/``Reset-After`` say when the whole window is free again (rounded up
+to the millisecond), because discord.py then sets ``remaining`` back to the full limit: a
+client that honours them never gets a 429. A message over the limit is refused as
+Discord does: HTTP 429 with ``Retry-After`` (whole seconds, at least 1), ``Via`` (without
+it discord.py takes the 429 for a Cloudflare ban), ``X-RateLimit-Scope: user`` and
+``{"message": "You are being rate limited.", "retry_after": x, "global": false}``, x the
+seconds until the oldest message leaves the window; it is recorded in ``calls`` with
+status 429, never in ``messages``, and counted in ``rate_limited``.
 """
 
 from __future__ import annotations
@@ -32,8 +46,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +68,7 @@ TOKEN = "fake-discord-token"
 _API = "/api/v10"
 _EPHEMERAL = 64
 _MESSAGE_CONTENT = 1 << 15
+_MESSAGES_BUCKET = "f4ke0000c0ffee00messages"  # X-RateLimit-Bucket of channel messages
 
 
 @dataclass
@@ -104,6 +121,35 @@ class _Failure:
     remaining: int
 
 
+class SlidingWindow:
+    """At most ``count`` admissions in any ``seconds``, per key, on the fake's clock."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        self.count = count
+        self.seconds = seconds
+        self._times: dict[str, deque[float]] = {}
+
+    def admit(self, key: str) -> tuple[bool, dict[str, str], float]:
+        """(admitted, the rate-limit headers, seconds until the next admission)."""
+        now = time.monotonic()
+        times = self._times.setdefault(key, deque())
+        while times and times[0] <= now - self.seconds:
+            times.popleft()
+        admitted = len(times) < self.count
+        if admitted:
+            times.append(now)
+        free_in = times[-1] + self.seconds - now if times else 0.0  # the whole window
+        reset_after = math.ceil(free_in * 1000) / 1000
+        headers = {
+            "X-RateLimit-Limit": str(self.count),
+            "X-RateLimit-Remaining": str(self.count - len(times)),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": _MESSAGES_BUCKET,
+        }
+        return admitted, headers, 0.0 if admitted else times[0] + self.seconds - now
+
+
 class FakeDiscord:
     def __init__(self, *, token: str = TOKEN) -> None:
         self.token = token
@@ -116,6 +162,8 @@ class FakeDiscord:
         # The Message Content intent is not enabled for the app: IDENTIFY is refused (4014).
         self.refuse_message_content = False
         self.silent = False  # never answer IDENTIFY (a gateway that hangs)
+        self.rate_limited = 0  # channel messages refused by enforce_limits()
+        self._window: SlidingWindow | None = None
         self._ids = itertools.count(500_000_000_000_000_001)
         self._seq = 0
         self._session = "fake-session-0"
@@ -283,6 +331,12 @@ class FakeDiscord:
         """Answer the next ``times`` requests whose path (after /api/v10) matches with
         ``status``; a 429 as Discord sends it (Via header, retry_after in the body)."""
         self._failures.append(_Failure(method, re.compile(path_regex), status, retry_after, times))
+
+    def enforce_limits(self, *, count: int = 5, seconds: float = 5.0) -> None:
+        """Refuse channel messages beyond ``count`` in any ``seconds`` per channel with a
+        429, with discord.py's rate-limit headers on every answer (see the module
+        docstring)."""
+        self._window = SlidingWindow(count, seconds)
 
     async def drop_gateway(self) -> None:
         """Close the gateway websocket from the server side, as a network blip would."""
@@ -583,7 +637,7 @@ class FakeDiscord:
         return [
             ("GET", r"/users/@me", lambda m, b: _json(_user(BOT_ID, bot=True))),
             ("GET", r"/oauth2/applications/@me", lambda m, b: _json(self._application())),
-            ("POST", r"/channels/(\d+)/messages", lambda m, b: _json(self._store(m[1], b))),
+            ("POST", r"/channels/(\d+)/messages", lambda m, b: self._create(m[1], b)),
             ("PATCH", r"/channels/(\d+)/messages/(\d+)", lambda m, b: self._edit(m[2], b)),
             ("DELETE", r"/channels/(\d+)/messages/(\d+)", deleted),
             ("POST", r"/interactions/(\d+)/([^/]+)/callback", lambda m, b: self._callback(m[1], b)),
@@ -608,6 +662,26 @@ class FakeDiscord:
                 ),
             ),
         ]
+
+    def _create(self, channel: str, body: dict[str, Any]) -> web.Response:
+        """A channel message, within the channel's limit when limits are enforced."""
+        if self._window is None:
+            return _json(self._store(channel, body))
+        admitted, headers, retry_after = self._window.admit(channel)
+        if admitted:
+            return _json(self._store(channel, body), headers=headers)
+        self.rate_limited += 1
+        retry_after = math.ceil(retry_after * 1000) / 1000
+        return _json(
+            {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+            status=429,
+            headers={
+                **headers,
+                "Retry-After": str(max(1, math.ceil(retry_after))),
+                "X-RateLimit-Scope": "user",
+                "Via": "1.1 google",
+            },
+        )
 
     def _callback(self, interaction_id: str, body: dict[str, Any]) -> web.Response:
         if interaction_id in self._acked:

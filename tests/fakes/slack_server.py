@@ -9,6 +9,15 @@ the Socket Mode websocket, recording everything the adapter sends.
 
 The real slack-bolt / slack_sdk code talks to it exactly as to Slack (see
 /work/shared/reference/platforms.md for the protocol facts it imitates).
+
+``enforce_limits()`` turns on Slack's posting limit, off by default: chat.postMessage
+gets at most 1 message per second per channel (a thread shares its channel's limit),
+with a burst of 3 (Slack: "short bursts >1 allowed", amount undocumented). It is a token
+bucket on the fake's own clock (``time.monotonic``): 3 tokens, one back per second. A
+post without a token is refused as Slack does: HTTP 429, ``Retry-After`` (whole
+seconds until a token is back, at least 1), body ``{"ok": false, "error": "ratelimited"}``;
+it is recorded in ``calls`` with status 429, never in ``messages``, and counted in
+``rate_limited``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +38,25 @@ T = TypeVar("T")
 
 TEAM_ID = "T0TEAM0001"
 BOT_USER_ID = "U0OPSBOT01"
+
+
+class TokenBucket:
+    """``capacity`` tokens, ``rate`` of them back per second, on the fake's clock."""
+
+    def __init__(self, capacity: float, rate: float, now: float) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self._at = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0: there is one now)."""
+        self.tokens = min(self.capacity, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def take(self) -> None:
+        self.tokens -= 1
 
 
 @dataclass
@@ -98,6 +127,9 @@ class FakeSlack:
         self._ack_futures: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._answer_futures: dict[str, asyncio.Future[Response]] = {}
         self.connections = 0  # websockets accepted so far
+        self.rate_limited = 0  # chat.postMessage calls refused by enforce_limits()
+        self._per_channel: tuple[float, float] | None = None  # (burst, per second)
+        self._buckets: dict[str, TokenBucket] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._transports: dict[int, asyncio.BaseTransport | None] = {}
         self._failures: dict[str, list[tuple[int, dict[str, str]]]] = {}
@@ -153,6 +185,12 @@ class FakeSlack:
         return "\n".join(lines) + "\n"
 
     # -- scripting ------------------------------------------------------------------
+
+    def enforce_limits(self, *, per_second: float = 1.0, burst: float = 3) -> None:
+        """Refuse chat.postMessage beyond ``per_second`` per channel (after a ``burst``)
+        with a 429, as Slack does (see the module docstring)."""
+        self._per_channel = (burst, per_second)
+        self._buckets.clear()
 
     def fail_next(
         self, method: str, status: int = 429, headers: dict[str, str] | None = None
@@ -397,6 +435,15 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=status, headers=headers
             )
+        if method == "chat.postMessage" and token == self.bot_token:
+            retry_after = self._throttle(str(params.get("channel", "")))
+            if retry_after is not None:
+                await self._record(Call(method, params, token, 429))
+                return web.json_response(
+                    {"ok": False, "error": "ratelimited"},
+                    status=429,
+                    headers={"Retry-After": str(retry_after)},
+                )
         await self._record(Call(method, params, token, 200))
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
@@ -484,6 +531,22 @@ class FakeSlack:
         return ws
 
     # -- bookkeeping ------------------------------------------------------------------
+
+    def _throttle(self, channel: str) -> int | None:
+        """None: the post may go out (its token is taken); else whole seconds to wait."""
+        if self._per_channel is None:
+            return None
+        now = time.monotonic()
+        bucket = self._buckets.get(channel)
+        if bucket is None:
+            burst, rate = self._per_channel
+            bucket = self._buckets[channel] = TokenBucket(burst, rate, now)
+        wait = bucket.wait(now)
+        if wait > 0:
+            self.rate_limited += 1
+            return max(1, math.ceil(wait))
+        bucket.take()
+        return None
 
     def _new_response_url(self, channel: str, message_ts: str | None) -> str:
         url_id = f"r{next(self._ids)}"

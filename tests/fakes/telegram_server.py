@@ -13,6 +13,17 @@ token (401), HTML it cannot parse and text over 4096 characters (400), callback_
 64 bytes and alerts over 200 characters (400). ``fail_next`` injects failures (a 429 with
 ``retry_after``, a 502, a dropped connection); ``redeliver`` hands out an update again
 whatever the offset, as Telegram does when it was not confirmed.
+
+``enforce_limits()`` turns on the Bot API FAQ's limits for sendMessage, off by default:
+1 message per second per chat (a burst of 3 allowed: "short bursts" are, amount
+undocumented), 20 per minute per group chat (a negative chat id or an @name, on top) and
+30 per second overall. Each is a token bucket on the fake's own clock
+(``time.monotonic``) holding its count (3, 20, 30) and refilling at its rate (the model
+PTB's AIORateLimiter uses). A message goes out only when every bucket it falls under has
+a token; otherwise it is refused as Telegram does (HTTP 429, ``Too Many Requests: retry
+after N`` with ``parameters.retry_after`` = N, whole seconds until every bucket has a
+token again, at least 1), recorded in ``calls`` with status 429, never stored as a
+message, and counted in ``rate_limited``.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import contextlib
 import html
 import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -165,8 +177,10 @@ class FakeTelegram:
     webhook: dict[str, Any] | None = None
     handed_at: dict[int, float] = field(default_factory=dict)  # update_id -> given out
     on_call: Callable[[Call], None] | None = None  # the bench's hook
+    rate_limited: int = 0  # sendMessage calls refused by enforce_limits()
 
     def __post_init__(self) -> None:
+        self._limiter: _Limiter | None = None
         self._pending: list[dict[str, Any]] = []
         self._forced: list[dict[str, Any]] = []
         self._failures: dict[str, list[_Failure]] = {}
@@ -303,6 +317,11 @@ class FakeTelegram:
         failures = self._failures.setdefault(method, [])
         failures.extend(_Failure(status, body, drop) for _ in range(times))
 
+    def enforce_limits(self, limits: Limits | None = None) -> None:
+        """Refuse sendMessage beyond Telegram's limits (``Limits()``: the FAQ's) with a
+        429, as Telegram does (see the module docstring)."""
+        self._limiter = _Limiter(limits or Limits())
+
     def calls_of(self, method: str, *, ok: bool = True) -> list[Call]:
         return [c for c in self.calls if c.method == method and (c.status == 200 or not ok)]
 
@@ -352,6 +371,19 @@ class FakeTelegram:
                 request.transport.close()
                 raise asyncio.CancelledError  # aiohttp stops handling the closed request
             return web.json_response(failure.body, status=failure.status)
+        if method == "sendMessage" and self._limiter is not None:
+            retry_after = self._limiter.admit(str(params.get("chat_id", "")))
+            if retry_after is not None:
+                self.rate_limited += 1
+                return self._record(
+                    method,
+                    params,
+                    429,
+                    {
+                        "description": f"Too Many Requests: retry after {retry_after}",
+                        "parameters": {"retry_after": retry_after},
+                    },
+                )
         if method == "getUpdates":
             result: Any = await self._get_updates(params)
         else:
@@ -516,6 +548,66 @@ class FakeTelegram:
 
 class _ApiError(Exception):
     pass
+
+
+class TokenBucket:
+    """``capacity`` tokens, ``rate`` of them back per second, on the fake's clock."""
+
+    def __init__(self, capacity: float, rate: float, now: float) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self._at = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0: there is one now)."""
+        self.tokens = min(self.capacity, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def take(self) -> None:
+        self.tokens -= 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Telegram's sendMessage limits as (count, seconds): burst and pace of each bucket."""
+
+    per_chat: tuple[float, float] = (3, 3.0)  # 1/s with a burst of 3
+    per_group: tuple[float, float] = (20, 60.0)
+    overall: tuple[float, float] = (30, 1.0)
+
+
+class _Limiter:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def admit(self, chat_id: str) -> int | None:
+        """None: the message may go out (a token is taken from each of its buckets);
+        else the whole seconds to wait."""
+        now = time.monotonic()
+        names = [("overall", ""), ("chat", chat_id)]
+        if chat_id.startswith(("-", "@")):
+            names.append(("group", chat_id))
+        buckets = [self._bucket(name, now) for name in names]
+        wait = max(bucket.wait(now) for bucket in buckets)
+        if wait > 0:
+            return max(1, math.ceil(wait))
+        for bucket in buckets:
+            bucket.take()
+        return None
+
+    def _bucket(self, name: tuple[str, str], now: float) -> TokenBucket:
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            count, seconds = {
+                "overall": self.limits.overall,
+                "chat": self.limits.per_chat,
+                "group": self.limits.per_group,
+            }[name[0]]
+            bucket = self._buckets[name] = TokenBucket(count, count / seconds, now)
+        return bucket
 
 
 def _decode(form: Any) -> dict[str, Any]:
