@@ -4,35 +4,18 @@ event runs once, whichever replica each delivery reaches."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from bot.auditlog import upgrade
 from bot.message import Message
 from tests.actionkit import Scripts, actions_config, approval_id
-from tests.auditlog_helpers import pg_database
-from tests.botharness import TestBot, running_bot
+from tests.botharness import running_bot
 from tests.infra import redis_url
+from tests.replicas import two_replicas
 
 pytestmark = pytest.mark.postgres
-
-
-@contextlib.asynccontextmanager
-async def two_replicas(config: str, tmp_path: Path) -> AsyncIterator[tuple[TestBot, TestBot]]:
-    async with pg_database() as url:
-        await upgrade(url)
-        text = config + f'\n[audit]\ndatabase_url = "{url}"\n'
-        first = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "one"', 1)
-        second = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "two"', 1)
-        async with (
-            running_bot(first, data_dir=tmp_path / "one") as one,
-            running_bot(second, data_dir=tmp_path / "two") as two,
-        ):
-            yield one, two
 
 
 async def test_two_approvers_on_two_replicas_run_the_action_once(

@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.auditlog import upgrade
 from bot.render import render_text
-from tests.auditlog_helpers import pg_database
-from tests.botharness import BASE_CONFIG, TestBot, running_bot
+from tests.botharness import BASE_CONFIG, TestBot
 from tests.httpfakes import Route, serve
 from tests.infra import redis_url
+from tests.replicas import two_replicas
 from tests.test_alerts import ALERTS, AUTH, am_alert, webhook
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -30,21 +29,17 @@ roles = ["oncall"]
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(
+async def two_serving(
     config: str, tmp_path: Path
 ) -> AsyncIterator[tuple[tuple[TestBot, httpx.AsyncClient], tuple[TestBot, httpx.AsyncClient]]]:
-    async with pg_database() as url:
-        await upgrade(url)
-        text = config + f'\n[audit]\ndatabase_url = "{url}"\n[state]\nredis_url = "{redis_url()}"\n'
-        first = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "one"', 1)
-        second = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "two"', 1)
-        async with (
-            running_bot(first, data_dir=tmp_path / "one", serve_http=True) as one,
-            running_bot(second, data_dir=tmp_path / "two", serve_http=True) as two,
-            _client(one) as client_one,
-            _client(two) as client_two,
-        ):
-            yield (one, client_one), (two, client_two)
+    """Two replicas with their HTTP servers and a client on each, Redis for dedup."""
+    extra = f'[state]\nredis_url = "{redis_url()}"\n'
+    async with (
+        two_replicas(config, tmp_path, extra=extra, serve_http=True) as (one, two),
+        _client(one) as client_one,
+        _client(two) as client_two,
+    ):
+        yield (one, client_one), (two, client_two)
 
 
 def _client(tb: TestBot) -> httpx.AsyncClient:
@@ -61,7 +56,7 @@ async def posts(*bots: TestBot) -> list[str]:
 async def test_an_alert_delivered_to_both_replicas_is_posted_once(tmp_path: Path) -> None:
     name = f"Disk{uuid.uuid4().hex[:8]}"  # Redis outlives the test: a name of its own
     body = webhook(am_alert(name, severity="critical", fp=f"fp-{name}"), group=f"g-{name}")
-    async with two_replicas(BASE_CONFIG + ALERTS, tmp_path) as ((one, c1), (two, c2)):
+    async with two_serving(BASE_CONFIG + ALERTS, tmp_path) as ((one, c1), (two, c2)):
         answers = await asyncio.gather(
             c1.post("/alerts/alertmanager", json=body, headers=AUTH),
             c2.post("/alerts/alertmanager", json=body, headers=AUTH),
@@ -96,7 +91,7 @@ critical = 90
 interval = "1h"
 """
         )
-        async with two_replicas(config, tmp_path) as ((one, _), (two, _)):
+        async with two_serving(config, tmp_path) as ((one, _), (two, _)):
             await asyncio.gather(
                 one.exec(f"/checks now {check}", as_="bob"),
                 two.exec(f"/checks now {check}", as_="bob"),

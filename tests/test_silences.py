@@ -6,10 +6,8 @@ cache time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from bot.auditlog import upgrade
 from bot.errors import DependencyError
 from bot.silences import (
     MAX_DURATION,
@@ -28,8 +25,8 @@ from bot.silences import (
     SilenceStore,
     check_silence,
 )
-from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
+from tests.replicas import two_replicas
 
 TOKEN = "s3cret-silences-token"
 
@@ -383,25 +380,11 @@ async def test_bad_silences_get_the_usage_line(text: str, problem: str) -> None:
 # ---------------------------------------------------------------------- replicas
 
 
-@contextlib.asynccontextmanager
-async def two_replicas(tmp_path: Path) -> AsyncIterator[tuple[TestBot, TestBot]]:
-    async with pg_database() as url:
-        await upgrade(url)
-        text = CONFIG + f'\n[audit]\ndatabase_url = "{url}"\n'
-        first = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "one"', 1)
-        second = text.replace('name = "opsbot"', 'name = "opsbot"\nreplica_id = "two"', 1)
-        async with (
-            running_bot(first, data_dir=tmp_path / "one") as one,
-            running_bot(second, data_dir=tmp_path / "two") as two,
-        ):
-            yield one, two
-
-
 @pytest.mark.postgres
 async def test_a_silence_made_on_one_replica_mutes_on_the_other_within_seconds(
     tmp_path: Path,
 ) -> None:
-    async with two_replicas(tmp_path) as (one, two):
+    async with two_replicas(CONFIG, tmp_path) as (one, two):
         assert await two.bot.silences.muting(DB1) is None  # its cache is filled now
         sid = silence_id(await one.exec("/silence alertname=DiskFull 1h", as_="bob"))
         assert sid in await two.exec("/silences", as_="bob")  # the listing reads the database
