@@ -7,6 +7,8 @@ replicas answering one platform), for ``state.dedup_window``.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -33,26 +35,82 @@ class EventDedup(Protocol):
 
 
 class DatabaseDedup:
-    def __init__(self, database: StateDatabase, window: timedelta) -> None:
+    """Claims in the ``delivered_events`` table, written as a group: the claims that
+    arrive while one transaction runs go together in the next (one multi-row
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so a burst of mutating commands
+    costs a transaction per batch, not one each (SQLite takes one writer at a time)."""
+
+    def __init__(self, database: StateDatabase, window: timedelta, batch: int = 500) -> None:
         self._db = database
         self._window = window
+        self._batch = batch
         self._claims = 0
+        self._pending: list[tuple[str, str, datetime, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
+        claim: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((platform, event_id, now, claim))
+        if self._writer is None:
+            # A fresh context: the writer serves many requests, not the one that woke it.
+            self._writer = asyncio.create_task(
+                self._write(), name="dedup-claims", context=contextvars.Context()
+            )
+        return await claim
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+                try:
+                    won = await self._claim(batch)
+                except Exception as exc:
+                    failure = (
+                        exc
+                        if isinstance(exc, DependencyError)
+                        else DependencyError("state database", f"claim failed ({exc})", exc)
+                    )
+                    for *_, claim in batch:
+                        if not claim.done():
+                            claim.set_exception(failure)
+                    continue
+                seen: set[tuple[str, str]] = set()
+                for platform, event_id, _, claim in batch:
+                    key = (platform, event_id)
+                    first = key in won and key not in seen  # a repeat within the batch
+                    seen.add(key)
+                    if not claim.done():
+                        claim.set_result(first)
+        finally:
+            self._writer = None
+
+    async def _claim(
+        self, batch: list[tuple[str, str, datetime, asyncio.Future[bool]]]
+    ) -> set[tuple[str, str]]:
+        rows = {
+            (platform, event_id): {"platform": platform, "event_id": event_id, "at": now}
+            for platform, event_id, now, _ in batch
+        }
+        newest = max(now for _, _, now, _ in batch)
         async with self._db.transaction() as conn:
-            values = {"platform": platform, "event_id": event_id, "at": now}
             insert = (
                 postgresql.insert(delivered_events)
                 if conn.dialect.name == "postgresql"
                 else sqlite.insert(delivered_events)
             )
-            result = await conn.execute(insert.values(**values).on_conflict_do_nothing())
-            self._claims += 1
-            if self._claims % _PRUNE_EVERY == 0:
+            result = await conn.execute(
+                insert.values(list(rows.values()))
+                .on_conflict_do_nothing()
+                .returning(delivered_events.c.platform, delivered_events.c.event_id)
+            )
+            won = {(row.platform, row.event_id) for row in result}
+            before = self._claims // _PRUNE_EVERY
+            self._claims += len(rows)
+            if self._claims // _PRUNE_EVERY != before:
                 await conn.execute(
-                    sa.delete(delivered_events).where(delivered_events.c.at < now - self._window)
+                    sa.delete(delivered_events).where(delivered_events.c.at < newest - self._window)
                 )
-        return bool(result.rowcount == 1)
+        return won
 
 
 class RedisDedup:
