@@ -13,22 +13,33 @@ async def run(ctx: Context, _: NoArgs) -> Reply:
     if not active:
         return Reply(title="No alerts firing", status=Status.OK)
     now = ctx.tools.clock.now()
-    rows = tuple(
-        (
-            a.id,
-            a.name,
-            a.severity or "-",
-            f"{a.since:%Y-%m-%d %H:%M} UTC ({format_duration(max(now - a.since, now - now))} ago)",
-            a.acked_by or "-",
+    rows = []
+    silenced = 0
+    for a in active:
+        silence = await ctx.tools.silences.muting(a.labels)
+        silenced += silence is not None
+        rows.append(
+            (
+                a.id,
+                a.name,
+                a.severity or "-",
+                f"{a.since:%Y-%m-%d %H:%M} UTC "
+                f"({format_duration(max(now - a.since, now - now))} ago)",
+                a.acked_by or "-",
+                f"silenced ({silence.id})"
+                if silence
+                else ("check" if a.source == "check" else "-"),
+            )
         )
-        for a in active
-    )
     acked = sum(1 for a in active if a.acked_by)
+    title = f"{len(active)} alert(s) firing, {acked} acknowledged"
+    if silenced:
+        title += f", {silenced} silenced"
     return Reply(
-        title=f"{len(active)} alert(s) firing, {acked} acknowledged",
+        title=title,
         status=Status.WARNING,
         text="/ack <id> acknowledges one.",
-        table=Table(("id", "alert", "severity", "since", "acked by"), rows),
+        table=Table(("id", "alert", "severity", "since", "acked by", "note"), tuple(rows)),
     )
 
 
