@@ -54,7 +54,8 @@ log = structlog.get_logger("opsbot.discord")
 
 PLATFORM = "discord"
 # What a REST call can fail with once discord.py has retried what it retries.
-SEND_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError)
+SEND_ERRORS = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError)
+MAX_RATELIMIT_WAIT_S = 30.0
 POSTED_KEYS = 1000  # messages remembered for edits by key (job progress)
 
 
@@ -191,6 +192,10 @@ class DiscordAdapter:
             max_messages=None,  # no message cache: everything needed is in each event
             # Replies are embeds and never ping anyone but the person answered.
             allowed_mentions=discord.AllowedMentions.none(),
+            # A longer wait than this raises RateLimited instead of holding a post (and
+            # the outbox lane behind it) for as long as Discord asks: the outbox pauses
+            # the channel and the other channels keep going.
+            max_ratelimit_timeout=MAX_RATELIMIT_WAIT_S,
         )
 
         @client.event
@@ -500,7 +505,10 @@ def _parent_of(channel: object) -> str | None:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    """Seconds Discord asked to wait when it refused for its rate limit (HTTP 429)."""
+    """Seconds Discord asked to wait when it refused for its rate limit (HTTP 429), or
+    when discord.py would have waited longer than ``MAX_RATELIMIT_WAIT_S``."""
+    if isinstance(exc, discord.RateLimited):
+        return float(exc.retry_after)
     if not isinstance(exc, discord.HTTPException) or exc.status != 429:
         return None
     value = exc.response.headers.get("Retry-After", "1") if exc.response is not None else "1"

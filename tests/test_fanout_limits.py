@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from adapters.discord import DiscordAdapter
 from adapters.slack import SlackAdapter
@@ -262,3 +263,25 @@ async def test_a_429_the_libraries_gave_up_on_pauses_the_destination_as_told(
     assert len([c for c in discord_calls if c.status == 200]) == 1
     refused = [c for c in discord_calls if c.status == 429]
     assert discord_calls[len(refused)].at - refused[-1].at >= 1.9
+
+
+async def test_a_long_discord_rate_limit_pauses_the_channel_not_the_post(tmp_path: Path) -> None:
+    """Discord asking for more than MAX_RATELIMIT_WAIT_S: discord.py raises instead of
+    sleeping inside post(), and the outbox pauses that channel for as long as asked while
+    the other channels keep going."""
+    async with fakes_and_outbox(tmp_path) as (outbox, store, _slack, _telegram, discord):
+        slow, other = DISCORD_CHANNELS[0], DISCORD_CHANNELS[1]
+        discord.fail_next("POST", rf"/channels/{slow}/messages", retry_after=45.0)
+        with capture_logs() as logs:
+            await outbox.post(Destination("discord", slow, None, GUILD_ID), Reply(title="A"))
+            await outbox.post(Destination("discord", other, None, GUILD_ID), Reply(title="B"))
+            await discord.wait_call("POST", f"/channels/{slow}/messages", status=429)
+            await discord.wait_call("POST", f"/channels/{other}/messages")
+            assert await outbox.drain(1.0) is False  # A waits out its 45 s
+        delivered = _received_discord(discord)
+        queued = await store.count(RowState.QUEUED)
+    retry = next(e for e in logs if e["event"] == "outbox.retry")
+    assert retry["retry_in_s"] >= 45, retry
+    assert "rate limited" in retry["error"]
+    assert [text.split()[-1] for _, text in delivered] == ["B"]
+    assert queued == 1
