@@ -258,7 +258,7 @@ class AlertIntake:
     ) -> tuple[bool, ActiveAlert | None]:
         """Record the alert on the board; True when it should be posted, with what the
         board knew of it."""
-        self._count("received", alert.status)
+        self.count("inbound", "received", alert.status)
         if alert.status == "resolved":
             known = await self.board.resolve(alert.fingerprint)
             if known is not None and known.last_posted_at is None:
@@ -279,14 +279,30 @@ class AlertIntake:
             )
             if known.acked_by is not None:
                 return False, known  # acknowledged: someone is on it, no more reminders
-        # Silences first: a muted alert was not posted, so it must stay news for later.
-        if alert.status == "firing" and await self.muted(alert.labels):
-            self._count("silenced", alert.status)
-            log.info("alerts.silenced", alert=alert.name, id=alert.id)
-            return False, known
-        if not await self._dedup.fresh(alert.fingerprint, alert.status, now):
-            return False, known
-        return True, known
+        labels = alert.labels if alert.status == "firing" else None
+        return await self.newsworthy(alert.fingerprint, alert.status, now, labels=labels), known
+
+    async def newsworthy(
+        self,
+        fingerprint: str,
+        status: str,
+        now: datetime,
+        *,
+        labels: Mapping[str, str] | None = None,
+        source: str = "inbound",
+    ) -> bool:
+        """True (and remembered) when posting ``status`` for this alert is news: no silence
+        mutes ``labels`` (not asked when None) and the same status was not posted within
+        the dedup window. Silences are asked first: a muted alert was not posted, so it
+        must still be news when the silence ends."""
+        if labels is not None and await self.muted(labels):
+            self.count(source, "silenced", status)
+            log.info("alerts.silenced", fingerprint=fingerprint, status=status, source=source)
+            return False
+        if not await self._dedup.fresh(fingerprint, status, now):
+            log.debug("alerts.duplicate", fingerprint=fingerprint, status=status, source=source)
+            return False
+        return True
 
     async def _post_group(
         self,
@@ -311,7 +327,7 @@ class AlertIntake:
         if firing:
             await self.board.posted([a.fingerprint for a in firing], now, key=announce_key)
         for alert in (*firing, *(a for alerts in resolved.values() for a in alerts)):
-            self._count("posted", alert.status)
+            self.count("inbound", "posted", alert.status)
         log.info(
             "alerts.posted",
             group=group.key,
@@ -347,7 +363,8 @@ class AlertIntake:
                 title=reply.title,
             )
 
-    def _count(self, event: str, status: str, source: str = "inbound") -> None:
+    def count(self, source: str, event: str, status: str) -> None:
+        """``opsbot_alert_events_total``: alerts received, posted, silenced."""
         if self._metrics is not None:
             self._metrics.alert_events.labels(source, event, status).inc()
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bot.alertboard import ActiveAlert, AlertBoard, AlertDedup
+from bot.alertboard import ActiveAlert, AlertBoard
 from bot.alerts import short_id
 from bot.clock import Clock
 from bot.config.checks import CheckConfig, CheckKind, OnError
@@ -249,7 +249,6 @@ class Checks:
         *,
         scheduler: Scheduler,
         board: AlertBoard,
-        dedup: AlertDedup,
         intake: AlertIntake,
         measurer: Measurer,
         metrics: Metrics,
@@ -259,7 +258,6 @@ class Checks:
         self._checks = {check.name: check for check in config.checks}
         self._scheduler = scheduler
         self._board = board
-        self._dedup = dedup
         self._intake = intake
         self._measurer = measurer
         self._metrics = metrics
@@ -350,14 +348,18 @@ class Checks:
         )
         was = _level_of(known)
         log.info("check.fired", check=check.name, level=reading.level.name, was=was.name)
-        if not await self._news(check, reading.level.severity, labels, now):
+        status = reading.level.severity
+        if not await self._intake.newsworthy(
+            alert.fingerprint, status, now, labels=labels, source=SOURCE
+        ):
             return
         if was is Level.OK:
             title = f"{reading.level.severity.upper()}: {check.name}"
         else:
             title = f"{reading.level.severity.upper()} (was {was.severity}): {check.name}"
         key = f"check:{check.name}:{secrets.token_hex(4)}"
-        if await self._post(check, labels, _alert_reply(title, check, alert, reading, now), key):
+        reply = _alert_reply(title, check, alert, reading, now)
+        if await self._post(check, labels, reply, key, status):
             await self._board.posted([alert.fingerprint], now, key=key)
 
     async def _remind(
@@ -365,18 +367,18 @@ class Checks:
     ) -> None:
         if known.acked_by is not None:
             return
-        if known.last_posted_at is not None and now - known.last_posted_at < check.repeat:
+        labels, status = self.labels(check, reading.level), reading.level.severity
+        if known.last_posted_at is None:
+            # Never announced (it was silenced, or the post failed): say it if it is news.
+            if not await self._intake.newsworthy(
+                known.fingerprint, status, now, labels=labels, source=SOURCE
+            ):
+                return
+        elif now - known.last_posted_at < check.repeat or await self._intake.muted(labels):
             return
-        labels = self.labels(check, reading.level)
-        if known.last_posted_at is None and not await self._news(
-            check, reading.level.severity, labels, now
-        ):
-            return  # never announced (it was silenced, or the post failed) and still news
-        if known.last_posted_at is not None and await self._intake.muted(labels):
-            return
-        title = f"STILL {reading.level.severity.upper()}: {check.name}"
+        title = f"STILL {status.upper()}: {check.name}"
         reply = _alert_reply(title, check, known, reading, now)
-        if await self._post(check, labels, reply, None):
+        if await self._post(check, labels, reply, None, status):
             # A reminder keeps the announcement's key: the resolution edits that message.
             await self._board.posted([known.fingerprint], now)
 
@@ -387,7 +389,7 @@ class Checks:
         log.info("check.resolved", check=check.name, was=known.severity)
         if known.last_posted_at is None:
             return  # never announced: nothing to take back
-        if not await self._dedup.fresh(known.fingerprint, "resolved", now):
+        if not await self._intake.newsworthy(known.fingerprint, "resolved", now, source=SOURCE):
             return
         lasted = format_duration(max(now - known.since, now - now))
         reply = Reply(
@@ -396,29 +398,21 @@ class Checks:
             text=f"was {known.severity} for {lasted}; now {reading.detail}",
             fields=(Field("id", known.id),),
         )
-        await self._post(check, known.labels, reply, known.post_key)
-
-    async def _news(
-        self, check: CheckConfig, status: str, labels: Mapping[str, str], now: datetime
-    ) -> bool:
-        # Silences first: a muted state was not posted, so it must stay news for later.
-        if await self._intake.muted(labels):
-            log.info("check.silenced", check=check.name, status=status)
-            self._metrics.alert_events.labels(SOURCE, "silenced", status).inc()
-            return False
-        if not await self._dedup.fresh(fingerprint(check.name), status, now):
-            log.info("check.duplicate", check=check.name, status=status)
-            return False
-        return True
+        await self._post(check, known.labels, reply, known.post_key, "resolved")
 
     async def _post(
-        self, check: CheckConfig, labels: Mapping[str, str], reply: Reply, key: str | None
+        self,
+        check: CheckConfig,
+        labels: Mapping[str, str],
+        reply: Reply,
+        key: str | None,
+        status: str,
     ) -> bool:
         channels = list(check.channels) or self._intake.channels_for(labels)
         await self._scheduler.confirm_leadership()
         posted = await self._intake.post_to(channels, [(reply, key)], what=check.name)
         if posted:
-            self._metrics.alert_events.labels(SOURCE, "posted", reply.status.value).inc()
+            self._intake.count(SOURCE, "posted", status)
         return posted
 
     def labels(self, check: CheckConfig, level: Level) -> dict[str, str]:

@@ -118,7 +118,6 @@ class Bot:
             config,
             scheduler=self.scheduler,
             board=self.alert_board,
-            dedup=self.alert_dedup,
             intake=self.alert_intake,
             measurer=Measurer(config, self.http_clients, self.redis_clients),
             metrics=self.metrics,
