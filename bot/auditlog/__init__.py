@@ -9,10 +9,33 @@ result = await store.verify()        # the first edited/deleted/reordered row, i
 await store.close()
 """
 
+from typing import TYPE_CHECKING, Any
+
 from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
-from bot.auditlog.migrate import check_schema, head_revision, upgrade
 from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json
-from bot.auditlog.store import AuditStore
+
+if TYPE_CHECKING:
+    from bot.auditlog.migrate import check_schema, head_revision, upgrade
+    from bot.auditlog.store import AuditStore
+
+# The store and the migrations (SQLAlchemy, Alembic, asyncpg) load on first use: the
+# SQLite writer process imports this package for the chain alone, and must start fast.
+_LAZY = {
+    "AuditStore": "bot.auditlog.store",
+    "check_schema": "bot.auditlog.migrate",
+    "head_revision": "bot.auditlog.migrate",
+    "upgrade": "bot.auditlog.migrate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bot.auditlog' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "GENESIS_HASH",

@@ -17,8 +17,12 @@ GENESIS_HASH = "0" * 64
 
 
 def entry_hash(prev_hash: str, entry: AuditEntry, seq: int) -> str:
-    data = f"{prev_hash}\n{seq}\n{entry.canonical()}"
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    return hash_of(prev_hash, seq, entry.canonical())
+
+
+def hash_of(prev_hash: str, seq: int, canonical: str) -> str:
+    """The hash of row ``seq`` whose entry's canonical form is ``canonical``."""
+    return hashlib.sha256(f"{prev_hash}\n{seq}\n{canonical}".encode()).hexdigest()
 
 
 def link(prev_hash: str, seq: int, entry: AuditEntry) -> StoredEntry:

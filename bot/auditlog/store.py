@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,15 +44,17 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
-from bot.auditlog.engine import SQLITE_BUSY_TIMEOUT_MS, begin_immediate, make_engine
-from bot.auditlog.record import AuditEntry, StoredEntry, canonical_json, format_at
+from bot.auditlog import rows as row_layout
+from bot.auditlog.chain import GENESIS_HASH, ChainVerifier, VerifyResult
+from bot.auditlog.engine import begin_immediate, make_engine
+from bot.auditlog.record import AuditEntry, StoredEntry, format_at
+from bot.auditlog.rows import COLUMNS, insert_sql, linked_rows
 from bot.auditlog.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
+from bot.auditlog.writer_process import SqliteWriterProcess
 from bot.clock import Clock, SystemClock
 from bot.errors import DependencyError, InternalError
 
 DEPENDENCY = "audit database"
-SQLITE_BUSY_S = SQLITE_BUSY_TIMEOUT_MS / 1000
 _PAGE = 2_000
 
 _log = structlog.get_logger("opsbot.auditlog")
@@ -130,7 +130,7 @@ class AuditStore:
         self._retry_max = retry_max
         self._clock = clock or SystemClock()
         self._engine: AsyncEngine | None = None
-        self._sqlite_writer: _SqliteBatchWriter | None = None
+        self._sqlite_writer: SqliteWriterProcess | None = None
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -145,7 +145,12 @@ class AuditStore:
             raise InternalError("AuditStore.start() called twice")
         self._engine = make_engine(self._url, schema=self._schema)
         if self._engine.dialect.name == "sqlite":
-            self._sqlite_writer = _SqliteBatchWriter(self._engine.url.database or "")
+            self._sqlite_writer = SqliteWriterProcess(self._engine.url.database or "")
+            try:
+                await self._sqlite_writer.start()
+            except (OSError, sqlite3.Error) as exc:
+                # Not fatal: the first batch retries, and spools if it still cannot write.
+                _log.warning("auditlog.writer_process_failed", error=str(exc))
         self._queue = asyncio.Queue(self._queue_size)
         # Entries left in the spool by an earlier run are sent first.
         self._spool_depth = len(await asyncio.to_thread(self._read_spool))
@@ -297,7 +302,7 @@ class AuditStore:
         if self._sqlite_writer is not None:
             await self._sqlite_writer.insert(entries)
             return
-        # PostgreSQL; SQLite batches go through _SqliteBatchWriter above.
+        # PostgreSQL; SQLite batches go to the writer process above.
         async with self._write_transaction() as conn:
             rows, seq, prev = _linked_rows(*await _lock_head(conn), entries, sqlite=False)
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
@@ -598,61 +603,6 @@ class AuditStore:
         return removed
 
 
-class _SqliteBatchWriter:
-    """The batch write on SQLite: one thread, one connection, one thread hop per batch.
-
-    Through SQLAlchemy and aiosqlite a batch took about fifteen hops between the event loop
-    and aiosqlite's thread (2 ms of CPU per commit, bench/audit.py); here the whole
-    transaction runs in one call, and sqlite3 releases the GIL while SQLite works.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditlog-sqlite")
-        self._conn: sqlite3.Connection | None = None
-
-    async def insert(self, entries: Sequence[AuditEntry]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._insert, entries)
-
-    async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            # Autocommit at the driver level: this code says BEGIN IMMEDIATE itself.
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=SQLITE_BUSY_S)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn = conn
-        return self._conn
-
-    def _insert(self, entries: Sequence[AuditEntry]) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")  # the write lock, before the head is read
-        try:
-            head = conn.execute(
-                "SELECT seq, hash FROM audit_chain_head WHERE id = ?", (HEAD_ID,)
-            ).fetchone()
-            rows, seq, prev = _linked_rows(*_head_values(head), entries, sqlite=True)
-            conn.executemany(_insert_sql("qmark"), rows)
-            conn.execute(
-                "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 class _WriteTransaction:
     """``async with``: a connection in a write transaction, committed on success."""
 
@@ -696,108 +646,37 @@ async def _read_head(conn: AsyncConnection, *, lock: bool = False) -> tuple[int,
     return _head_values((await conn.execute(query.with_for_update() if lock else query)).first())
 
 
-def _head_values(row: Any) -> tuple[int, str]:
-    if row is None:
+def _head_values(head: Any) -> tuple[int, str]:
+    if head is None:
         raise DependencyError(
             DEPENDENCY, "the audit chain head row is missing: run `opsbot db upgrade`"
         )
-    return int(row[0]), str(row[1])
+    return int(head[0]), str(head[1])
 
 
 def _linked_rows(
     seq: int, prev: str, entries: Sequence[AuditEntry], *, sqlite: bool
 ) -> tuple[list[tuple[Any, ...]], int, str]:
     """``entries`` chained after (``seq``, ``prev``): their rows, and the new head."""
-    rows = []
-    for entry in entries:
-        seq += 1
-        digest = entry_hash(prev, entry, seq)
-        rows.append(_row_tuple(seq, prev, digest, entry, sqlite=sqlite))
-        prev = digest
-    return rows, seq, prev
+    return linked_rows(
+        seq,
+        prev,
+        [e.values() for e in entries],
+        sqlite=sqlite,
+        canonicals=[e.canonical() for e in entries],
+    )
 
 
 _COLUMNS = tuple(column.name for column in audit_log.columns)
-# _row_tuple builds rows positionally, in this order.
-_ROW_ORDER = (
-    "seq",
-    "prev_hash",
-    "hash",
-    "request_id",
-    "at",
-    "stage",
-    "kind",
-    "platform",
-    "workspace",
-    "channel",
-    "thread",
-    "user_id",
-    "principal",
-    "command",
-    "raw_text",
-    "args",
-    "decision",
-    "rule",
-    "approvers",
-    "status",
-    "exit_code",
-    "duration_ms",
-    "output_digest",
-    "output_excerpt",
-    "error",
-    "detail",
-    "replica",
-)
-assert _COLUMNS == _ROW_ORDER, "audit_log columns and _row_tuple are out of step"
-
-
-@functools.cache
-def _insert_sql(paramstyle: str) -> str:
-    if paramstyle == "qmark":
-        marks = ", ".join("?" for _ in _COLUMNS)
-    elif paramstyle == "numeric_dollar":
-        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    else:
-        raise InternalError(f"unsupported DB-API paramstyle {paramstyle!r}")
-    # Column names come from our own schema, values are bound: nothing user-supplied here.
-    return f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES ({marks})"  # noqa: S608
+assert _COLUMNS == COLUMNS, "audit_log columns and bot.auditlog.rows are out of step"
+_insert_sql = insert_sql
 
 
 def _row_tuple(
     seq: int, prev_hash: str, digest: str, e: AuditEntry, *, sqlite: bool
 ) -> tuple[Any, ...]:
     """One row in ``_COLUMNS`` order, as the driver takes it."""
-    # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC); asyncpg takes the datetime.
-    at: Any = e.at.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else e.at
-    return (
-        seq,
-        prev_hash,
-        digest,
-        e.request_id,
-        at,
-        e.stage,
-        e.kind,
-        e.platform,
-        e.workspace,
-        e.channel,
-        e.thread,
-        e.user_id,
-        e.principal,
-        e.command,
-        e.raw_text,
-        canonical_json(e.args) if e.args else "{}",
-        e.decision,
-        e.rule,
-        canonical_json(list(e.approvers)) if e.approvers else "[]",
-        e.status,
-        e.exit_code,
-        e.duration_ms,
-        e.output_digest,
-        e.output_excerpt,
-        e.error,
-        e.detail,
-        e.replica,
-    )
+    return row_layout.row(seq, prev_hash, digest, e.values(), sqlite=sqlite)
 
 
 def _stored_from_row(row: RowMapping) -> StoredEntry:

@@ -1,0 +1,139 @@
+"""The SQLite audit writer process: hashes and inserts batches of entries, so that this
+work runs on a core of its own instead of holding the bot's GIL (bench/audit.py).
+
+    python -m bot.auditlog.sqlite_writer /path/to/audit.db
+
+Started by :class:`bot.auditlog.writer_process.SqliteWriterProcess`. Frames on stdin and
+stdout are a 4-byte big-endian length and a pickle. After opening the database the
+process answers one frame (the handshake); then, for each frame of entries (a list of
+:meth:`AuditEntry.values` tuples) it answers one frame once they are committed or refused:
+``("ok", "")``, ``("down", why)`` for ``sqlite3.OperationalError`` (locked, disk, cannot
+open: worth spooling and retrying), or ``("rejected", why)`` for anything else. It exits
+when stdin closes, which includes the bot being killed: a batch it has received is still
+committed.
+
+Imports only the chain and the row layout: no SQLAlchemy, no asyncio.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from bot.auditlog.rows import insert_sql, linked_rows
+
+HEADER = struct.Struct("!I")
+BUSY_TIMEOUT_S = 10.0  # bot.auditlog.engine.SQLITE_BUSY_TIMEOUT_MS, without its imports
+HEAD_ID = 1
+Answer = tuple[str, str]
+
+
+class Inserter:
+    """One connection; one transaction per batch: the write lock (BEGIN IMMEDIATE) before
+    the chain head is read, so another writer (retention, a second process) extends the
+    same chain."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> Answer:
+        try:
+            self._connection()
+        except sqlite3.Error as exc:
+            return _answer(exc)
+        return ("ok", "")
+
+    def insert(self, entries: Sequence[Sequence[Any]]) -> Answer:
+        try:
+            self._insert(entries)
+        except Exception as exc:
+            return _answer(exc)
+        return ("ok", "")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Autocommit at the driver level: this code says BEGIN IMMEDIATE itself.
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def _insert(self, entries: Sequence[Sequence[Any]]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head = conn.execute(
+                "SELECT seq, hash FROM audit_chain_head WHERE id = ?", (HEAD_ID,)
+            ).fetchone()
+            if head is None:
+                raise sqlite3.IntegrityError(
+                    "the audit chain head row is missing: run `opsbot db upgrade`"
+                )
+            rows, seq, prev = linked_rows(int(head[0]), str(head[1]), entries, sqlite=True)
+            conn.executemany(insert_sql("qmark"), rows)
+            conn.execute(
+                "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _answer(exc: Exception) -> Answer:
+    if isinstance(exc, sqlite3.OperationalError):
+        return ("down", str(exc))
+    return ("rejected", f"{type(exc).__name__}: {exc}")
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame, or None at the end of the stream (a torn frame counts as the end)."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def write_frame(stream: BinaryIO, value: object) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m bot.auditlog.sqlite_writer DATABASE_PATH", file=sys.stderr)
+        return 2
+    # The protocol owns the original stdout; a stray print must not corrupt it.
+    frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    frames_in = sys.stdin.buffer
+    inserter = Inserter(argv[1])
+    try:
+        write_frame(frames_out, inserter.open())
+        while (frame := read_frame(frames_in)) is not None:
+            write_frame(frames_out, inserter.insert(pickle.loads(frame)))  # noqa: S301  (our parent's pipe)
+    except BrokenPipeError:
+        pass  # the bot went away; whatever it sent is committed
+    finally:
+        inserter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
