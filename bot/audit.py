@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from bot.auditlog import AuditEntry, AuditStore, check_schema, upgrade
 from bot.auditlog.store import is_connection_error
 from bot.clock import Clock
 from bot.config.models import Config
+from bot.deadlines import Deadlines
 from bot.errors import DependencyError
 from bot.redact import Redactor, secrets_in_url
 
@@ -71,6 +73,7 @@ class AuditTrail:
         self._retention_every = retention_every.total_seconds()
         self._maintenance: asyncio.Task[None] | None = None
         self._first_close_tried = asyncio.Event()
+        self._deadlines = Deadlines()
 
     async def start(self) -> None:
         """Open the store; close what the last run left unfinished, then apply retention
@@ -101,15 +104,12 @@ class AuditTrail:
         """Wait for the commit, but at most ``audit.reply_wait``: a slow database must not
         keep an engineer waiting for a read-only answer. The entry stays queued."""
         receipt = await self.store.append_with_receipt(entry)
-        # A timer that lets go of the receipt costs less than a timeout scope and a shield
-        # per command; the store skips receipts that are already settled.
-        timer = asyncio.get_running_loop().call_later(
-            self._reply_wait, _stop_waiting, receipt, entry.request_id
+        # Letting go of the receipt costs less than a timeout scope and a shield per
+        # command; the store skips receipts that are already settled.
+        self._deadlines.expire(
+            receipt, self._reply_wait, functools.partial(_stop_waiting, receipt, entry.request_id)
         )
-        try:
-            await receipt
-        finally:
-            timer.cancel()
+        await receipt
 
     def output(self, rendered: str) -> tuple[str, str]:
         """(sha256 of the whole output, its first ``excerpt_chars`` characters)."""

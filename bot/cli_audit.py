@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from bot.audit import database_url, is_embedded, migrate
 from bot.auditlog import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema
 from bot.auditlog.migrate import DEPENDENCY, current_revision
-from bot.auditlog.record import _FIELD_NAMES
+from bot.auditlog.record import FIELD_NAMES
 from bot.config.models import Config
 from bot.durations import parse_duration
 from bot.errors import DependencyError, UserError
@@ -32,7 +32,7 @@ from bot.errors import DependencyError, UserError
 EXIT_SCHEMA_NOT_CURRENT = 1
 EXIT_CHAIN_BROKEN = 1
 
-EXPORT_COLUMNS = ("seq", "prev_hash", "hash", *_FIELD_NAMES)
+EXPORT_COLUMNS = ("seq", "prev_hash", "hash", *FIELD_NAMES)
 FOLLOW_POLL_S = 0.5
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -28,10 +28,12 @@ from bot.authz import UNKNOWN_USER_RULE, Authorizer
 from bot.catalog import Catalog
 from bot.command import CommandSpec, Risk
 from bot.context import Context, Toolbox
+from bot.deadlines import Deadlines
 from bot.directory import Directory, Principal
 from bot.durations import format_duration
 from bot.errors import Denied, DependencyError, UnknownCommand, UsageError, UserError
 from bot.flood import Admission, FloodGuard
+from bot.logs import REQUEST_CONTEXT
 from bot.message import Message
 from bot.metrics import Metrics
 from bot.parse import parse
@@ -94,6 +96,7 @@ class Dispatcher:
         self._dedup = dedup
         self._bot_names = frozenset({tools.config.bot.name})
         self._timeout = tools.config.bot.command_timeout.total_seconds()
+        self._deadlines = Deadlines()
         # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
         # so logging must be configured before the bot is built.
         self._log = structlog.get_logger("opsbot.pipeline").bind()
@@ -104,13 +107,15 @@ class Dispatcher:
         # Unique, not secret: a seeded PRNG is 10x cheaper than os.urandom per message.
         request_id = f"{_ids.getrandbits(48):012x}"
         inv = _Invocation()
-        # Tokens and one reset are much cheaper than nested bound_contextvars blocks.
-        tokens = structlog.contextvars.bind_contextvars(
-            request_id=request_id, platform=message.platform, user=message.user_id
-        )
+        log_context = {
+            "request_id": request_id,
+            "platform": message.platform,
+            "user": message.user_id,
+        }
+        token = REQUEST_CONTEXT.set(log_context)
         try:
             try:
-                reply = await self._process(message, request_id, inv)
+                reply = await self._process(message, request_id, inv, log_context)
             except UserError as exc:
                 reply = self._user_error(exc, inv)
             except TimeoutError:
@@ -139,9 +144,11 @@ class Dispatcher:
             await self._finish(message, request_id, inv, reply, started, wait=True)
             return reply
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            REQUEST_CONTEXT.reset(token)
 
-    async def _process(self, message: Message, request_id: str, inv: _Invocation) -> Reply | None:
+    async def _process(
+        self, message: Message, request_id: str, inv: _Invocation, log_context: dict[str, Any]
+    ) -> Reply | None:
         parsed = parse(message.text, bot_names=self._bot_names, addressed=message.addressed)
         if parsed is None:
             return None
@@ -195,13 +202,10 @@ class Dispatcher:
             return None
         await self._record_start(message, request_id, inv, spec)
         ctx = Context(request_id, message, principal, channel, self._tools)
-        # handle() resets these with its own tokens; only the same names are reset here.
-        tokens = structlog.contextvars.bind_contextvars(command=spec.name, principal=principal.name)
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await spec.run(ctx, args)
-        finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+        log_context["command"] = spec.name
+        log_context["principal"] = principal.name
+        async with self._deadlines.limit(self._timeout):
+            return await spec.run(ctx, args)
 
     def _authorize(
         self,

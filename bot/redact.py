@@ -17,6 +17,9 @@ from bot.errors import ConfigError
 from bot.reply import Field, Reply, Table
 
 MASK = "***"
+_UNCHANGED = ""  # memo value meaning "the string needs no masking" (a real result is never "")
+_MEMO_SIZE = 4096
+_MEMO_MAX_CHARS = 512
 
 # Shapes of credentials that must never be echoed back, whoever typed them. Each comes
 # with substrings one of which any match contains: checking those first keeps the common
@@ -50,6 +53,10 @@ class Redactor:
         rules: list[tuple[tuple[str, ...], str]] = [*BUILTIN_PATTERNS]
         rules += [((), p) for p in patterns]
         self._rules: list[tuple[tuple[str, ...], re.Pattern[str]]] = []
+        # Chat text repeats (the same commands, titles and field values), and redaction is
+        # a pure function of the string: remembered results save the regex scans, which
+        # showed per command (bench/audit.py).
+        self._seen: dict[str, str] = {}
         for needles, pattern in rules:
             try:
                 self._rules.append((needles, re.compile(pattern)))
@@ -65,6 +72,18 @@ class Redactor:
     def text(self, value: str) -> str:
         if not value:
             return value
+        known = self._seen.get(value)
+        if known is not None:
+            # The same object back when nothing changed: reply() tells changes by identity.
+            return value if known is _UNCHANGED else known
+        redacted = self._redact(value)
+        if len(value) <= _MEMO_MAX_CHARS:
+            if len(self._seen) >= _MEMO_SIZE:
+                self._seen.clear()
+            self._seen[value] = _UNCHANGED if redacted is value else redacted
+        return redacted
+
+    def _redact(self, value: str) -> str:
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
