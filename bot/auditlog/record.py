@@ -25,7 +25,11 @@ def canonical_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each of these fields through
+# object.__setattr__, five times the cost of a plain one, and the pipeline builds three
+# entries per command (bench/audit.py). Treat entries as immutable all the same: the
+# canonical form is cached, and nothing in opsbot assigns to an entry's fields.
+@dataclass(slots=True)
 class AuditEntry:
     """One audit event, before it has a place in the chain."""
 

@@ -8,9 +8,15 @@ stdout are a 4-byte big-endian length and a pickle. After opening the database t
 process answers one frame (the handshake); then, for each frame of entries (a list of
 :meth:`AuditEntry.values` tuples) it answers one frame once they are committed or refused:
 ``("ok", "")``, ``("down", why)`` for ``sqlite3.OperationalError`` (locked, disk, cannot
-open: worth spooling and retrying), or ``("rejected", why)`` for anything else. It exits
-when stdin closes, which includes the bot being killed: a batch it has received is still
-committed.
+open: worth spooling and retrying), or ``("rejected", why)`` for anything else.
+
+The bot sends frames without waiting for answers. So that a later frame never commits
+ahead of an earlier one that failed (the chain's order is the order things happened),
+after a failure every frame is answered ``("skipped", "")`` unwritten, until a ``None``
+frame says the bot has taken the failed entries back; that one is answered ``("ok", "")``.
+
+It exits when stdin closes, which includes the bot being killed: a batch it has received
+is still committed.
 
 Imports only the chain and the row layout: no SQLAlchemy, no asyncio.
 """
@@ -124,10 +130,19 @@ def main(argv: Sequence[str]) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     frames_in = sys.stdin.buffer
     inserter = Inserter(argv[1])
+    failed = False
     try:
         write_frame(frames_out, inserter.open())
         while (frame := read_frame(frames_in)) is not None:
-            write_frame(frames_out, inserter.insert(pickle.loads(frame)))  # noqa: S301  (our parent's pipe)
+            entries = pickle.loads(frame)  # noqa: S301  (our parent's pipe)
+            if entries is None:
+                failed, answer = False, ("ok", "")
+            elif failed:
+                answer = ("skipped", "")
+            else:
+                answer = inserter.insert(entries)
+                failed = answer[0] != "ok"
+            write_frame(frames_out, answer)
     except BrokenPipeError:
         pass  # the bot went away; whatever it sent is committed
     finally:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sqlite3
@@ -69,6 +70,10 @@ class _Pending:
 
 
 _STOP = _Pending((), None)
+# Entries per frame sent to the SQLite writer process. Small frames keep both processes
+# busy: the writer commits one while the event loop answers the commands the last one
+# released; large ones made them take turns (bench/audit.py).
+_FRAME_ENTRIES = 128
 
 
 class _Inbox:
@@ -91,6 +96,12 @@ class _Inbox:
                 self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._room)
         self._items.append(item)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def poke(self) -> None:
+        """Wake the writer even though nothing new was queued."""
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -178,6 +189,10 @@ class AuditStore:
         self._engine: AsyncEngine | None = None
         self._sqlite_writer: SqliteWriterProcess | None = None
         self._queue: _Inbox | None = None
+        # Frames sent to the SQLite writer process, oldest first; entries to write again
+        # on the careful path (a frame failed).
+        self._frames: deque[asyncio.Future[tuple[str, str]]] = deque()
+        self._redo: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._spool_depth = 0
@@ -225,6 +240,11 @@ class AuditStore:
         return self._url
 
     @property
+    def writer_pid(self) -> int | None:
+        """The SQLite writer process's pid while it runs (None on PostgreSQL)."""
+        return None if self._sqlite_writer is None else self._sqlite_writer.pid
+
+    @property
     def spool_depth(self) -> int:
         """Entries waiting in the spool for the database to come back."""
         return self._spool_depth
@@ -270,6 +290,13 @@ class AuditStore:
             if any(item is _STOP for item in items):
                 stopping = True
                 items = [item for item in items if item is not _STOP]
+            if not stopping and self._pipeline(items):
+                continue
+            # The careful path: one batch at a time, spooling what cannot be written.
+            # Frames still in flight go first (and whatever failed of them), to keep order.
+            await self._drain_frames()
+            if self._redo:
+                items, self._redo = [*self._redo, *items], []
             try:
                 await self._process(items, loop, final=stopping)
             except Exception as exc:
@@ -278,6 +305,59 @@ class AuditStore:
                 _settle(items, DependencyError(DEPENDENCY, f"audit write failed: {exc}", exc))
             else:
                 _settle(items, None)
+
+    def _pipeline(self, items: list[_Pending]) -> bool:
+        """Send ``items`` to the SQLite writer process in frames without waiting for the
+        answers (settled by :meth:`_frame_done`, in order). False when the careful path
+        must take them: not SQLite, the spool in use, a failure being redone, a flush."""
+        writer = self._sqlite_writer
+        if (
+            writer is None
+            or not items
+            or self._spool_depth
+            or self._redo
+            or not writer.ready
+            or any(not item.entries for item in items)
+        ):
+            return False
+        start = 0
+        while start < len(items):
+            frame: list[_Pending] = []
+            count = 0
+            while start < len(items) and (not frame or count < _FRAME_ENTRIES):
+                frame.append(items[start])
+                count += len(items[start].entries)
+                start += 1
+            answer = writer.submit([entry for item in frame for entry in item.entries])
+            self._frames.append(answer)
+            answer.add_done_callback(functools.partial(self._frame_done, frame))
+        return True
+
+    def _frame_done(self, items: list[_Pending], answer: asyncio.Future[tuple[str, str]]) -> None:
+        self._frames.popleft()
+        if (
+            not self._redo
+            and not answer.cancelled()
+            and answer.exception() is None
+            and answer.result()[0] == "ok"
+        ):
+            _settle(items, None)
+            return
+        # Not written (or after one that was not): the careful path writes or spools them,
+        # before anything newer.
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.note_failure()
+        self._redo.extend(items)
+        if self._queue is not None:
+            self._queue.poke()
+
+    async def _drain_frames(self) -> None:
+        while self._frames:
+            last = self._frames[-1]
+            if last.done():
+                await asyncio.sleep(0)  # its callback (and those before it) run next
+            else:
+                await asyncio.wait([last])
 
     async def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
         assert self._queue is not None

@@ -1,14 +1,19 @@
 """The bot's side of the SQLite writer process (``bot.auditlog.sqlite_writer``).
 
-One batch at a time: the store's writer task sends a batch and awaits its answer, while
-the event loop goes on serving and queueing the next batch. Hashing and inserting run in
-the other process, on the other core, which is what lifted the audited command rate
-(bench/audit.py); this side only pickles tuples.
+Hashing and inserting run in the other process, on the other core, which is what lifted
+the audited command rate (bench/audit.py); this side only pickles tuples.
 
-If the process exits or the pipe breaks, :meth:`insert` raises ``OSError`` (a connection
-error: the store spools the batch and retries) and the next call starts a new process.
-A batch whose answer was lost may have been committed; the spool sends it again
-(at-least-once, as with a database connection lost after COMMIT).
+Frames are pipelined: :meth:`SqliteWriterProcess.submit` writes a frame and returns a
+future for its answer at once, and a reader task hands answers out in order. Waiting for
+each answer before sending the next batch made the bot and the writer take turns: the
+writer idle while the event loop answered the commands the last commit released, the
+loop idle while the writer committed.
+
+If the process exits or the pipe breaks, pending answers fail with ``OSError`` (a
+connection error: the store spools the entries and retries) and the next
+:meth:`~SqliteWriterProcess.insert` starts a new process. A batch whose answer was lost
+may have been committed; the spool sends it again (at-least-once, as with a database
+connection lost after COMMIT).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import pickle
 import sqlite3
 import sys
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,39 +38,72 @@ _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 30.0
 # The directory that holds the ``bot`` package, for the child's import path.
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
+Answer = tuple[str, str]
 
 
 class SqliteWriterProcess:
     def __init__(self, path: str) -> None:
         self._path = path
         self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._answers: deque[asyncio.Future[Answer]] = deque()
+        # After a failed frame the process skips everything until told to go on (reset).
+        self._needs_reset = False
 
     @property
     def pid(self) -> int | None:
         """The writer process's pid while it runs (bench/audit.py reads its CPU time)."""
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def ready(self) -> bool:
+        """Running, and taking frames: :meth:`submit` may be called."""
+        return (
+            self._proc is not None
+            and self._proc.returncode is None
+            and self._reader is not None
+            and not self._reader.done()
+            and not self._needs_reset
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._answers)
+
     async def start(self) -> None:
         await self._running()
 
+    def submit(self, entries: Sequence[AuditEntry]) -> asyncio.Future[Answer]:
+        """Send ``entries`` as one transaction; the future gets the answer: ``("ok", "")``,
+        ``("down" | "rejected" | "skipped", why)``, or fails with ``OSError``. Only while
+        :attr:`ready`."""
+        assert self.ready
+        return self._send([e.values() for e in entries])
+
     async def insert(self, entries: Sequence[AuditEntry]) -> None:
-        """Commit ``entries`` as one transaction, chained after the current head.
+        """Commit ``entries`` as one transaction and wait for it (starting the process if
+        it is not running, and telling it to go on after an earlier failure).
 
         Raises ``sqlite3.OperationalError`` (database locked or unreachable) or
         ``OSError`` (the process stopped): both mean "spool and retry"; and
         ``sqlite3.IntegrityError`` when the database refused the batch itself.
         """
-        proc = await self._running()
-        payload = pickle.dumps([e.values() for e in entries], protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            status, why = await self._exchange(proc, payload)
-        except BaseException as exc:
-            # Cancelled or broken mid-exchange: the pipe is out of step; start afresh.
-            await self._discard()
-            if isinstance(exc, ConnectionError | asyncio.IncompleteReadError | OSError):
-                raise OSError(f"the audit writer process stopped: {exc}") from exc
-            raise
-        _raise_for(status, why)
+        await self._running()
+        if self._needs_reset:
+            await self._exchange(None)
+            self._needs_reset = False
+        status, why = await self._exchange(entries)
+        if status == "ok":
+            return
+        self._needs_reset = True
+        if status == "down":
+            raise sqlite3.OperationalError(why)
+        raise sqlite3.IntegrityError(why)
+
+    def note_failure(self) -> None:
+        """A submitted frame did not commit: frames after it are skipped until the next
+        :meth:`insert`, which tells the process to go on."""
+        self._needs_reset = True
 
     async def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -78,13 +117,30 @@ class SqliteWriterProcess:
             _log.error("auditlog.writer_process_stuck", pid=proc.pid)
             proc.kill()
             await proc.wait()
+        await self._stop_reader()
+
+    async def _exchange(self, entries: Sequence[AuditEntry] | None) -> Answer:
+        return await self._send(None if entries is None else [e.values() for e in entries])
+
+    def _send(self, frame: object) -> asyncio.Future[Answer]:
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._answers.append(answer)
+        proc.stdin.write(HEADER.pack(len(payload)) + payload)
+        return answer
 
     async def _running(self) -> asyncio.subprocess.Process:
-        if self._proc is not None and self._proc.returncode is None:
+        if (
+            self._proc is not None
+            and self._proc.returncode is None
+            and self._reader is not None
+            and not self._reader.done()
+        ):
             return self._proc
-        if self._proc is not None:
-            _log.warning("auditlog.writer_process_exited", returncode=self._proc.returncode)
-            self._proc = None
+        await self._discard()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p
@@ -100,7 +156,8 @@ class SqliteWriterProcess:
         )
         try:
             status, why = await asyncio.wait_for(_read_answer(proc), _START_TIMEOUT_S)
-            _raise_for(status, why)
+            if status != "ok":
+                raise sqlite3.OperationalError(why)
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -109,33 +166,49 @@ class SqliteWriterProcess:
                 raise OSError(f"the audit writer process did not start: {exc}") from exc
             raise
         self._proc = proc
+        self._needs_reset = False
+        self._reader = asyncio.create_task(self._read(proc), name="auditlog-writer-answers")
         return proc
 
-    async def _exchange(self, proc: asyncio.subprocess.Process, payload: bytes) -> tuple[str, str]:
-        assert proc.stdin is not None
-        proc.stdin.write(HEADER.pack(len(payload)) + payload)
-        await proc.stdin.drain()
-        return await _read_answer(proc)
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            while True:
+                answer = await _read_answer(proc)
+                if not self._answers:
+                    raise OSError(f"the audit writer process answered unasked: {answer}")
+                waiter = self._answers.popleft()
+                if not waiter.done():
+                    waiter.set_result(answer)
+        except (OSError, asyncio.IncompleteReadError, pickle.UnpicklingError) as exc:
+            if self._proc is proc:  # not a close(): say so
+                _log.warning("auditlog.writer_process_stopped", error=str(exc))
+            self._fail_waiting(OSError(f"the audit writer process stopped: {exc}"))
+
+    def _fail_waiting(self, error: OSError) -> None:
+        while self._answers:
+            waiter = self._answers.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._fail_waiting(OSError("the audit writer process was stopped"))
 
     async def _discard(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        await self._stop_reader()
 
 
-async def _read_answer(proc: asyncio.subprocess.Process) -> tuple[str, str]:
+async def _read_answer(proc: asyncio.subprocess.Process) -> Answer:
     assert proc.stdout is not None
     (size,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
     status, why = pickle.loads(await proc.stdout.readexactly(size))  # noqa: S301  (our child)
     return str(status), str(why)
-
-
-def _raise_for(status: str, why: str) -> None:
-    if status == "ok":
-        return
-    if status == "down":
-        raise sqlite3.OperationalError(why)
-    raise sqlite3.IntegrityError(why)
