@@ -9,9 +9,10 @@ bare words fill, in order, and ``rest`` the field that takes whatever words rema
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -70,6 +71,9 @@ class CommandSpec(Generic[ArgsT]):
 
     def bind(self, parsed: ParsedCommand) -> ArgsT:
         """Fill the args model from the parsed words; any mismatch is a UsageError."""
+        if not parsed.positionals and not parsed.options and not self.args_model.model_fields:
+            # Nothing to validate; args are frozen, so one instance serves every call.
+            return cast(ArgsT, _empty_args(self.args_model))
         values: dict[str, Any] = {}
         words = list(parsed.positionals)
         for field_name in self.positional:
@@ -100,6 +104,11 @@ class CommandSpec(Generic[ArgsT]):
             return self.args_model.model_validate(values)
         except ValidationError as exc:
             raise UsageError(_first_problem(exc), self.usage) from exc
+
+
+@functools.cache
+def _empty_args(model: type[ArgsT]) -> ArgsT:
+    return model()
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -129,8 +129,10 @@ class Redactor:
             or fields is not reply.fields
             or table is not reply.table
         )
-        if not changed and (request_id is None or request_id == reply.request_id):
-            return reply
+        if not changed:
+            if request_id is None or request_id == reply.request_id:
+                return reply
+            return reply.with_request_id(request_id)
         return replace(
             reply,
             title=title,

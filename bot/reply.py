@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 class Status(enum.StrEnum):
@@ -56,7 +56,18 @@ class Reply:
     request_id: str = ""
 
     def with_request_id(self, request_id: str) -> Reply:
-        return replace(self, request_id=request_id)
+        # Positional, not dataclasses.replace(): this runs for every reply, and replace()
+        # looks the fields up again each time.
+        return Reply(
+            self.title,
+            self.status,
+            self.text,
+            self.fields,
+            self.table,
+            self.code,
+            self.buttons,
+            request_id,
+        )
 
     @property
     def is_failure(self) -> bool:

@@ -14,6 +14,8 @@ The bot sends frames without waiting for answers. So that a later frame never co
 ahead of an earlier one that failed (the chain's order is the order things happened),
 after a failure every frame is answered ``("skipped", "")`` unwritten, until a ``None``
 frame says the bot has taken the failed entries back; that one is answered ``("ok", "")``.
+Frames that arrived while a transaction ran are written together in the next one, each
+still answered on its own.
 
 It exits when stdin closes, which includes the bot being killed: a batch it has received
 is still committed.
@@ -37,6 +39,7 @@ HEADER = struct.Struct("!I")
 BUSY_TIMEOUT_S = 10.0  # bot.auditlog.engine.SQLITE_BUSY_TIMEOUT_MS, without its imports
 HEAD_ID = 1
 Answer = tuple[str, str]
+_SKIPPED: Answer = ("skipped", "")
 
 
 class Inserter:
@@ -105,20 +108,65 @@ def _answer(exc: Exception) -> Answer:
     return ("rejected", f"{type(exc).__name__}: {exc}")
 
 
-def read_frame(stream: BinaryIO) -> bytes | None:
-    """The next frame, or None at the end of the stream (a torn frame counts as the end)."""
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack(header)
-    data = stream.read(size)
-    return data if len(data) == size else None
+class FrameReader:
+    """Frames from a pipe, as many as have arrived: when the bot sends faster than one
+    transaction commits, the frames waiting are written together, in one transaction
+    (fewer commits under load; one frame per transaction when idle)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def frames(self) -> list[bytes] | None:
+        """Every complete frame received so far, waiting for at least one; None at the
+        end of the stream (a torn last frame counts as the end)."""
+        while True:
+            frames = self._complete()
+            if frames:
+                return frames
+            chunk = os.read(self._fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+    def _complete(self) -> list[bytes]:
+        frames, start, buffer = [], 0, self._buffer
+        while len(buffer) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, start)
+            end = start + HEADER.size + size
+            if end > len(buffer):
+                break
+            frames.append(bytes(buffer[start + HEADER.size : end]))
+            start = end
+        del buffer[:start]
+        return frames
 
 
-def write_frame(stream: BinaryIO, value: object) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(len(data)) + data)
+def write_frame(stream: BinaryIO, *answers: Answer) -> None:
+    """One frame per answer, in one write."""
+    out = bytearray()
+    for answer in answers:
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        out += HEADER.pack(len(data)) + data
+    stream.write(out)
     stream.flush()
+
+
+def _commit(inserter: Inserter, group: list[list[Any]], out: BinaryIO, *, failed: bool) -> bool:
+    """Write the frames of ``group`` in one transaction and answer each. After a failure
+    (this one or an earlier one) the first frame that did not commit gets the reason and
+    the rest are skipped. Returns whether the process is now in the failed state."""
+    if not group:
+        return failed
+    if failed:
+        write_frame(out, *(_SKIPPED for _ in group))
+        return True
+    answer = inserter.insert([entry for frame in group for entry in frame])
+    if answer[0] == "ok":
+        write_frame(out, *(answer for _ in group))
+        return False
+    write_frame(out, answer, *(_SKIPPED for _ in group[1:]))
+    return True
 
 
 def main(argv: Sequence[str]) -> int:
@@ -128,21 +176,24 @@ def main(argv: Sequence[str]) -> int:
     # The protocol owns the original stdout; a stray print must not corrupt it.
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    frames_in = sys.stdin.buffer
     inserter = Inserter(argv[1])
+    reader = FrameReader(sys.stdin.fileno())
     failed = False
     try:
         write_frame(frames_out, inserter.open())
-        while (frame := read_frame(frames_in)) is not None:
-            entries = pickle.loads(frame)  # noqa: S301  (our parent's pipe)
-            if entries is None:
-                failed, answer = False, ("ok", "")
-            elif failed:
-                answer = ("skipped", "")
-            else:
-                answer = inserter.insert(entries)
-                failed = answer[0] != "ok"
-            write_frame(frames_out, answer)
+        while (frames := reader.frames()) is not None:
+            group: list[list[Any]] = []  # entry frames to commit together
+            for frame in frames:
+                entries = pickle.loads(frame)  # noqa: S301  (our parent's pipe)
+                if entries is not None:
+                    group.append(entries)
+                    continue
+                _commit(inserter, group, frames_out, failed=failed)
+                group = []
+                failed = False  # the bot has taken the failed entries back: go on
+                write_frame(frames_out, ("ok", ""))
+            if group:
+                failed = _commit(inserter, group, frames_out, failed=failed)
     except BrokenPipeError:
         pass  # the bot went away; whatever it sent is committed
     finally:
