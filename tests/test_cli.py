@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -121,3 +123,42 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_ctrl_c_in_the_console_keeps_every_audit_record(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal signals the whole process group, the audit writer process
+    # included: it must outlive the bot's last batch, not spool or lose it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "console", "--no-http"],
+        cwd=ROOT,
+        env=clean_env(OPSBOT_DATA_DIR=str(tmp_path)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        for _ in range(3):
+            proc.stdin.write("/whoami\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            while "You are operator" not in line:
+                assert line, "the console stopped before answering"
+                line = proc.stdout.readline()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, errors = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "Traceback" not in errors, errors
+    assert "database_down" not in errors, errors
+    assert not (tmp_path / "audit-spool.jsonl").exists()
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        stages = db.execute(
+            "SELECT stage, count(*) FROM audit_log WHERE command = 'whoami' GROUP BY stage"
+        ).fetchall()
+    assert dict(stages) == {"decided": 3, "started": 3, "finished": 3}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sqlite3
 import struct
 import sys
@@ -173,6 +174,9 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m bot.auditlog.sqlite_writer DATABASE_PATH", file=sys.stderr)
         return 2
+    # Ctrl-C in a terminal reaches the whole process group; the bot decides when to stop
+    # (it closes stdin after its last batch), so the writer must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the original stdout; a stray print must not corrupt it.
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
