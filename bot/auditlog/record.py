@@ -12,6 +12,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from itertools import compress
 from typing import Any
 
 import orjson
@@ -115,22 +116,28 @@ _NUMBERS = frozenset({int, float})
 FIELD_NAMES = tuple(f.name for f in fields(AuditEntry) if not f.name.startswith("_"))
 _all_values = operator.attrgetter(*FIELD_NAMES)  # one C call for every field
 AT_INDEX = FIELD_NAMES.index("at")
+# Fields that may hold a number, where 0 is a value, not "empty".
+_NUMBER_INDEXES = tuple(
+    i for i, f in enumerate(fields(AuditEntry)) if f.type in ("int | None", "float | None")
+)
+assert [FIELD_NAMES[i] for i in _NUMBER_INDEXES] == ["exit_code", "duration_ms"]
 
 
-def canonical_of(values: Sequence[Any]) -> str:
+def canonical_of(values: Sequence[Any], at_text: str | None = None) -> str:
     """The hashed form of an entry given as its field values (:data:`FIELD_NAMES` order):
-    :func:`canonical_json` of the fields that are not empty.
+    :func:`canonical_json` of the fields that are not empty. ``at_text``:
+    ``format_at(at)``, when the caller has it already.
 
     Empty fields (None, "", {}, ()) are left out, so a field added in a later version
     does not change the hash of rows written before it existed.
     """
-    kept = {
-        name: value
-        for name, value in zip(FIELD_NAMES, values, strict=True)
-        # Truthiness is the fast test for None/""/{}/(); 0 and 0.0 are kept.
-        if value or value.__class__ in _NUMBERS
-    }
-    kept["at"] = format_at(values[AT_INDEX])
+    # Truthiness is the fast test for None/""/{}/(); the numbers 0 and 0.0 are kept.
+    kept = dict(compress(zip(FIELD_NAMES, values, strict=True), map(bool, values)))
+    for index in _NUMBER_INDEXES:
+        value = values[index]
+        if value is not None and not value and value.__class__ in _NUMBERS:
+            kept[FIELD_NAMES[index]] = value
+    kept["at"] = format_at(values[AT_INDEX]) if at_text is None else at_text
     return canonical_json(kept)
 
 

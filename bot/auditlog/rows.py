@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.auditlog.chain import hash_of
-from bot.auditlog.record import AT_INDEX, FIELD_NAMES, canonical_json, canonical_of
+from bot.auditlog.record import AT_INDEX, FIELD_NAMES, canonical_json, canonical_of, format_at
 
 # The audit_log columns, in the order rows are built: the chain's three, then the entry's
 # fields in FIELD_NAMES order (bot.auditlog.store checks this against the schema).
@@ -35,14 +35,22 @@ def insert_sql(paramstyle: str) -> str:
 
 
 def row(
-    seq: int, prev_hash: str, digest: str, values: Sequence[Any], *, sqlite: bool
+    seq: int,
+    prev_hash: str,
+    digest: str,
+    values: Sequence[Any],
+    *,
+    sqlite: bool,
+    at_text: str | None = None,
 ) -> tuple[Any, ...]:
-    """One row in :data:`COLUMNS` order, as the driver takes it."""
+    """One row in :data:`COLUMNS` order, as the driver takes it. ``at_text``:
+    ``format_at(at)``, when the caller has it already."""
     out = [seq, prev_hash, digest, *values]
-    at = values[AT_INDEX]
-    # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC); asyncpg takes the datetime.
+    # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC, a space, microseconds):
+    # format_at's text without the "T" and the offset. asyncpg takes the datetime.
     if sqlite:
-        out[3 + AT_INDEX] = at.replace(tzinfo=None).isoformat(" ", "microseconds")
+        iso = format_at(values[AT_INDEX]) if at_text is None else at_text
+        out[3 + AT_INDEX] = f"{iso[:10]} {iso[11:26]}"
     args, approvers = values[_ARGS], values[_APPROVERS]
     out[3 + _ARGS] = canonical_json(args) if args else "{}"
     out[3 + _APPROVERS] = canonical_json(list(approvers)) if approvers else "[]"
@@ -62,8 +70,9 @@ def linked_rows(
     rows = []
     for i, values in enumerate(entries):
         seq += 1
-        canonical = canonicals[i] if canonicals is not None else canonical_of(values)
+        at_text = format_at(values[AT_INDEX])
+        canonical = canonicals[i] if canonicals is not None else canonical_of(values, at_text)
         digest = hash_of(prev, seq, canonical)
-        rows.append(row(seq, prev, digest, values, sqlite=sqlite))
+        rows.append(row(seq, prev, digest, values, sqlite=sqlite, at_text=at_text))
         prev = digest
     return rows, seq, prev
