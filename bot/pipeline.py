@@ -44,6 +44,20 @@ from bot.state.dedup import EventDedup
 
 _ids = random.Random()  # noqa: S311  (ids, not secrets; seeded from os.urandom at import)
 
+
+def new_request_id() -> str:
+    """12 hex digits: the time in seconds (its low 16 bits), then 32 random bits.
+
+    Unique, not secret: a seeded PRNG is 10x cheaper than os.urandom per message. The time
+    first keeps the audit log's request_id index growing at one end, as its rows do,
+    instead of at random places all over it: random ids cost the audit writer about a
+    tenth more per command at 90,000 rows, and more as the table outgrows the cache
+    (bench/audit.py). Two ids of the same second clash with odds of 1 in 4 billion per
+    pair; ids of different seconds differ in the time (within 18 hours) or the random
+    bits.
+    """
+    return f"{int(time.time()) & 0xFFFF:04x}{_ids.getrandbits(32):08x}"
+
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
     Status.INFO: Outcome.OK,
@@ -104,8 +118,7 @@ class Dispatcher:
     async def handle(self, message: Message) -> Reply | None:
         """Answer one message; ``None`` when it was not for this bot (or is throttled)."""
         started = time.perf_counter()
-        # Unique, not secret: a seeded PRNG is 10x cheaper than os.urandom per message.
-        request_id = f"{_ids.getrandbits(48):012x}"
+        request_id = new_request_id()
         inv = _Invocation()
         log_context = {
             "request_id": request_id,
