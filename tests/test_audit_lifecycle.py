@@ -56,10 +56,14 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         proc.stdin.write(b"/health stuck\n")
         await proc.stdin.drain()
         started = await _wait_for_started(database, "health")
+        writers = _children(proc.pid)
+        assert len(writers) == 1, writers  # the audit writer process
     finally:
         proc.kill()  # SIGKILL: no clean-up, no flush, nothing
         await asyncio.wait_for(proc.wait(), 10)
     assert proc.returncode == -9
+    # The writer process sees its input close and exits: no orphan left behind.
+    await _wait_gone(writers[0])
 
     after = await asyncio.to_thread(_console, config, clean_env())
     assert after.returncode == 0, after.stderr
@@ -105,6 +109,31 @@ async def _wait_for_started(database: Path, command: str, within: float = 20.0) 
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(f"no 'started' entry for /{command} within {within}s")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """False once ``pid`` has exited (gone, or a zombie waiting for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def _wait_gone(pid: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(_running, pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"process {pid} still running {within}s after its parent was killed")
 
 
 def _console(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
