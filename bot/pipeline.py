@@ -58,6 +58,7 @@ def new_request_id() -> str:
     """
     return f"{int(time.time()) & 0xFFFF:04x}{_ids.getrandbits(32):08x}"
 
+
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
     Status.INFO: Outcome.OK,
