@@ -44,7 +44,15 @@ from bot.silences import Silences, SilenceStore
 from bot.state.alerts import AlertStore
 from bot.state.approvals import ApprovalStore
 from bot.state.database import StateDatabase
-from bot.state.dedup import DatabaseDedup, EventDedup, RedisDedup, RememberingDedup
+from bot.state.dedup import (
+    ClaimStore,
+    DatabaseClaims,
+    DatabaseDedup,
+    EventDedup,
+    RedisDedup,
+    RememberingDedup,
+    WriterProcessClaims,
+)
 from bot.state.outbox import OutboxStore
 
 
@@ -84,7 +92,9 @@ class Bot:
                 config.state.dedup_window,
             )
             if config.state.redis_url is not None
-            else DatabaseDedup(self.state_db, config.state.dedup_window),
+            else DatabaseDedup(
+                _claim_store_for(self.audit, self.state_db), config.state.dedup_window
+            ),
             config.state.dedup_window,
         )
         self.jobs = JobBoard(config.jobs, audit=self.audit, outbox=self.outbox, clock=self.clock)
@@ -268,6 +278,15 @@ class Bot:
 
 _log = structlog.get_logger("opsbot.runtime")
 OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _claim_store_for(audit: AuditTrail, state_db: StateDatabase) -> ClaimStore:
+    """On SQLite, the audit writer process writes the claims too: it is the one writer of
+    the file (the state tables live in the audit database)."""
+    writer = audit.store.sqlite_writer
+    if writer is not None and audit.store.url == state_db.url:
+        return WriterProcessClaims(writer)
+    return DatabaseClaims(state_db)
 
 
 def _alert_dedup(config: Config, clients: RedisClients) -> AlertDedup:

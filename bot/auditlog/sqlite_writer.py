@@ -17,6 +17,12 @@ frame says the bot has taken the failed entries back; that one is answered ``("o
 Frames that arrived while a transaction ran are written together in the next one, each
 still answered on its own.
 
+A ``("claims", rows, prune_before)`` frame claims delivered events for the bot's dedup
+(``bot.state.dedup``) in a transaction of its own, whatever state the entries are in,
+and is answered ``("ok", [(platform, event_id) won, ...])``. This process is the one
+writer of the SQLite file on the hot path: claims written from the bot's own connection
+waited for its transactions.
+
 It exits when stdin closes, which includes the bot being killed: a batch it has received
 is still committed.
 
@@ -35,11 +41,13 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from bot.auditlog.rows import insert_sql, linked_rows
+from bot.state.claim_sql import PRUNE_SQL, claim_sql
 
 HEADER = struct.Struct("!I")
 BUSY_TIMEOUT_S = 10.0  # bot.auditlog.engine.SQLITE_BUSY_TIMEOUT_MS, without its imports
 HEAD_ID = 1
 Answer = tuple[str, str]
+ClaimAnswer = tuple[str, list[tuple[str, str]]]
 _SKIPPED: Answer = ("skipped", "")
 
 
@@ -65,6 +73,26 @@ class Inserter:
         except Exception as exc:
             return _answer(exc)
         return ("ok", "")
+
+    def claim(
+        self, rows: Sequence[Sequence[str]], prune_before: str | None
+    ) -> Answer | ClaimAnswer:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                params = [value for row in rows for value in row]
+                won = conn.execute(claim_sql(len(rows), dollar=False), params).fetchall()
+                if prune_before is not None:
+                    conn.execute(PRUNE_SQL.format("?"), (prune_before,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            return _answer(exc)
+        return ("ok", [(str(platform), str(event_id)) for platform, event_id in won])
 
     def close(self) -> None:
         if self._conn is not None:
@@ -143,7 +171,7 @@ class FrameReader:
         return frames
 
 
-def write_frame(stream: BinaryIO, *answers: Answer) -> None:
+def write_frame(stream: BinaryIO, *answers: Answer | ClaimAnswer) -> None:
     """One frame per answer, in one write."""
     out = bytearray()
     for answer in answers:
@@ -189,6 +217,11 @@ def main(argv: Sequence[str]) -> int:
             group: list[list[Any]] = []  # entry frames to commit together
             for frame in frames:
                 entries = pickle.loads(frame)  # noqa: S301  (our parent's pipe)
+                if isinstance(entries, tuple):  # ("claims", rows, prune_before)
+                    failed = _commit(inserter, group, frames_out, failed=failed)
+                    group = []
+                    write_frame(frames_out, inserter.claim(entries[1], entries[2]))
+                    continue
                 if entries is not None:
                     group.append(entries)
                     continue

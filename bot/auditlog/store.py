@@ -43,7 +43,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -187,7 +187,14 @@ class AuditStore:
         self._retry_max = retry_max
         self._clock = clock or SystemClock()
         self._engine: AsyncEngine | None = None
-        self._sqlite_writer: SqliteWriterProcess | None = None
+        # SQLite: the one process that writes the file on the hot path (entries, and the
+        # dedup's claims through bot.state.dedup.WriterProcessClaims).
+        parsed = make_url(url)
+        self._sqlite_writer: SqliteWriterProcess | None = (
+            SqliteWriterProcess(parsed.database or "")
+            if parsed.get_backend_name() == "sqlite"
+            else None
+        )
         self._queue: _Inbox | None = None
         # Frames sent to the SQLite writer process, oldest first; entries to write again
         # on the careful path (a frame failed).
@@ -205,8 +212,7 @@ class AuditStore:
         if self._engine is not None:
             raise InternalError("AuditStore.start() called twice")
         self._engine = make_engine(self._url, schema=self._schema)
-        if self._engine.dialect.name == "sqlite":
-            self._sqlite_writer = SqliteWriterProcess(self._engine.url.database or "")
+        if self._sqlite_writer is not None:
             try:
                 await self._sqlite_writer.start()
             except (OSError, sqlite3.Error) as exc:
@@ -230,14 +236,18 @@ class AuditStore:
         finally:
             self._writer = None
             engine, self._engine = self._engine, None
-            writer, self._sqlite_writer = self._sqlite_writer, None
-            if writer is not None:
-                await writer.close()
+            if self._sqlite_writer is not None:
+                await self._sqlite_writer.close()
             await engine.dispose()
 
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def sqlite_writer(self) -> SqliteWriterProcess | None:
+        """The SQLite writer process (None on PostgreSQL)."""
+        return self._sqlite_writer
 
     @property
     def writer_pid(self) -> int | None:

@@ -27,6 +27,7 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -38,7 +39,8 @@ _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 30.0
 # The directory that holds the ``bot`` package, for the child's import path.
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
-Answer = tuple[str, str]
+# (status, detail): why it failed, or what a claims frame won.
+Answer = tuple[str, Any]
 
 
 class SqliteWriterProcess:
@@ -49,6 +51,7 @@ class SqliteWriterProcess:
         self._answers: deque[asyncio.Future[Answer]] = deque()
         # After a failed frame the process skips everything until told to go on (reset).
         self._needs_reset = False
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -100,12 +103,30 @@ class SqliteWriterProcess:
             raise sqlite3.OperationalError(why)
         raise sqlite3.IntegrityError(why)
 
+    async def claim_events(
+        self, rows: Sequence[tuple[str, str, str]], prune_before: str | None
+    ) -> list[tuple[str, str]]:
+        """Claim delivered events (platform, event id, time as SQLite text) in one
+        transaction of their own; returns the (platform, event id) pairs won. Deletes
+        claims older than ``prune_before`` (same text form) in the same transaction.
+
+        Raises as :meth:`insert` does. A claim does not wait for, or hold back, entries."""
+        await self._running()
+        status, detail = await self._send(("claims", list(rows), prune_before))
+        if status == "ok":
+            return [(str(platform), str(event_id)) for platform, event_id in detail]
+        if status == "down":
+            raise sqlite3.OperationalError(detail)
+        raise sqlite3.IntegrityError(detail)
+
     def note_failure(self) -> None:
         """A submitted frame did not commit: frames after it are skipped until the next
         :meth:`insert`, which tells the process to go on."""
         self._needs_reset = True
 
     async def close(self) -> None:
+        """Let the process commit what it has and exit. No new process starts after this."""
+        self._closed = True
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -140,6 +161,8 @@ class SqliteWriterProcess:
             and not self._reader.done()
         ):
             return self._proc
+        if self._closed:
+            raise OSError("the audit writer process was closed")
         await self._discard()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -210,5 +233,5 @@ class SqliteWriterProcess:
 async def _read_answer(proc: asyncio.subprocess.Process) -> Answer:
     assert proc.stdout is not None
     (size,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
-    status, why = pickle.loads(await proc.stdout.readexactly(size))  # noqa: S301  (our child)
-    return str(status), str(why)
+    status, detail = pickle.loads(await proc.stdout.readexactly(size))  # noqa: S301  (our child)
+    return str(status), detail

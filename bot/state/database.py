@@ -20,6 +20,10 @@ class StateDatabase:
         self._url = url
         self._engine: AsyncEngine | None = None
 
+    @property
+    def url(self) -> str:
+        return self._url
+
     async def start(self) -> None:
         self._engine = make_engine(self._url)
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 import structlog
 
 from bot.errors import DependencyError
 from bot.redis_clients import RedisClients
+from bot.state.claim_sql import claim_sql, sqlite_datetime
 from bot.state.database import StateDatabase
 from bot.state.schema import delivered_events
+
+if TYPE_CHECKING:
+    from bot.auditlog.writer_process import SqliteWriterProcess
 
 log = structlog.get_logger("opsbot.dedup")
 
@@ -34,14 +37,73 @@ class EventDedup(Protocol):
         ...
 
 
+class ClaimStore(Protocol):
+    async def claim(
+        self, claims: dict[tuple[str, str], datetime], prune_before: datetime | None
+    ) -> set[tuple[str, str]]:
+        """Insert the claims that are new in one transaction (and delete claims older
+        than ``prune_before``); returns the (platform, event_id) pairs this call won."""
+        ...
+
+
+class DatabaseClaims:
+    """Claims through the state database's engine (PostgreSQL; SQLite without a writer
+    process)."""
+
+    def __init__(self, database: StateDatabase) -> None:
+        self._db = database
+
+    async def claim(
+        self, claims: dict[tuple[str, str], datetime], prune_before: datetime | None
+    ) -> set[tuple[str, str]]:
+        async with self._db.transaction() as conn:
+            dollar = conn.dialect.paramstyle == "numeric_dollar"
+            params: list[object] = []
+            for (platform, event_id), at in claims.items():
+                # asyncpg takes the aware datetime; SQLite the text UTCDateTime writes.
+                params += (platform, event_id, at if dollar else sqlite_datetime(at))
+            # Straight to the driver: compiling a multi-row INSERT of a new length for
+            # every batch cost more than the claim itself (bench/audit.py, /touch).
+            result = await conn.exec_driver_sql(
+                claim_sql(len(claims), dollar=dollar), tuple(params)
+            )
+            returned: list[Any] = list(result)
+            if prune_before is not None:
+                await conn.execute(
+                    sa.delete(delivered_events).where(delivered_events.c.at < prune_before)
+                )
+        return {(str(r[0]), str(r[1])) for r in returned}
+
+
+class WriterProcessClaims:
+    """Claims through the SQLite audit writer process, the one writer of the SQLite
+    file. Claims written from the bot's own connection waited for the writer's
+    transactions (SQLite's busy handler sleeps in steps of milliseconds) and took
+    several thread hops each: 10 ms a batch, most of /touch's wait (bench/audit.py)."""
+
+    def __init__(self, writer: SqliteWriterProcess) -> None:
+        self._writer = writer
+
+    async def claim(
+        self, claims: dict[tuple[str, str], datetime], prune_before: datetime | None
+    ) -> set[tuple[str, str]]:
+        rows = [
+            (platform, event_id, sqlite_datetime(at)) for (platform, event_id), at in claims.items()
+        ]
+        won = await self._writer.claim_events(
+            rows, None if prune_before is None else sqlite_datetime(prune_before)
+        )
+        return {(str(platform), str(event_id)) for platform, event_id in won}
+
+
 class DatabaseDedup:
     """Claims in the ``delivered_events`` table, written as a group: the claims that
     arrive while one transaction runs go together in the next (one multi-row
     ``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so a burst of mutating commands
     costs a transaction per batch, not one each (SQLite takes one writer at a time)."""
 
-    def __init__(self, database: StateDatabase, window: timedelta, batch: int = 300) -> None:
-        self._db = database
+    def __init__(self, store: ClaimStore, window: timedelta, batch: int = 300) -> None:
+        self._store = store
         self._window = window
         self._batch = batch
         self._claims = 0
@@ -88,44 +150,12 @@ class DatabaseDedup:
         self, batch: list[tuple[str, str, datetime, asyncio.Future[bool]]]
     ) -> set[tuple[str, str]]:
         claims = {(platform, event_id): now for platform, event_id, now, _ in batch}
-        newest = max(claims.values())
-        async with self._db.transaction() as conn:
-            dollar = conn.dialect.paramstyle == "numeric_dollar"
-            params: list[object] = []
-            for (platform, event_id), at in claims.items():
-                # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC), as UTCDateTime
-                # writes it; asyncpg takes the aware datetime.
-                stored = at if dollar else _sqlite_datetime(at)
-                params += (platform, event_id, stored)
-            # Straight to the driver: compiling a multi-row INSERT of a new length for
-            # every batch cost more than the claim itself (bench/audit.py, /touch).
-            result = await conn.exec_driver_sql(_claim_sql(len(claims), dollar), tuple(params))
-            returned: list[Any] = list(result)
-            won = {(str(r[0]), str(r[1])) for r in returned}
-            before = self._claims // _PRUNE_EVERY
-            self._claims += len(claims)
-            if self._claims // _PRUNE_EVERY != before:
-                await conn.execute(
-                    sa.delete(delivered_events).where(delivered_events.c.at < newest - self._window)
-                )
-        return won
-
-
-def _sqlite_datetime(at: datetime) -> str:
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-@functools.lru_cache(maxsize=64)
-def _claim_sql(rows: int, dollar: bool) -> str:
-    if dollar:
-        values = ", ".join(f"(${3 * i + 1}, ${3 * i + 2}, ${3 * i + 3})" for i in range(rows))
-    else:
-        values = ", ".join("(?, ?, ?)" for _ in range(rows))
-    # Our own table and placeholders; the values are bound.
-    return (
-        f"INSERT INTO delivered_events (platform, event_id, at) VALUES {values} "  # noqa: S608
-        "ON CONFLICT DO NOTHING RETURNING platform, event_id"
-    )
+        before = self._claims // _PRUNE_EVERY
+        self._claims += len(claims)
+        prune_before = None
+        if self._claims // _PRUNE_EVERY != before:
+            prune_before = max(claims.values()) - self._window
+        return await self._store.claim(claims, prune_before)
 
 
 class RedisDedup:
