@@ -26,7 +26,7 @@ waited for its transactions.
 It exits when stdin closes, which includes the bot being killed: a batch it has received
 is still committed.
 
-Imports only the chain and the row layout: no SQLAlchemy, no asyncio.
+Imports only the chain, the row layout and the claim statement: no SQLAlchemy, no asyncio.
 """
 
 from __future__ import annotations
