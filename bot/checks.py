@@ -26,7 +26,6 @@ Labels of a check's alert: ``alertname`` (the check's name), ``severity`` (``war
 from __future__ import annotations
 
 import asyncio
-import enum
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from bot.config.models import Config
 from bot.durations import format_duration
 from bot.reply import Field, Reply, Status
 from bot.scheduler import Every, Scheduler
+from bot.severity import Severity, above, below
 
 if TYPE_CHECKING:
     from bot.alerts import AlertIntake
@@ -56,26 +56,11 @@ log = structlog.get_logger("opsbot.checks")
 SOURCE = "check"
 
 
-class Level(enum.IntEnum):
-    OK = 0
-    WARN = 1
-    CRITICAL = 2
-
-    @property
-    def severity(self) -> str:
-        """The ``severity`` label, as Prometheus rules spell it."""
-        return _SEVERITIES[self]
-
-
-_SEVERITIES = {Level.OK: "ok", Level.WARN: "warning", Level.CRITICAL: "critical"}
-_BY_SEVERITY = {word: level for level, word in _SEVERITIES.items()}
-
-
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One run's measurement: its level and one line saying why."""
 
-    level: Level
+    level: Severity
     detail: str
     value: float | None = None
     failed: bool = False  # could not be measured (``on_error`` decides what it counts as)
@@ -102,7 +87,7 @@ class Measurer:
                 return await self._health(check)
             value = await self._value(check)
         except CheckFailed as exc:
-            return Reading(Level.CRITICAL, str(exc), failed=True)
+            return Reading(Severity.CRITICAL, str(exc), failed=True)
         return judge(check, value)
 
     async def _health(self, check: CheckConfig) -> Reading:
@@ -121,9 +106,9 @@ class Measurer:
             request_id=f"check-{secrets.token_hex(5)}",
         )
         level = {
-            HealthState.UP: Level.OK,
-            HealthState.DEGRADED: Level.WARN,
-            HealthState.DOWN: Level.CRITICAL,
+            HealthState.UP: Severity.OK,
+            HealthState.DEGRADED: Severity.WARN,
+            HealthState.DOWN: Severity.CRITICAL,
         }[result.state]
         why = "; ".join(filter(None, (result.detail, *result.failing_components)))
         return Reading(level, f"{service.name} {result.state.value}" + (f" ({why})" if why else ""))
@@ -195,22 +180,10 @@ def judge(check: CheckConfig, value: float) -> Reading:
     assert check.critical is not None
     name = _figure_name(check)
     if check.falls_bad:
-        level = (
-            Level.CRITICAL
-            if value <= check.critical
-            else Level.WARN
-            if value < check.warn
-            else Level.OK
-        )
+        level = below(value, check.warn, check.critical)
         levels = f"warn below {check.warn:g}, critical at {check.critical:g} or below"
     else:
-        level = (
-            Level.CRITICAL
-            if value > check.critical
-            else Level.WARN
-            if value > check.warn
-            else Level.OK
-        )
+        level = above(value, check.warn, check.critical)
         levels = f"warn above {check.warn:g}, critical above {check.critical:g}"
     return Reading(level, f"{name} {value:g} ({levels})", value)
 
@@ -234,7 +207,7 @@ class CheckView:
 
     name: str
     kind: str
-    level: Level
+    level: Severity
     detail: str
     last_run: datetime | None
     next_run: datetime | None
@@ -306,15 +279,15 @@ class Checks:
                 if check.on_error is OnError.IGNORE:
                     return None
                 if check.on_error is OnError.WARN:
-                    reading = Reading(Level.WARN, reading.detail, failed=True)
+                    reading = Reading(Severity.WARN, reading.detail, failed=True)
             known = await self._board.get(fingerprint(name))
             level = _level_of(known)
             state = level
-            if reading.level is Level.OK:
+            if reading.level is Severity.OK:
                 self._failing[name] = 0
                 if known is not None:
                     await self._resolve(check, known, reading, now)
-                state = Level.OK
+                state = Severity.OK
             else:
                 self._failing[name] += 1
                 if known is not None and reading.level is level:
@@ -340,7 +313,7 @@ class Checks:
                 source=SOURCE,
                 group_key=fingerprint(check.name),
                 name=check.name,
-                severity=reading.level.severity,
+                severity=reading.level.label,
                 summary=reading.detail,
                 labels=labels,
                 since=known.since if known is not None else now,
@@ -348,15 +321,15 @@ class Checks:
         )
         was = _level_of(known)
         log.info("check.fired", check=check.name, level=reading.level.name, was=was.name)
-        status = reading.level.severity
+        status = reading.level.label
         if not await self._intake.newsworthy(
             alert.fingerprint, status, now, labels=labels, source=SOURCE
         ):
             return
-        if was is Level.OK:
-            title = f"{reading.level.severity.upper()}: {check.name}"
+        if was is Severity.OK:
+            title = f"{reading.level.label.upper()}: {check.name}"
         else:
-            title = f"{reading.level.severity.upper()} (was {was.severity}): {check.name}"
+            title = f"{reading.level.label.upper()} (was {was.label}): {check.name}"
         key = f"check:{check.name}:{secrets.token_hex(4)}"
         reply = _alert_reply(title, check, alert, reading, now)
         if await self._post(check, labels, reply, key, status):
@@ -367,7 +340,7 @@ class Checks:
     ) -> None:
         if known.acked_by is not None:
             return
-        labels, status = self.labels(check, reading.level), reading.level.severity
+        labels, status = self.labels(check, reading.level), reading.level.label
         if known.last_posted_at is None:
             # Never announced (it was silenced, or the post failed): say it if it is news.
             if not await self._intake.newsworthy(
@@ -415,11 +388,11 @@ class Checks:
             self._intake.count(SOURCE, "posted", status)
         return posted
 
-    def labels(self, check: CheckConfig, level: Level) -> dict[str, str]:
+    def labels(self, check: CheckConfig, level: Severity) -> dict[str, str]:
         return {
             **check.labels,
             "alertname": check.name,
-            "severity": level.severity,
+            "severity": level.label,
             "check_kind": check.kind.value,
         }
 
@@ -432,10 +405,10 @@ def fingerprint(check: str) -> str:
     return f"check:{check}"
 
 
-def _level_of(known: ActiveAlert | None) -> Level:
+def _level_of(known: ActiveAlert | None) -> Severity:
     if known is None:
-        return Level.OK
-    return _BY_SEVERITY.get(known.severity, Level.CRITICAL)
+        return Severity.OK
+    return Severity.from_label(known.severity)
 
 
 def _alert_reply(
@@ -450,10 +423,10 @@ def _alert_reply(
     text = reading.detail if not check.summary else f"{check.summary}\n{reading.detail}"
     return Reply(
         title=title,
-        status=Status.ERROR if reading.level is Level.CRITICAL else Status.WARNING,
+        status=Status.ERROR if reading.level is Severity.CRITICAL else Status.WARNING,
         text=f"{text}\n/ack {alert.id} stops the reminders.",
         fields=tuple(fields),
     )
 
 
-__all__: Sequence[str] = ["CheckView", "Checks", "Level", "Measurer", "Reading", "judge"]
+__all__: Sequence[str] = ["CheckView", "Checks", "Measurer", "Reading", "judge"]

@@ -147,7 +147,8 @@ class Heartbeats:
         return False
 
     async def compose(self, beat: HeartbeatConfig) -> Reply:
-        from bot.queues import QueueFailure, Severity
+        from bot.queues import QueueFailure
+        from bot.severity import Severity
 
         config = self._config
         request_id = f"hb-{secrets.token_hex(5)}"  # probes send it as X-Request-ID
@@ -281,7 +282,8 @@ def _health_summary(results: Sequence[HealthResult]) -> str:
 
 def _failing(health: Sequence[HealthResult], reports: Sequence[QueueReport]) -> list[str]:
     from bot.probes import HealthState
-    from bot.queues import QueueFailure, Severity
+    from bot.queues import QueueFailure
+    from bot.severity import Severity
 
     items = []
     for result in health:
@@ -304,7 +306,7 @@ def _failing(health: Sequence[HealthResult], reports: Sequence[QueueReport]) -> 
 
 def _status(health: Sequence[HealthResult], reports: Sequence[QueueReport]) -> Status:
     from bot.probes import HealthState
-    from bot.queues import Severity
+    from bot.severity import Severity
 
     states = {r.state for r in health}
     worst = max((r.severity for r in reports), default=Severity.OK)

@@ -13,7 +13,6 @@ queue never takes longer than its own ``timeout``. Only cancellation escapes.
 from __future__ import annotations
 
 import asyncio
-import enum
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ from pydantic import SecretStr
 
 from bot.config.operations import FloorLevel, Level, QueueConfig, QueueThresholds
 from bot.errors import exception_causes
+from bot.severity import Severity
+from bot.severity import above as _above
+from bot.severity import below as _below
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -48,34 +50,16 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 
-class Severity(enum.IntEnum):
-    OK = 0
-    WARN = 1
-    CRITICAL = 2
-
-    @property
-    def word(self) -> str:
-        # Upper case marks what needs attention, as /health does.
-        return _WORDS[self]
-
-
-_WORDS = {Severity.OK: "ok", Severity.WARN: "WARN", Severity.CRITICAL: "CRIT"}
-
-
 def above(value: float | None, level: Level) -> Severity:
     """``warn`` above ``level.warn``, ``critical`` above ``level.critical``; unknown is ok."""
     if value is None:
         return Severity.OK
-    if value > level.critical:
-        return Severity.CRITICAL
-    return Severity.WARN if value > level.warn else Severity.OK
+    return _above(value, level.warn, level.critical)
 
 
 def below(value: int, level: FloorLevel) -> Severity:
     """``warn`` below ``level.warn``, ``critical`` at or below ``level.critical``."""
-    if value <= level.critical:
-        return Severity.CRITICAL
-    return Severity.WARN if value < level.warn else Severity.OK
+    return _below(value, level.warn, level.critical)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from bot.checks import Level, job_name
+from bot.checks import job_name
 from bot.command import Args, CommandSpec
 from bot.context import Context
 from bot.durations import format_duration
 from bot.errors import UsageError
 from bot.reply import Reply, Status, Table
+from bot.severity import Severity
 
 USAGE = "/checks [now <name>]"
 
@@ -18,7 +19,7 @@ NOT_CONFIGURED = Reply(
     title="No checks configured",
     text="Add [[checks]] entries (name, kind, levels, interval) to the config.",
 )
-_STATUS = {Level.OK: Status.OK, Level.WARN: Status.WARNING, Level.CRITICAL: Status.ERROR}
+_STATUS = {Severity.OK: Status.OK, Severity.WARN: Status.WARNING, Severity.CRITICAL: Status.ERROR}
 
 
 class ChecksArgs(Args):
@@ -40,8 +41,8 @@ async def run(ctx: Context, args: ChecksArgs) -> Reply:
         views = [v for v in views if v.name == args.name]
     rows = []
     for view in views:
-        state = view.level.severity
-        if view.level is Level.OK and view.failing_runs:
+        state = view.level.label
+        if view.level is Severity.OK and view.failing_runs:
             state = f"pending ({view.failing_runs}/{view.needed_runs})"
         rows.append(
             (
@@ -54,8 +55,8 @@ async def run(ctx: Context, args: ChecksArgs) -> Reply:
                 else "-",
             )
         )
-    worst = max((v.level for v in views), default=Level.OK)
-    firing = sum(1 for v in views if v.level is not Level.OK)
+    worst = max((v.level for v in views), default=Severity.OK)
+    firing = sum(1 for v in views if v.level is not Severity.OK)
     title = f"{len(views)} check(s), {firing} firing" if args.action is None else "Check ran"
     return Reply(
         title=title,

@@ -15,7 +15,8 @@ from bot.errors import UsageError
 from bot.reply import Reply, Status, Table
 
 if TYPE_CHECKING:
-    from bot.queues import Figure, GroupState, QueueReport, QueueState, Severity
+    from bot.queues import Figure, GroupState, QueueReport, QueueState
+    from bot.severity import Severity
 
 USAGE = "/queue [name]"
 
@@ -53,7 +54,7 @@ def select_queues(ctx: Context, name: str | None, usage: str) -> list[QueueConfi
 
 def summary(levels: Sequence[tuple[Severity, bool]]) -> tuple[Status, str]:
     """Overall status and "3 queues: 1 error, 1 warn, 1 ok" from (severity, failed) pairs."""
-    from bot.queues import Severity
+    from bot.severity import Severity
 
     counts = {
         "error": sum(1 for _, failed in levels if failed),

@@ -12,7 +12,8 @@ from commands.queue import NOT_CONFIGURED, QueueArgs, age, count, select_queues,
 
 if TYPE_CHECKING:
     from bot.config.operations import QueueConfig
-    from bot.queues import Consumer, GroupState, QueueState, Severity
+    from bot.queues import Consumer, GroupState, QueueState
+    from bot.severity import Severity
 
 USAGE = "/workers [name]"
 # A group of hundreds of consumers would bury the others; stalled ones are listed first.

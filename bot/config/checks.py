@@ -115,21 +115,12 @@ class CheckConfig(BaseModel):
     @field_validator("interval")
     @classmethod
     def _not_too_often(cls, value: timedelta) -> timedelta:
-        if value < MIN_INTERVAL:
-            raise ValueError(
-                f"must be at least {format_duration(MIN_INTERVAL)} (got {format_duration(value)})"
-            )
-        return value
+        return _at_least(value, MIN_INTERVAL)
 
     @field_validator("repeat")
     @classmethod
     def _repeat_not_too_often(cls, value: timedelta) -> timedelta:
-        if value < MIN_REPEAT:
-            raise ValueError(
-                f"must be at least {format_duration(MIN_REPEAT)} (got {format_duration(value)}): "
-                "a reminder more often floods the channel"
-            )
-        return value
+        return _at_least(value, MIN_REPEAT, ": a reminder more often floods the channel")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> CheckConfig:
@@ -160,3 +151,11 @@ class CheckConfig(BaseModel):
         if self.direction is not None:
             return self.direction is Direction.BELOW
         return self.kind is CheckKind.WORKERS
+
+
+def _at_least(value: timedelta, minimum: timedelta, why: str = "") -> timedelta:
+    if value < minimum:
+        raise ValueError(
+            f"must be at least {format_duration(minimum)} (got {format_duration(value)}){why}"
+        )
+    return value
