@@ -28,6 +28,7 @@ from bot.clock import Clock
 from bot.config.operations import JobsSection
 from bot.durations import format_duration
 from bot.errors import UserError
+from bot.job_locks import Conflict, HeldSlots, Holder, RedisJobLocks, SlotsUnavailable
 from bot.outbound import Destination, Outbox
 from bot.redact import Redactor
 from bot.reply import Field, Reply, Status
@@ -76,6 +77,7 @@ class Job:
     finished_at: datetime | None = None
     stopped_by: str | None = None  # who cancelled it ("shutdown" on SIGTERM)
     follow_up: bool = False  # answered with an ack: progress and result are posted
+    slots: HeldSlots | None = None  # its slots in Redis, shared with the other replicas
 
     @property
     def action(self) -> str:
@@ -105,8 +107,14 @@ class JobBoard:
         audit: AuditTrail,
         outbox: Outbox,
         clock: Clock,
+        shared_slots: RedisJobLocks | None = None,
+        replica: str = "",
     ) -> None:
+        """``shared_slots``: with several replicas (Redis), the slots they all share
+        (bot.job_locks); None when this process is alone."""
         self._config = config
+        self._shared_slots = shared_slots
+        self._replica = replica
         self._audit = audit
         self._redactor: Redactor = audit.redactor
         self._outbox = outbox
@@ -133,9 +141,11 @@ class JobBoard:
         # Claimed before the first await: a second /rollback arriving meanwhile sees it.
         self._running[job.id] = job
         try:
+            await self._take_shared_slots(job)
             await self._audit.record_durably(self._entry(job, "started", STARTED))
         except BaseException:
             del self._running[job.id]
+            await self._release_shared_slots(job)
             raise
         job.task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         return job
@@ -177,6 +187,54 @@ class JobBoard:
                         f"{prepared.describe()} must wait: {self._who(other)} holds lock "
                         f"group '{action.lock_group}'; wait, or /cancel {other.id}"
                     )
+
+    async def _take_shared_slots(self, job: Job) -> None:
+        if self._shared_slots is None:
+            return
+        holder = Holder(
+            job_id=job.id,
+            description=job.description,
+            principal=job.requester.principal,
+            replica=self._replica,
+            since=job.started_at,
+        )
+        try:
+            taken = await self._shared_slots.acquire(job.prepared.action, holder)
+        except SlotsUnavailable as exc:
+            log.warning("jobs.slots_unavailable", job=job.id, error=str(exc.original))
+            raise UserError(
+                f"{job.description} was not started: opsbot cannot reach its Redis to check "
+                "that no other replica is running it; try again shortly"
+            ) from exc
+        if isinstance(taken, Conflict):
+            raise UserError(self._refusal(job.prepared, taken))
+        job.slots = taken
+
+    async def _release_shared_slots(self, job: Job) -> None:
+        slots, job.slots = job.slots, None
+        if slots is not None:
+            await slots.release()
+
+    def _refusal(self, prepared: PreparedAction, conflict: Conflict) -> str:
+        action = prepared.action
+        who = "; ".join(map(self._who_elsewhere, conflict.holders)) or "a job on another replica"
+        if conflict.kind == "group":
+            return (
+                f"{prepared.describe()} must wait: {who} holds lock group "
+                f"'{action.lock_group}'; wait for it to finish"
+            )
+        running = len(conflict.holders) or action.max_concurrent
+        return (
+            f"/{action.name} is already running {_times(running)} (max_concurrent = "
+            f"{action.max_concurrent}): {who}; wait for it to finish"
+        )
+
+    def _who_elsewhere(self, holder: Holder) -> str:
+        running_for = format_duration(max(self._clock.now() - holder.since, timedelta(0)))
+        return (
+            f"job {holder.job_id} ({holder.description}, by {holder.principal}, on replica "
+            f"{holder.replica}, running for {running_for})"
+        )
 
     def _who(self, job: Job) -> str:
         running_for = format_duration(self._clock.now() - job.started_at)
@@ -235,6 +293,9 @@ class JobBoard:
     async def _settle(self, job: Job, result: RunResult) -> None:
         job.result = result
         job.finished_at = self._clock.now()
+        # Before it leaves the running list: this process never offers a slot that the
+        # other replicas still see as taken.
+        await self._release_shared_slots(job)
         self._running.pop(job.id, None)
         self._finished.appendleft(job)
         try:

@@ -30,6 +30,7 @@ from bot.directory import Directory
 from bot.flood import FloodGuard
 from bot.heartbeat import Heartbeats
 from bot.http_server import HttpServer, build_app
+from bot.job_locks import RedisJobLocks
 from bot.jobs import JobBoard
 from bot.leader import leadership_for
 from bot.message import Message
@@ -97,7 +98,14 @@ class Bot:
             ),
             config.state.dedup_window,
         )
-        self.jobs = JobBoard(config.jobs, audit=self.audit, outbox=self.outbox, clock=self.clock)
+        self.jobs = JobBoard(
+            config.jobs,
+            audit=self.audit,
+            outbox=self.outbox,
+            clock=self.clock,
+            shared_slots=_shared_job_slots(config, self.redis_clients),
+            replica=config.bot.replica_id,
+        )
         # With Redis, one replica (the lease holder) runs the scheduled work.
         self.leadership = leadership_for(config.state, self.redis_clients, config.bot.replica_id)
         self.scheduler = Scheduler(self.clock, leadership=self.leadership)
@@ -278,6 +286,20 @@ class Bot:
 
 _log = structlog.get_logger("opsbot.runtime")
 OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _shared_job_slots(config: Config, clients: RedisClients) -> RedisJobLocks | None:
+    """With Redis, several replicas take commands: max_concurrent and lock groups must hold
+    across them."""
+    state = config.state
+    if state.redis_url is None:
+        return None
+    return RedisJobLocks(
+        clients,
+        state.redis_url.get_secret_value(),
+        lease=state.leader_lease,
+        renew_every=state.leader_renew_every,
+    )
 
 
 def _claim_store_for(audit: AuditTrail, state_db: StateDatabase) -> ClaimStore:

@@ -361,3 +361,21 @@ async def test_run_alone_lists_the_actions_you_may_run(scripts: Scripts) -> None
         assert "/run hang" in bobs and "/run fail" in bobs
         daves = await tb.exec("/run", as_="dave")  # deployer: rollback and slow-deploy only
         assert "/run slow-deploy <tag>" in daves and "/run hang" not in daves
+
+
+async def test_with_its_redis_down_a_replica_starts_no_job_and_says_why(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    # With Redis configured, other replicas may be running the same action: if they
+    # cannot be asked, nothing starts.
+    config = actions_config(scripts) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    async with running_bot(config) as tb:
+        reply = await tb.exec("/run hang", as_="bob")
+        assert reply.startswith("❌"), reply
+        assert "hang was not started: opsbot cannot reach its Redis" in reply
+        assert len(reply.splitlines()) == 1
+        assert not (scripts.dir / "hang.pid").exists()
+        run = [e for e in await tb.commands_audited() if e.command == "run"]
+        assert run[0].status == "error" and "was not started" in (run[0].error or "")
+        assert [e for e in await tb.audit() if e.kind == "job"] == []
+        assert "You are bob" in await tb.exec("/whoami", as_="bob")  # still serving

@@ -4,6 +4,7 @@ event runs once, whichever replica each delivery reaches."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,3 +72,75 @@ def _message(event_id: str, text: str) -> Message:
         received_at=datetime.now(UTC),
         addressed=True,
     )
+
+
+def _held_actions(scripts: Scripts, tag: str) -> str:
+    """Actions that run until cancelled: ``hold-<tag>`` (max_concurrent 1), and
+    ``pair-a-<tag>`` / ``pair-b-<tag>`` sharing lock group ``g-<tag>``. A tag per test
+    keeps their Redis keys apart from every other run's."""
+    d = scripts.dir
+    return "".join(
+        f"""
+[[actions]]
+name = "{name}-{tag}"
+argv = ["{d}/hang.sh"]
+env = {{ PIDFILE = "{d}/{name}.pid" }}
+risk = "write"
+roles = ["oncall"]
+timeout = "30s"
+kill_grace = "0.5s"
+{group}
+"""
+        for name, group in (
+            ("hold", ""),
+            ("pair-a", f'lock_group = "g-{tag}"'),
+            ("pair-b", f'lock_group = "g-{tag}"'),
+        )
+    )
+
+
+def _job_id(ack: str) -> str:
+    assert "running as job " in ack, ack
+    return ack.split("running as job ")[1].split()[0]
+
+
+@pytest.mark.redis
+async def test_max_concurrent_and_lock_groups_hold_across_replicas(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    # A lease of 1 s, so that the wait below outlasts it: the running job's slot is
+    # renewed, not merely still unexpired.
+    state = (
+        f'\n[state]\nredis_url = "{redis_url()}"\n'
+        'leader_lease = "1s"\nleader_renew_every = "0.3s"\n'
+    )
+    config = actions_config(scripts, _held_actions(scripts, tag))
+    async with two_replicas(config, tmp_path, extra=state) as (one, two):
+        held = _job_id(await one.exec(f"/run hold-{tag}", as_="bob"))
+        await asyncio.sleep(1.5)
+        refused = await two.exec(f"/run hold-{tag}", as_="alice")
+        assert f"/hold-{tag} is already running once (max_concurrent = 1)" in refused
+        assert f"job {held} (hold-{tag}, by bob, on replica one" in refused
+
+        grouped = _job_id(await one.exec(f"/run pair-a-{tag}", as_="bob"))
+        waiting = await two.exec(f"/run pair-b-{tag}", as_="alice")
+        assert f"pair-b-{tag} must wait: job {grouped} (pair-a-{tag}" in waiting
+        assert f"holds lock group 'g-{tag}'" in waiting
+
+        for job in (held, grouped):
+            assert "cancelled" in await one.exec(f"/cancel {job}", as_="alice")
+            await one.posted("was cancelled by alice after")
+        # Released when the jobs ended, not when their lease ran out.
+        again = _job_id(await two.exec(f"/run hold-{tag}", as_="alice"))
+        assert "cancelled" in await two.exec(f"/cancel {again}", as_="alice")
+
+        runs = [e for e in await two.commands_audited() if e.command == "run"]
+        turned_away = [
+            e
+            for e in runs
+            if "already running" in (e.error or "") or "must wait" in (e.error or "")
+        ]
+        assert len(runs) == 5 and len(turned_away) == 2, runs
+        jobs = [e for e in await one.audit() if e.kind == "job" and e.stage == "started"]
+        assert len(jobs) == 3  # hold, pair-a, hold again: never the two turned away

@@ -210,6 +210,8 @@ class StateSection(Strict):
     # With Redis, one replica leads leader-only work (heartbeats) under a lease this long,
     # renewed this often. A leader that cannot renew stands down at 4/5 of the lease, before
     # Redis lets the lease go, so another replica takes over within about one lease.
+    # A running job's slots (max_concurrent, lock groups), which every replica shares, are
+    # held and renewed the same way: a dead replica's slots free themselves after a lease.
     leader_lease: Duration = timedelta(seconds=15)
     leader_renew_every: Duration = timedelta(seconds=5)
 
