@@ -11,7 +11,10 @@ redis-py ``Lock`` objects (``SET NX PX``, a token-checked renewal and release):
 * a lock group is one lock, ``opsbot:jobs:group:<name>``.
 
 A lock's value describes its holder (:class:`Holder`: job id, what it runs, who asked,
-which replica, since when), so a refusal on one replica names the job running on another.
+which replica, since when), so a refusal on one replica names the job running on another,
+``/jobs`` lists every replica's running jobs (the action slots, read with SCAN), and
+``/cancel`` reaches a job on another replica: it sets ``opsbot:jobs:cancel:<replica>:<job>``,
+which the job's own replica polls (every half second) and acts on as a local ``/cancel``.
 
 The locks last ``state.leader_lease`` and are renewed every ``state.leader_renew_every``
 while the job runs, then released when it ends. A replica that dies stops renewing, and its
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -47,6 +51,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("opsbot.jobs")
 
 _REDIS_TIMEOUT_S = 2.0
+_SLOT_PREFIX = "opsbot:jobs:action:"
+# How often a running job looks for a /cancel sent from another replica.
+_CANCEL_POLL_S = 0.5
+# A request its job's replica never picked up (it died meanwhile) does not linger.
+_CANCEL_REQUEST_TTL_MS = 60_000
 DEPENDENCY = "state Redis"
 
 
@@ -55,6 +64,7 @@ class Holder:
     """The job holding a slot, as the other replicas read it from the lock's value."""
 
     job_id: str
+    action: str
     description: str  # "rollback tag=v1.2"
     principal: str
     replica: str
@@ -66,6 +76,7 @@ class Holder:
         return json.dumps(
             {
                 "job": self.job_id,
+                "action": self.action,
                 "what": self.description,
                 "by": self.principal,
                 "replica": self.replica,
@@ -83,6 +94,7 @@ class Holder:
             data = json.loads(token)
             return cls(
                 job_id=str(data["job"]),
+                action=str(data["action"]),
                 description=str(data["what"]),
                 principal=str(data["by"]),
                 replica=str(data["replica"]),
@@ -100,6 +112,14 @@ class Conflict:
     holders: tuple[Holder, ...]  # may be empty: a slot freed between the two reads
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """A job running on another replica, as its action slot in Redis shows it."""
+
+    holder: Holder
+    slot: str  # the key of the slot it holds: released (or someone else's) once it ended
+
+
 class SlotsUnavailable(DependencyError):
     """Redis could not be asked whether another replica holds the slots."""
 
@@ -108,10 +128,21 @@ class SlotsUnavailable(DependencyError):
 
 
 class HeldSlots:
-    """The locks a running job holds; renewed until :meth:`release`."""
+    """The locks a running job holds, renewed until :meth:`release`; meanwhile a cancel
+    requested on another replica is handed to ``on_cancel`` (with who asked)."""
 
-    def __init__(self, locks: list[Lock], renew_every: timedelta) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        locks: list[Lock],
+        renew_every: timedelta,
+        cancel_key: str,
+        on_cancel: Callable[[str], None],
+    ) -> None:
+        self._client = client
         self._locks = locks
+        self._cancel_key = cancel_key
+        self._on_cancel = on_cancel
         self._renewing = asyncio.create_task(
             self._renew(renew_every.total_seconds()), name="job-slots-renew"
         )
@@ -123,9 +154,18 @@ class HeldSlots:
         await _release(self._locks)
 
     async def _renew(self, every: float) -> None:
+        loop = asyncio.get_running_loop()
         locks = list(self._locks)
-        while locks:
-            await asyncio.sleep(every)
+        renew_at = loop.time() + every
+        while True:
+            await asyncio.sleep(min(_CANCEL_POLL_S, every))
+            with contextlib.suppress(RedisError, OSError):  # the renewal below logs those
+                cancelled_by = await self._client.getdel(self._cancel_key)
+                if cancelled_by:
+                    self._on_cancel(str(cancelled_by))
+            if loop.time() < renew_at:
+                continue
+            renew_at += every
             for lock in list(locks):
                 try:
                     await lock.reacquire()
@@ -140,17 +180,27 @@ class HeldSlots:
 
 class RedisJobLocks:
     def __init__(
-        self, clients: RedisClients, url: str, *, lease: timedelta, renew_every: timedelta
+        self,
+        clients: RedisClients,
+        url: str,
+        *,
+        replica: str,
+        lease: timedelta,
+        renew_every: timedelta,
     ) -> None:
         self._clients = clients
         self._url = url
+        self._replica = replica
         self._lease = lease
         self._renew_every = renew_every
 
-    async def acquire(self, action: ActionConfig, holder: Holder) -> HeldSlots | Conflict:
+    async def acquire(
+        self, action: ActionConfig, holder: Holder, on_cancel: Callable[[str], None]
+    ) -> HeldSlots | Conflict:
         """Take ``action``'s lock group (if any) and one of its slots, or say who holds
-        them. Raises :class:`SlotsUnavailable` when Redis cannot be asked."""
-        client = self._clients.client(self._url, timeout=_REDIS_TIMEOUT_S)
+        them. Raises :class:`SlotsUnavailable` when Redis cannot be asked. ``on_cancel``
+        is called with who asked when another replica's ``/cancel`` reaches the job."""
+        client = self._client()
         token = holder.token()
         held: list[Lock] = []
         try:
@@ -159,12 +209,13 @@ class RedisJobLocks:
                 if not await group.acquire(blocking=False, token=token):
                     return Conflict("group", _holders([await client.get(str(group.name))]))
                 held.append(group)
-            names = [f"opsbot:jobs:action:{action.name}:{i}" for i in range(action.max_concurrent)]
+            names = [f"{_SLOT_PREFIX}{action.name}:{i}" for i in range(action.max_concurrent)]
             for name in names:
                 slot = self._lock(client, name)
                 if await slot.acquire(blocking=False, token=token):
                     held.append(slot)
-                    return HeldSlots(held, self._renew_every)
+                    cancel_key = _cancel_key(holder.replica, holder.job_id)
+                    return HeldSlots(client, held, self._renew_every, cancel_key, on_cancel)
             holders = _holders(await client.mget(names))
         except (RedisError, OSError) as exc:
             await _release(held)
@@ -172,11 +223,60 @@ class RedisJobLocks:
         await _release(held)
         return Conflict("action", holders)
 
+    async def running_elsewhere(self) -> list[RemoteJob]:
+        """The jobs the other replicas run now, oldest first."""
+        client = self._client()
+        try:
+            slots = [key async for key in client.scan_iter(match=f"{_SLOT_PREFIX}*", count=500)]
+            values = await client.mget(slots) if slots else []
+        except (RedisError, OSError) as exc:
+            raise SlotsUnavailable(exc) from exc
+        found: dict[tuple[str, str], RemoteJob] = {}
+        for slot, value in zip(slots, values, strict=True):
+            holder = Holder.from_token(value)
+            if holder is not None and holder.replica != self._replica:
+                found[(holder.replica, holder.job_id)] = RemoteJob(holder, str(slot))
+        return sorted(found.values(), key=lambda job: job.holder.since)
+
+    async def request_cancel(self, job: RemoteJob, by: str) -> None:
+        """Ask ``job``'s replica to cancel it on behalf of ``by``."""
+        key = _cancel_key(job.holder.replica, job.holder.job_id)
+        try:
+            await self._client().set(key, by, px=_CANCEL_REQUEST_TTL_MS)
+        except (RedisError, OSError) as exc:
+            raise SlotsUnavailable(exc) from exc
+
+    async def wait_ended(self, job: RemoteJob, within: float) -> bool:
+        """True once ``job`` has let go of its slot, False if it still holds it after
+        ``within`` seconds."""
+        client = self._client()
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            try:
+                holder = Holder.from_token(await client.get(job.slot))
+            except (RedisError, OSError) as exc:
+                raise SlotsUnavailable(exc) from exc
+            if holder is None or (holder.replica, holder.job_id) != (
+                job.holder.replica,
+                job.holder.job_id,
+            ):
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(_CANCEL_POLL_S / 2)
+
+    def _client(self) -> Redis:
+        return self._clients.client(self._url, timeout=_REDIS_TIMEOUT_S)
+
     def _lock(self, client: Redis, name: str) -> Lock:
         from redis.asyncio.lock import Lock
 
         # Not thread-local: the token must be seen by the renewal task and the release.
         return Lock(client, name, timeout=self._lease.total_seconds(), thread_local=False)
+
+
+def _cancel_key(replica: str, job_id: str) -> str:
+    return f"opsbot:jobs:cancel:{replica}:{job_id}"
 
 
 def _holders(values: list[bytes | str | None]) -> tuple[Holder, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from bot.clock import Clock
 from bot.config.operations import JobsSection
 from bot.durations import format_duration
 from bot.errors import UserError
-from bot.job_locks import Conflict, HeldSlots, Holder, RedisJobLocks, SlotsUnavailable
+from bot.job_locks import (
+    Conflict,
+    HeldSlots,
+    Holder,
+    RedisJobLocks,
+    RemoteJob,
+    SlotsUnavailable,
+)
 from bot.outbound import Destination, Outbox
 from bot.redact import Redactor
 from bot.reply import Field, Reply, Status
@@ -193,13 +201,16 @@ class JobBoard:
             return
         holder = Holder(
             job_id=job.id,
+            action=job.action,
             description=job.description,
             principal=job.requester.principal,
             replica=self._replica,
             since=job.started_at,
         )
         try:
-            taken = await self._shared_slots.acquire(job.prepared.action, holder)
+            taken = await self._shared_slots.acquire(
+                job.prepared.action, holder, functools.partial(self.cancel, job)
+            )
         except SlotsUnavailable as exc:
             log.warning("jobs.slots_unavailable", job=job.id, error=str(exc.original))
             raise UserError(
@@ -394,6 +405,27 @@ class JobBoard:
         if job.result is None:
             job.stopped_by = by
             job.process.cancel()
+
+    @property
+    def shared(self) -> bool:
+        """True when other replicas run jobs too (Redis): /jobs and /cancel reach them."""
+        return self._shared_slots is not None
+
+    async def running_elsewhere(self) -> list[RemoteJob]:
+        """The jobs other replicas run now; SlotsUnavailable when Redis cannot say."""
+        if self._shared_slots is None:
+            return []
+        return await self._shared_slots.running_elsewhere()
+
+    async def find_elsewhere(self, job_id: str) -> RemoteJob | None:
+        return next((j for j in await self.running_elsewhere() if j.holder.job_id == job_id), None)
+
+    async def cancel_elsewhere(self, job: RemoteJob, by: str, *, within: float) -> bool:
+        """Ask ``job``'s replica to cancel it; True if it ended within ``within`` seconds.
+        Its replica posts the result and writes the audit entries, as for a local job."""
+        assert self._shared_slots is not None
+        await self._shared_slots.request_cancel(job, by)
+        return await self._shared_slots.wait_ended(job, within)
 
     async def wait(self, job: Job, within: float) -> bool:
         """Wait up to ``within`` seconds for ``job`` to end; True if it did."""

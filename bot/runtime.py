@@ -297,6 +297,7 @@ def _shared_job_slots(config: Config, clients: RedisClients) -> RedisJobLocks | 
     return RedisJobLocks(
         clients,
         state.redis_url.get_secret_value(),
+        replica=config.bot.replica_id,
         lease=state.leader_lease,
         renew_every=state.leader_renew_every,
     )

@@ -7,6 +7,7 @@ from datetime import timedelta
 from bot.command import CommandSpec, NoArgs
 from bot.context import Context
 from bot.durations import format_duration
+from bot.job_locks import Holder, SlotsUnavailable
 from bot.jobs import Job
 from bot.reply import Reply, Status, Table
 
@@ -16,17 +17,27 @@ _SHOWN_FINISHED = 10
 async def run(ctx: Context, _: NoArgs) -> Reply:
     board = ctx.tools.jobs
     running, finished = board.running(), board.finished()[:_SHOWN_FINISHED]
-    if not running and not finished:
-        return Reply(title="No jobs since opsbot started", status=Status.INFO)
+    notes: list[str] = []
+    try:
+        elsewhere = await board.running_elsewhere()
+    except SlotsUnavailable:
+        elsewhere = []
+        notes.append("Other replicas' jobs are not shown: opsbot cannot reach its Redis.")
+    if board.shared and finished:
+        notes.append("Finished jobs are this replica's; /audit has every replica's.")
+    if not running and not finished and not elsewhere:
+        return Reply(title="No jobs since opsbot started", status=Status.INFO, text=" ".join(notes))
     now = ctx.tools.clock.now()
     rows = [_row(job, now - job.started_at) for job in running]
+    rows += [_row_elsewhere(remote.holder, now - remote.holder.since) for remote in elsewhere]
     rows += [
         _row(job, (job.finished_at or now) - job.started_at, ago=now - (job.finished_at or now))
         for job in finished
     ]
     return Reply(
-        title=f"{len(running)} running, {len(finished)} recent job(s)",
+        title=f"{len(running) + len(elsewhere)} running, {len(finished)} recent job(s)",
         status=Status.INFO,
+        text=" ".join(notes),
         table=Table(("job", "action", "by", "state", "took", "ended"), tuple(rows)),
     )
 
@@ -37,6 +48,11 @@ def _row(job: Job, took: timedelta, ago: timedelta | None = None) -> tuple[str, 
         by += f" (+{job.requester.approved_by})"
     ended = "" if ago is None else f"{format_duration(ago)} ago"
     return (job.id, job.description, by, job.state.value, format_duration(took), ended)
+
+
+def _row_elsewhere(holder: Holder, took: timedelta) -> tuple[str, ...]:
+    state = f"running on {holder.replica}"
+    return (holder.job_id, holder.description, holder.principal, state, format_duration(took), "")
 
 
 SPEC = CommandSpec(

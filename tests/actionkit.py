@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
 import textwrap
 from dataclasses import dataclass
@@ -126,3 +128,31 @@ def approval_id(reply_text: str) -> str:
     marker = "(request "
     start = reply_text.index(marker) + len(marker)
     return reply_text[start : reply_text.index(")", start)]
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie not yet reaped by its parent still answers signal 0.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return status != "Z"
+
+
+async def pid_in(pidfile: Path, within: float = 20.0) -> int:
+    """The pid the hang script writes once it runs (polling: it is another process)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        text = await asyncio.to_thread(_read_text, pidfile)
+        if text:
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pidfile} was not written within {within} s")
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""

@@ -4,14 +4,13 @@ scripts as the actions, the real audit database and the real approval store."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.message import Message
-from tests.actionkit import Scripts, actions_config, approval_id
+from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import ManualClock, running_bot
 from tests.processes import spawn_console
 
@@ -171,12 +170,12 @@ async def test_cancel_stops_the_process_group_and_is_audited(scripts: Scripts) -
     async with running_bot(actions_config(scripts)) as tb:
         ack = await tb.exec("/run hang", as_="bob")
         job = ack.split("running as job ")[1].split()[0]
-        pid = await _pid_in(scripts.dir / "hang.pid")
+        pid = await pid_in(scripts.dir / "hang.pid")
         denied = await tb.exec(f"/cancel {job}", as_="dave")
         assert denied.startswith("⛔")
         cancelled = await tb.exec(f"/cancel {job}", as_="alice")
         assert "cancelled" in cancelled
-        assert not _alive(pid)
+        assert not process_alive(pid)
         posted = await tb.posted("was cancelled by alice")
         assert f"(job {job})" in posted
         finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
@@ -188,9 +187,9 @@ async def test_cancel_stops_the_process_group_and_is_audited(scripts: Scripts) -
 async def test_shutdown_cancels_running_jobs_after_the_grace(scripts: Scripts) -> None:
     async with running_bot(actions_config(scripts)) as tb:
         await tb.exec("/run hang", as_="bob")
-        pid = await _pid_in(scripts.dir / "hang.pid")
+        pid = await pid_in(scripts.dir / "hang.pid")
         await tb.bot.jobs.drain()
-        assert not _alive(pid)
+        assert not process_alive(pid)
         refused = await tb.exec("/run fail", as_="bob")
         assert "shutting down" in refused
         finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
@@ -221,19 +220,6 @@ async def test_redelivered_event_runs_the_action_once(scripts: Scripts) -> None:
         assert sorted(statuses) == ["duplicate", "duplicate", "ok"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie not yet reaped by its parent still answers signal 0.
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return status != "Z"
-
-
 async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
     scripts: Scripts, tmp_path: Path
 ) -> None:
@@ -249,8 +235,8 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
         assert proc.stdin is not None
         proc.stdin.write(b"/run hang\n")
         await proc.stdin.drain()
-        pid = await _pid_in(pidfile)
-        assert _alive(pid)
+        pid = await pid_in(pidfile)
+        assert process_alive(pid)
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             out, _ = await proc.communicate()
@@ -259,7 +245,7 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert "was cancelled by shutdown" in out.decode()
     with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
         rows = db.execute(
@@ -270,21 +256,6 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
         ("finished", "cancelled"),
     ]
     assert "cancelled by shutdown" in rows[1][2]
-
-
-async def _pid_in(pidfile: Path, within: float = 20.0) -> int:
-    """The pid the hang script writes once it runs (polling: it is another process)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        text = await asyncio.to_thread(_read, pidfile)
-        if text:
-            return int(text)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{pidfile} was not written within {within} s")
-
-
-def _read(path: Path) -> str:
-    return path.read_text().strip() if path.exists() else ""
 
 
 async def test_approvals_lists_what_waits_and_forgets_what_was_decided(scripts: Scripts) -> None:
@@ -308,11 +279,11 @@ async def test_a_job_over_its_timeout_is_killed_and_reported(scripts: Scripts) -
     async with running_bot(config) as tb:
         ack = await tb.exec("/run hang", as_="bob")
         job = ack.split("running as job ")[1].split()[0]
-        pid = await _pid_in(scripts.dir / "hang.pid")
+        pid = await pid_in(scripts.dir / "hang.pid")
         result = await tb.posted("timed out")
         assert f"(job {job})" in result and "its processes were killed" in result
         assert "tick" in result  # the last output is shown
-        assert not _alive(pid)
+        assert not process_alive(pid)
         finished = [e for e in await tb.audit() if e.kind == "job" and e.stage == "finished"]
         assert finished[0].status == "timeout" and finished[0].exit_code is None
 
@@ -378,4 +349,8 @@ async def test_with_its_redis_down_a_replica_starts_no_job_and_says_why(
         run = [e for e in await tb.commands_audited() if e.command == "run"]
         assert run[0].status == "error" and "was not started" in (run[0].error or "")
         assert [e for e in await tb.audit() if e.kind == "job"] == []
+        listing = await tb.exec("/jobs", as_="bob")
+        assert "Other replicas' jobs are not shown: opsbot cannot reach its Redis" in listing
+        unknown = await tb.exec("/cancel jzzzz", as_="bob")
+        assert "no job 'jzzzz' on this replica, and the others cannot be asked" in unknown
         assert "You are bob" in await tb.exec("/whoami", as_="bob")  # still serving

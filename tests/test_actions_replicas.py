@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.message import Message
-from tests.actionkit import Scripts, actions_config, approval_id
+from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import running_bot
 from tests.infra import redis_url
 from tests.replicas import two_replicas
@@ -144,3 +144,37 @@ async def test_max_concurrent_and_lock_groups_hold_across_replicas(
         assert len(runs) == 5 and len(turned_away) == 2, runs
         jobs = [e for e in await one.audit() if e.kind == "job" and e.stage == "started"]
         assert len(jobs) == 3  # hold, pair-a, hold again: never the two turned away
+
+
+@pytest.mark.redis
+async def test_a_job_on_one_replica_is_listed_and_cancelled_from_the_other(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    config = actions_config(scripts, _held_actions(scripts, tag))
+    async with two_replicas(config, tmp_path, extra=state) as (one, two):
+        job = _job_id(await one.exec(f"/run hold-{tag}", as_="bob"))
+        pid = await pid_in(scripts.dir / "hold.pid")
+
+        listing = await two.exec("/jobs", as_="carol")
+        assert "1 running" in listing
+        assert job in listing and f"hold-{tag}" in listing and "running on one" in listing
+
+        denied = await two.exec(f"/cancel {job}", as_="dave")  # a deployer: not hold's role
+        assert denied.startswith("⛔") and f"may run 'hold-{tag}'" in denied
+        assert process_alive(pid)
+
+        cancelled = await two.exec(f"/cancel {job}", as_="alice")
+        assert f"Job {job} (hold-{tag}) on replica one cancelled" in cancelled
+        assert not process_alive(pid)
+        # The job's own replica reports it where it was started, and audits it.
+        result = await one.posted(f"(job {job})")
+        assert "was cancelled by alice" in result
+        finished = [e for e in await one.audit() if e.kind == "job" and e.stage == "finished"]
+        assert [(e.status, "cancelled by alice" in e.detail) for e in finished] == [
+            ("cancelled", True)
+        ]
+
+        assert "running on any replica" in await two.exec(f"/cancel {job}", as_="alice")
+        assert "No jobs since opsbot started" in await two.exec("/jobs", as_="carol")
