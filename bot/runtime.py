@@ -38,6 +38,7 @@ from bot.metrics import Metrics
 from bot.outbound import Outbox
 from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
+from bot.policy_store import RedisPolicyStore
 from bot.redis_clients import RedisClients
 from bot.reply import Reply
 from bot.scheduler import Scheduler
@@ -73,10 +74,20 @@ class Bot:
         self.directory = Directory(config)
         self.authorizer = Authorizer(config, list(commands))
         self.catalog = Catalog(commands, self.authorizer)
-        self.policy = PolicySwitch(config.policy, self.clock, self.audit, self.metrics)
+        self.redis_clients = RedisClients()
+        self.policy = PolicySwitch(
+            config.policy,
+            self.clock,
+            self.audit,
+            self.metrics,
+            shared=(
+                RedisPolicyStore(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else None
+            ),
+        )
         self.adapters = AdapterBoard()
         self.http_clients = HttpClients()
-        self.redis_clients = RedisClients()
         self.state_db = StateDatabase(database_url(config))
         self.outbox = Outbox(
             OutboxStore(self.state_db),

@@ -354,3 +354,18 @@ async def test_with_its_redis_down_a_replica_starts_no_job_and_says_why(
         unknown = await tb.exec("/cancel jzzzz", as_="bob")
         assert "no job 'jzzzz' on this replica, and the others cannot be asked" in unknown
         assert "You are bob" in await tb.exec("/whoami", as_="bob")  # still serving
+
+
+async def test_with_its_redis_down_a_replica_keeps_the_policy_strict(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    # The mode every replica shares lives in Redis: unreadable means strict, and a switch
+    # that could not reach every replica is refused.
+    config = actions_config(scripts) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    async with running_bot(config) as tb:
+        refused = await tb.exec("/policy off 10m migration", as_="alice")
+        assert "policy stays strict: opsbot cannot reach its Redis" in refused
+        shown = await tb.exec("/policy", as_="bob")
+        assert "Policy mode STRICT" in shown and "Redis unreachable" in shown
+        assert "(request " in await tb.exec("/rollback v1.8", as_="dave")  # approval needed
+        assert [e for e in await tb.audit() if e.kind == "policy"] == []

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from bot.message import Message
+from bot.policy_store import KEY as POLICY_KEY
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import running_bot
 from tests.infra import redis_url
@@ -178,3 +181,54 @@ async def test_a_job_on_one_replica_is_listed_and_cancelled_from_the_other(
 
         assert "running on any replica" in await two.exec(f"/cancel {job}", as_="alice")
         assert "No jobs since opsbot started" in await two.exec("/jobs", as_="carol")
+
+
+@pytest.fixture
+async def shared_policy_key() -> AsyncIterator[None]:
+    """The one policy key every replica on the test Redis shares: cleared around a test
+    that switches it, so no other test runs in its window."""
+    client = aioredis.Redis.from_url(redis_url())
+    await client.delete(POLICY_KEY)
+    try:
+        yield
+    finally:
+        await client.delete(POLICY_KEY)
+        await client.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("shared_policy_key")
+async def test_the_policy_mode_is_the_same_on_every_replica(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    async with two_replicas(actions_config(scripts), tmp_path, extra=state) as (one, two):
+        assert "OFF until" in await one.exec("/policy off 10m migration", as_="alice")
+        shown = await two.exec("/policy", as_="bob")
+        assert "Policy mode OFF until" in shown and "migration" in shown
+        assert "finished" in await two.exec("/rollback v1.6", as_="dave")  # no approval
+
+        assert "STRICT" in await two.exec("/policy strict done", as_="alice")
+        assert "Policy mode STRICT" in await one.exec("/policy", as_="bob")
+        asked = await one.exec("/rollback v1.7", as_="dave")
+        assert "(request " in asked  # a second person again
+        assert scripts.runs() == ["v1.6"]
+        switches = [e.status for e in await one.audit() if e.kind == "policy"]
+        assert switches == ["off", "strict"]
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("shared_policy_key")
+async def test_an_off_window_ends_on_every_replica_and_is_recorded_once(
+    scripts: Scripts, tmp_path: Path
+) -> None:
+    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    async with two_replicas(actions_config(scripts), tmp_path, extra=state) as (one, two):
+        await one.exec("/policy off 1s", as_="alice")
+        assert "OFF until" in await two.exec("/policy", as_="bob")  # both time the window
+        await asyncio.sleep(1.5)
+        for replica in (one, two):
+            shown = await replica.exec("/policy", as_="bob")
+            assert "Policy mode STRICT" in shown and "timer" in shown
+        switches = [e.status for e in await one.audit() if e.kind == "policy"]
+        assert switches == ["off", "expired"]
