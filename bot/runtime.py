@@ -36,6 +36,7 @@ from bot.leader import leadership_for
 from bot.message import Message
 from bot.metrics import Metrics
 from bot.outbound import Outbox
+from bot.pauses import RedisPauses
 from bot.pipeline import Dispatcher
 from bot.policy import PolicySwitch
 from bot.policy_store import RedisPolicyStore
@@ -119,7 +120,15 @@ class Bot:
         )
         # With Redis, one replica (the lease holder) runs the scheduled work.
         self.leadership = leadership_for(config.state, self.redis_clients, config.bot.replica_id)
-        self.scheduler = Scheduler(self.clock, leadership=self.leadership)
+        self.scheduler = Scheduler(
+            self.clock,
+            leadership=self.leadership,
+            shared_pauses=(
+                RedisPauses(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else None
+            ),
+        )
         self.heartbeats = Heartbeats(
             config,
             scheduler=self.scheduler,

@@ -32,6 +32,7 @@ import structlog
 from bot.clock import Clock
 from bot.durations import format_duration
 from bot.leader import Leadership, LostLeadership, SoleLeader
+from bot.pauses import PausesUnavailable, RedisPauses
 
 log = structlog.get_logger("opsbot.scheduler")
 
@@ -90,14 +91,17 @@ class Scheduler:
         shutdown_grace: timedelta = timedelta(seconds=10),
         misfire_grace: timedelta = timedelta(minutes=5),
         leadership: Leadership | None = None,
+        shared_pauses: RedisPauses | None = None,
     ) -> None:
         """No I/O and no event loop needed: APScheduler is created in ``start()``.
 
         ``leadership``: scheduled runs happen only on the leader, after its fencing token
         is checked, so several replicas post one heartbeat (``run_now``, asked for by a
-        person on this replica, runs here regardless)."""
+        person on this replica, runs here regardless). ``shared_pauses``: with several
+        replicas, where a pause asked for on one reaches the leader."""
         self._clock = clock
         self._leadership: Leadership = leadership or SoleLeader()
+        self._shared_pauses = shared_pauses
         self._grace = shutdown_grace.total_seconds()
         self._misfire_grace = max(1, int(misfire_grace.total_seconds()))
         self._jobs: dict[str, _Job] = {}
@@ -149,6 +153,27 @@ class Scheduler:
         self._aps.modify_job(name, next_run_time=when)
         log.info("scheduler.paused", job=name, until=until.isoformat(), next_run=_iso(when))
         return when
+
+    async def pause_everywhere(self, name: str, until: datetime) -> datetime | None:
+        """:meth:`pause` here, and on every replica (PausesUnavailable when they cannot be
+        told, before anything is paused); returns the job's next run here."""
+        if self._shared_pauses is not None:
+            await self._shared_pauses.pause(name, until, self._clock.now())
+        return self.pause(name, until)
+
+    async def paused_until_everywhere(self, name: str) -> datetime | None:
+        """The end of the pause in force for the job on any replica (this one's if the
+        others cannot be asked)."""
+        here = self.paused_until(name)
+        if self._shared_pauses is None:
+            return here
+        try:
+            shared = await self._shared_pauses.until(name)
+        except PausesUnavailable:
+            return here
+        if shared is None or shared <= self._clock.now():
+            return here
+        return shared if here is None else max(here, shared)
 
     def run_now(self, name: str) -> asyncio.Task[None]:
         """Run the job at once, outside its schedule (which stays as it is). Returns the
@@ -262,9 +287,26 @@ class Scheduler:
         if not self._leadership.is_leader:
             log.debug("scheduler.not_leader", job=name)
             return
+        if await self._paused_elsewhere(name):
+            return
         # A fresh context: APScheduler's timer callback may carry whichever request last
         # touched the scheduler (a /heartbeat pause), and this run is not part of it.
         self._launch(job, contextvars.Context(), fenced=True)
+
+    async def _paused_elsewhere(self, name: str) -> bool:
+        """A pause asked for on another replica (this one's own moved the schedule)."""
+        if self._shared_pauses is None:
+            return False
+        try:
+            until = await self._shared_pauses.until(name)
+        except PausesUnavailable as exc:
+            # A heartbeat is a dead man's switch: when in doubt, it goes out.
+            log.warning("scheduler.pause_unknown", job=name, error=str(exc.original))
+            return False
+        if until is None or until <= self._clock.now():
+            return False
+        log.info("scheduler.run_skipped", job=name, reason="paused", until=until.isoformat())
+        return True
 
     def _launch(
         self, job: _Job, context: contextvars.Context, *, fenced: bool = False

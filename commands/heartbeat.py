@@ -9,7 +9,8 @@ from typing import Literal
 from bot.command import Args, CommandSpec, Risk
 from bot.context import Context
 from bot.durations import format_duration, parse_duration
-from bot.errors import UsageError
+from bot.errors import UsageError, UserError
+from bot.pauses import PausesUnavailable
 from bot.reply import Field, Reply, Status, Table
 
 USAGE = "/heartbeat [now [name] | pause <duration> [name]]"
@@ -32,7 +33,7 @@ async def run(ctx: Context, args: HeartbeatArgs) -> Reply:
     if not ctx.tools.heartbeats.names:
         return NOT_CONFIGURED
     if args.action is None:
-        return _listing(ctx)
+        return await _listing(ctx)
     if args.action == "now":
         if args.second is not None:
             raise UsageError(f"unexpected argument '{args.second}'", USAGE)
@@ -50,12 +51,13 @@ async def run(ctx: Context, args: HeartbeatArgs) -> Reply:
     return await _pause(ctx, _select(ctx, args.second), length)
 
 
-def _listing(ctx: Context) -> Reply:
+async def _listing(ctx: Context) -> Reply:
     now = ctx.tools.clock.now()
     beats = ctx.tools.heartbeats
     rows = []
     for name in beats.names:
         job = ctx.tools.scheduler.job(name)
+        paused_until = await ctx.tools.scheduler.paused_until_everywhere(name)
         last = beats.last_success(name)
         rows.append(
             (
@@ -63,7 +65,7 @@ def _listing(ctx: Context) -> Reply:
                 job.schedule.describe(),
                 ", ".join(beats.get(name).channels),
                 _when(job.next_run, now) if job.next_run else "not scheduled",
-                _when(job.paused_until, now) if job.paused_until else "-",
+                _when(paused_until, now) if paused_until else "-",
                 _when(last, now) if last else "-",
             )
         )
@@ -105,7 +107,20 @@ async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
     )
     rows = []
     for name in names:
-        next_run = tools.scheduler.pause(name, until)
+        try:
+            next_run = await tools.scheduler.pause_everywhere(name, until)
+        except PausesUnavailable as exc:
+            await ctx.record_event(
+                kind="heartbeat",
+                command="heartbeat",
+                args={"heartbeats": [name]},
+                status="pause_failed",
+                detail="not paused: Redis unreachable",
+            )
+            raise UserError(
+                f"{_heartbeats([name])} not paused: opsbot cannot reach its Redis, so the "
+                "replica that posts heartbeats cannot be told; try again shortly"
+            ) from exc
         rows.append((name, _when(next_run, now) if next_run else "not scheduled"))
     return Reply(
         title=f"Paused {_heartbeats(names)} until {until:%Y-%m-%d %H:%M} UTC "

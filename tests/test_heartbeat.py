@@ -11,6 +11,7 @@ run, run after a pause) come from the manual clock and are checked exactly.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -210,6 +211,37 @@ async def test_unknown_heartbeat_is_a_usage_error() -> None:
         assert answer.startswith("❓") and "'soon' is not a duration" in answer
         assert (await tb.exec("/heartbeat pause 31d")).startswith("❓")
         assert (await tb.exec("/heartbeat later")).startswith("❓")
+
+
+@pytest.mark.redis
+async def test_a_pause_typed_to_one_replica_is_shown_on_the_other(tmp_path: Path) -> None:
+    # The leader, which posts, may be either replica: the pause is kept in Redis and the
+    # leader reads it before each run (tests/test_scheduled_on_one_replica.py).
+    name = f"ops{uuid.uuid4().hex[:8]}"
+    text = config(heartbeat(name)) + f'\n[state]\nredis_url = "{redis_url()}"\n'
+    clock = ManualClock(FUTURE)
+    try:
+        async with (
+            running_bot(text, clock=clock, data_dir=tmp_path / "one") as one,
+            running_bot(text, clock=clock, data_dir=tmp_path / "two") as two,
+        ):
+            assert "Paused" in await two.exec(f"/heartbeat pause 2h {name}")
+            assert rows(await one.send("/heartbeat"))[name][3] == "2099-01-07 14:00 UTC (in 2h)"
+    finally:
+        client = aioredis.Redis.from_url(redis_url())
+        await client.delete(f"opsbot:pause:{name}")
+        await client.aclose()
+
+
+async def test_with_its_redis_down_a_pause_is_refused_and_says_why() -> None:
+    text = config(heartbeat("ops")) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    async with running_bot(text, clock=ManualClock(FUTURE)) as tb:
+        answer = await tb.exec("/heartbeat pause 2h ops")
+        assert answer.startswith("❌") and "heartbeat 'ops' not paused" in answer
+        assert "cannot reach its Redis" in answer
+        assert rows(await tb.send("/heartbeat"))["ops"][3] == "-"
+        events = [e.status for e in await tb.audit() if e.kind == "heartbeat"]
+        assert events == ["paused", "pause_failed"]
 
 
 async def test_pause_is_audited_and_moves_the_next_run() -> None:

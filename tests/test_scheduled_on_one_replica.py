@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot.clock import SystemClock
 from bot.leader import LeaderLease
+from bot.pauses import RedisPauses
 from bot.redis_clients import RedisClients
 from bot.scheduler import Every, Scheduler
 from tests.infra import redis_url
@@ -103,3 +104,57 @@ async def test_a_run_that_stalls_past_a_takeover_does_not_post() -> None:
         await asyncio.gather(old.stop(), new.stop())
         await clients.client(redis_url(), timeout=2).delete(key, f"{key}:fence")
         await clients.close()
+
+
+async def test_a_pause_asked_for_on_another_replica_holds_on_the_leader() -> None:
+    """``/heartbeat pause`` lands on whichever replica the person talks to; the leader,
+    which posts, must skip its runs until the pause ends."""
+    key = f"opsbot-test:leader:{uuid.uuid4().hex[:10]}"
+    job = f"beat-{uuid.uuid4().hex[:8]}"
+    clients = RedisClients()
+    runs: list[str] = []
+    ticked = asyncio.Event()
+    replicas: dict[str, tuple[LeaderLease, Scheduler]] = {}
+    for name in ("one", "two"):
+        lease = LeaderLease(clients, redis_url(), key=key, holder=name, lease=0.6, renew_every=0.2)
+        pauses = RedisPauses(clients, redis_url())
+        scheduler = Scheduler(SystemClock(), leadership=lease, shared_pauses=pauses)
+
+        async def tick(name: str = name) -> None:
+            runs.append(name)
+            ticked.set()
+
+        scheduler.add(job, tick, Every(TICK))
+        replicas[name] = (lease, scheduler)
+    try:
+        for lease, scheduler in replicas.values():
+            await lease.start()
+            await scheduler.start()
+        await _runs_reach(runs, 2, ticked)
+        leaders = set(runs)
+        assert len(leaders) == 1, runs
+        leader = leaders.pop()
+        follower = "two" if leader == "one" else "one"
+
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        await replicas[follower][1].pause_everywhere(job, until)
+        assert await replicas[leader][1].paused_until_everywhere(job) == until
+        paused_at = len(runs)
+        await asyncio.sleep(0.8)
+        assert len(runs) <= paused_at + 1  # at most a run that had already started
+        await _runs_reach(runs, paused_at + 3, ticked)  # the pause ended by itself
+        assert set(runs) == {leader}
+    finally:
+        for lease, scheduler in replicas.values():
+            await scheduler.stop()
+            await lease.stop()
+        pause_key = f"opsbot:pause:{job}"
+        await clients.client(redis_url(), timeout=2).delete(key, f"{key}:fence", pause_key)
+        await clients.close()
+
+
+async def _runs_reach(runs: list[str], count: int, ticked: asyncio.Event) -> None:
+    async with asyncio.timeout(5):
+        while len(runs) < count:
+            ticked.clear()
+            await ticked.wait()
