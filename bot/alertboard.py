@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from bot.errors import DependencyError
+from bot.redis_clients import STATE_TIMEOUT_S
 from bot.state.alerts import ActiveAlert, AlertStore
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class RedisAlertDedup:
     async def fresh(self, fingerprint: str, status: str, now: datetime) -> bool:
         from redis.exceptions import RedisError
 
-        client = self._clients.client(self._url, timeout=2.0)
+        client = self._clients.client(self._url, timeout=STATE_TIMEOUT_S)
         try:
             fresh = await client.eval(
                 _FRESH, 1, f"opsbot:alert:{fingerprint}", status, str(self._window_ms)

@@ -21,7 +21,7 @@ while the job runs, then released when it ends. A replica that dies stops renewi
 slots free themselves after the lease, even if its action's process (in a process group of
 its own) still runs: the lease is how long a silent replica is trusted.
 
-If Redis cannot be asked, the job does not start (:class:`SlotsUnavailable`): two rollbacks
+If Redis cannot be asked, the job does not start (:class:`StateRedisUnavailable`): two rollbacks
 at once are worse than a clear line saying to try again.
 """
 
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
-from bot.errors import DependencyError
+from bot.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -50,13 +50,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("opsbot.jobs")
 
-_REDIS_TIMEOUT_S = 2.0
 _SLOT_PREFIX = "opsbot:jobs:action:"
 # How often a running job looks for a /cancel sent from another replica.
 _CANCEL_POLL_S = 0.5
 # A request its job's replica never picked up (it died meanwhile) does not linger.
 _CANCEL_REQUEST_TTL_MS = 60_000
-DEPENDENCY = "state Redis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +116,6 @@ class RemoteJob:
 
     holder: Holder
     slot: str  # the key of the slot it holds: released (or someone else's) once it ended
-
-
-class SlotsUnavailable(DependencyError):
-    """Redis could not be asked whether another replica holds the slots."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(DEPENDENCY, f"unreachable ({original})", original)
 
 
 class HeldSlots:
@@ -198,7 +189,7 @@ class RedisJobLocks:
         self, action: ActionConfig, holder: Holder, on_cancel: Callable[[str], None]
     ) -> HeldSlots | Conflict:
         """Take ``action``'s lock group (if any) and one of its slots, or say who holds
-        them. Raises :class:`SlotsUnavailable` when Redis cannot be asked. ``on_cancel``
+        them. Raises :class:`StateRedisUnavailable` when Redis cannot be asked. ``on_cancel``
         is called with who asked when another replica's ``/cancel`` reaches the job."""
         client = self._client()
         token = holder.token()
@@ -219,7 +210,7 @@ class RedisJobLocks:
             holders = _holders(await client.mget(names))
         except (RedisError, OSError) as exc:
             await _release(held)
-            raise SlotsUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         await _release(held)
         return Conflict("action", holders)
 
@@ -230,7 +221,7 @@ class RedisJobLocks:
             slots = [key async for key in client.scan_iter(match=f"{_SLOT_PREFIX}*", count=500)]
             values = await client.mget(slots) if slots else []
         except (RedisError, OSError) as exc:
-            raise SlotsUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         found: dict[tuple[str, str], RemoteJob] = {}
         for slot, value in zip(slots, values, strict=True):
             holder = Holder.from_token(value)
@@ -244,7 +235,7 @@ class RedisJobLocks:
         try:
             await self._client().set(key, by, px=_CANCEL_REQUEST_TTL_MS)
         except (RedisError, OSError) as exc:
-            raise SlotsUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
 
     async def wait_ended(self, job: RemoteJob, within: float) -> bool:
         """True once ``job`` has let go of its slot, False if it still holds it after
@@ -255,7 +246,7 @@ class RedisJobLocks:
             try:
                 holder = Holder.from_token(await client.get(job.slot))
             except (RedisError, OSError) as exc:
-                raise SlotsUnavailable(exc) from exc
+                raise StateRedisUnavailable(exc) from exc
             if holder is None or (holder.replica, holder.job_id) != (
                 job.holder.replica,
                 job.holder.job_id,
@@ -266,7 +257,7 @@ class RedisJobLocks:
             await asyncio.sleep(_CANCEL_POLL_S / 2)
 
     def _client(self) -> Redis:
-        return self._clients.client(self._url, timeout=_REDIS_TIMEOUT_S)
+        return self._clients.client(self._url, timeout=STATE_TIMEOUT_S)
 
     def _lock(self, client: Redis, name: str) -> Lock:
         from redis.asyncio.lock import Lock

@@ -35,10 +35,10 @@ from bot.job_locks import (
     Holder,
     RedisJobLocks,
     RemoteJob,
-    SlotsUnavailable,
 )
 from bot.outbound import Destination, Outbox
 from bot.redact import Redactor
+from bot.redis_clients import StateRedisUnavailable
 from bot.reply import Field, Reply, Status
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class JobBoard:
             taken = await self._shared_slots.acquire(
                 job.prepared.action, holder, functools.partial(self.cancel, job)
             )
-        except SlotsUnavailable as exc:
+        except StateRedisUnavailable as exc:
             log.warning("jobs.slots_unavailable", job=job.id, error=str(exc.original))
             raise UserError(
                 f"{job.description} was not started: opsbot cannot reach its Redis to check "
@@ -412,7 +412,7 @@ class JobBoard:
         return self._shared_slots is not None
 
     async def running_elsewhere(self) -> list[RemoteJob]:
-        """The jobs other replicas run now; SlotsUnavailable when Redis cannot say."""
+        """The jobs other replicas run now; StateRedisUnavailable when Redis cannot say."""
         if self._shared_slots is None:
             return []
         return await self._shared_slots.running_elsewhere()

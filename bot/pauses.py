@@ -13,19 +13,12 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from bot.errors import DependencyError
+from bot.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from bot.redis_clients import RedisClients
-
-_REDIS_TIMEOUT_S = 2.0
-
-
-class PausesUnavailable(DependencyError):
-    def __init__(self, original: BaseException) -> None:
-        super().__init__("state Redis", f"unreachable ({original})", original)
 
 
 class RedisPauses:
@@ -38,7 +31,7 @@ class RedisPauses:
         try:
             value = await self._client().get(_key(job))
         except (RedisError, OSError) as exc:
-            raise PausesUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         if value is None:
             return None
         try:
@@ -52,10 +45,10 @@ class RedisPauses:
         try:
             await self._client().set(_key(job), until.isoformat(), px=left_ms)
         except (RedisError, OSError) as exc:
-            raise PausesUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
 
     def _client(self) -> Redis:
-        return self._clients.client(self._url, timeout=_REDIS_TIMEOUT_S)
+        return self._clients.client(self._url, timeout=STATE_TIMEOUT_S)
 
 
 def _key(job: str) -> str:

@@ -25,7 +25,8 @@ from bot.config.models import PolicyMode, PolicySection
 from bot.durations import format_duration
 from bot.errors import UsageError, UserError
 from bot.metrics import Metrics
-from bot.policy_store import PolicyUnavailable, RedisPolicyStore, encode
+from bot.policy_store import RedisPolicyStore, encode
+from bot.redis_clients import StateRedisUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._refresh()
-            except PolicyUnavailable as exc:
+            except StateRedisUnavailable as exc:
                 log.warning("policy.shared_unreachable", error=str(exc.original))
                 return
             if self._stored is not None:
@@ -86,7 +87,7 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._refresh()
-            except PolicyUnavailable as exc:
+            except StateRedisUnavailable as exc:
                 log.warning("policy.shared_unreachable", error=str(exc.original))
                 return PolicyState(
                     PolicyMode.STRICT, None, "opsbot", "Redis unreachable: strict until it is back"
@@ -104,7 +105,7 @@ class PolicySwitch:
             )
         try:
             await self._switch_off(ttl, principal, reason, request_id)
-        except PolicyUnavailable as exc:
+        except StateRedisUnavailable as exc:
             raise UserError(
                 "policy stays strict: opsbot cannot reach its Redis, so the replicas cannot "
                 "all be switched off"
@@ -116,7 +117,7 @@ class PolicySwitch:
             await self._set(
                 PolicyState(PolicyMode.STRICT, None, principal, reason), request_id, "strict"
             )
-        except PolicyUnavailable as exc:
+        except StateRedisUnavailable as exc:
             ends = self._state.until
             raise UserError(
                 "could not switch every replica back to strict: opsbot cannot reach its "
@@ -144,7 +145,7 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._shared.save(state)
-            except PolicyUnavailable:
+            except StateRedisUnavailable:
                 if loosening:
                     await self._record_quietly(
                         self._entry(state, request_id, "off_failed", _NOT_APPLIED)
@@ -182,7 +183,7 @@ class PolicySwitch:
             log.exception("policy.audit_failed")
 
     async def _refresh(self) -> None:
-        """Take the shared state (shared mode only); PolicyUnavailable when Redis is down."""
+        """Take the shared state (shared mode only); StateRedisUnavailable when Redis is down."""
         assert self._shared is not None
         loaded = await self._shared.load()
         state, stored = loaded if loaded is not None else (PolicyState(PolicyMode.STRICT), None)
@@ -228,7 +229,7 @@ class PolicySwitch:
             if not won:
                 await self._refresh()
                 return
-        except PolicyUnavailable as exc:
+        except StateRedisUnavailable as exc:
             log.warning("policy.shared_unreachable", error=str(exc.original))
             # Past its end, so strict here; once Redis is back the next read takes the
             # stale window again and swaps it.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from bot.config.models import PolicyMode
-from bot.errors import DependencyError
+from bot.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from bot.redis_clients import RedisClients
 
 KEY = "opsbot:policy"
-_REDIS_TIMEOUT_S = 2.0
 # KEYS[1]: the policy key; ARGV[1]: the state expected there; ARGV[2]: its replacement.
 _SWAP = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -35,11 +34,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class PolicyUnavailable(DependencyError):
-    def __init__(self, original: BaseException) -> None:
-        super().__init__("state Redis", f"unreachable ({original})", original)
 
 
 class RedisPolicyStore:
@@ -53,7 +47,7 @@ class RedisPolicyStore:
         try:
             raw = await self._client().get(KEY)
         except (RedisError, OSError) as exc:
-            raise PolicyUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         if raw is None:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -61,13 +55,13 @@ class RedisPolicyStore:
             return decode(text), text
         except (ValueError, KeyError, TypeError) as exc:
             # Unreadable is as good as unreachable: strict, until a switch overwrites it.
-            raise PolicyUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
 
     async def save(self, state: PolicyState) -> None:
         try:
             await self._client().set(KEY, encode(state))
         except (RedisError, OSError) as exc:
-            raise PolicyUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
 
     async def save_if_absent(self, state: PolicyState) -> bool:
         """For the configured start-up mode: a replica (re)starting must not reopen a window
@@ -75,7 +69,7 @@ class RedisPolicyStore:
         try:
             return bool(await self._client().set(KEY, encode(state), nx=True))
         except (RedisError, OSError) as exc:
-            raise PolicyUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
 
     async def expire(self, stored: str, strict: PolicyState) -> bool:
         """Swap ``stored`` (an expired off window) for ``strict``; False if another replica
@@ -84,11 +78,11 @@ class RedisPolicyStore:
         try:
             swapped = await client.register_script(_SWAP)(keys=[KEY], args=[stored, encode(strict)])
         except (RedisError, OSError) as exc:
-            raise PolicyUnavailable(exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         return bool(swapped)
 
     def _client(self) -> Redis:
-        return self._clients.client(self._url, timeout=_REDIS_TIMEOUT_S)
+        return self._clients.client(self._url, timeout=STATE_TIMEOUT_S)
 
 
 def encode(state: PolicyState) -> str:

@@ -6,8 +6,21 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from bot.errors import DependencyError
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+
+
+# Calls to the state Redis (leases, locks, the shared modes) give up after this long.
+STATE_TIMEOUT_S = 2.0
+
+
+class StateRedisUnavailable(DependencyError):
+    """The state Redis (``state.redis_url``) could not be asked."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__("state Redis", f"unreachable ({original})", original)
 
 
 class RedisClients:

@@ -32,7 +32,8 @@ import structlog
 from bot.clock import Clock
 from bot.durations import format_duration
 from bot.leader import Leadership, LostLeadership, SoleLeader
-from bot.pauses import PausesUnavailable, RedisPauses
+from bot.pauses import RedisPauses
+from bot.redis_clients import StateRedisUnavailable
 
 log = structlog.get_logger("opsbot.scheduler")
 
@@ -155,7 +156,7 @@ class Scheduler:
         return when
 
     async def pause_everywhere(self, name: str, until: datetime) -> datetime | None:
-        """:meth:`pause` here, and on every replica (PausesUnavailable when they cannot be
+        """:meth:`pause` here, and on every replica (StateRedisUnavailable when they cannot be
         told, before anything is paused); returns the job's next run here."""
         if self._shared_pauses is not None:
             await self._shared_pauses.pause(name, until, self._clock.now())
@@ -169,7 +170,7 @@ class Scheduler:
             return here
         try:
             shared = await self._shared_pauses.until(name)
-        except PausesUnavailable:
+        except StateRedisUnavailable:
             return here
         if shared is None or shared <= self._clock.now():
             return here
@@ -299,7 +300,7 @@ class Scheduler:
             return False
         try:
             until = await self._shared_pauses.until(name)
-        except PausesUnavailable as exc:
+        except StateRedisUnavailable as exc:
             # A heartbeat is a dead man's switch: when in doubt, it goes out.
             log.warning("scheduler.pause_unknown", job=name, error=str(exc.original))
             return False

@@ -7,7 +7,8 @@ from bot.command import Args, CommandSpec, Risk
 from bot.config.operations import ActionConfig
 from bot.context import Context
 from bot.errors import Denied, UsageError, UserError
-from bot.job_locks import RemoteJob, SlotsUnavailable
+from bot.job_locks import RemoteJob
+from bot.redis_clients import StateRedisUnavailable
 from bot.reply import Reply, Status
 
 # Beyond the action's kill grace: the other replica notices the request within half a
@@ -61,7 +62,7 @@ async def _cancel_elsewhere(ctx: Context, typed: str) -> Reply:
         raise UsageError(f"no job '{typed}' (see /jobs)")
     try:
         remote = await board.find_elsewhere(job_id)
-    except SlotsUnavailable as exc:
+    except StateRedisUnavailable as exc:
         raise UserError(
             f"no job '{typed}' on this replica, and the others cannot be asked: opsbot "
             "cannot reach its Redis"
@@ -81,7 +82,7 @@ async def _cancel_elsewhere(ctx: Context, typed: str) -> Reply:
             ctx.principal.name,
             within=action.kill_grace.total_seconds() + _ELSEWHERE_SLACK_S,
         )
-    except SlotsUnavailable as exc:
+    except StateRedisUnavailable as exc:
         raise UserError(
             f"job {job_id} runs on replica {remote.holder.replica}, which cannot be asked "
             "to stop it: opsbot cannot reach its Redis"

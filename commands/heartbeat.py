@@ -10,7 +10,7 @@ from bot.command import Args, CommandSpec, Risk
 from bot.context import Context
 from bot.durations import format_duration, parse_duration
 from bot.errors import UsageError, UserError
-from bot.pauses import PausesUnavailable
+from bot.redis_clients import StateRedisUnavailable
 from bot.reply import Field, Reply, Status, Table
 
 USAGE = "/heartbeat [now [name] | pause <duration> [name]]"
@@ -109,7 +109,7 @@ async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
     for name in names:
         try:
             next_run = await tools.scheduler.pause_everywhere(name, until)
-        except PausesUnavailable as exc:
+        except StateRedisUnavailable as exc:
             await ctx.record_event(
                 kind="heartbeat",
                 command="heartbeat",

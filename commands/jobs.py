@@ -7,8 +7,9 @@ from datetime import timedelta
 from bot.command import CommandSpec, NoArgs
 from bot.context import Context
 from bot.durations import format_duration
-from bot.job_locks import Holder, SlotsUnavailable
+from bot.job_locks import Holder
 from bot.jobs import Job
+from bot.redis_clients import StateRedisUnavailable
 from bot.reply import Reply, Status, Table
 
 _SHOWN_FINISHED = 10
@@ -20,7 +21,7 @@ async def run(ctx: Context, _: NoArgs) -> Reply:
     notes: list[str] = []
     try:
         elsewhere = await board.running_elsewhere()
-    except SlotsUnavailable:
+    except StateRedisUnavailable:
         elsewhere = []
         notes.append("Other replicas' jobs are not shown: opsbot cannot reach its Redis.")
     if board.shared and finished:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import structlog
 
 from bot.errors import DependencyError
-from bot.redis_clients import RedisClients
+from bot.redis_clients import STATE_TIMEOUT_S, RedisClients, StateRedisUnavailable
 from bot.state.claim_sql import claim_sql, sqlite_datetime
 from bot.state.database import StateDatabase
 from bot.state.schema import delivered_events
@@ -167,7 +167,7 @@ class RedisDedup:
     async def first_delivery(self, platform: str, event_id: str, now: datetime) -> bool:
         from redis.exceptions import RedisError
 
-        client = self._clients.client(self._url, timeout=2.0)
+        client = self._clients.client(self._url, timeout=STATE_TIMEOUT_S)
         try:
             claimed = await client.set(
                 f"opsbot:event:{platform}:{event_id}",
@@ -176,7 +176,7 @@ class RedisDedup:
                 ex=int(self._window.total_seconds()),
             )
         except (RedisError, OSError) as exc:
-            raise DependencyError("state Redis", f"unreachable ({exc})", exc) from exc
+            raise StateRedisUnavailable(exc) from exc
         return bool(claimed)
 
 
