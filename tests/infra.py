@@ -43,6 +43,17 @@ def redis_url() -> str:
     return require_env(REDIS_URL_ENV)
 
 
+# A [state] section on a port nothing listens on: the bot's Redis is down.
+STATE_REDIS_DOWN = '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+
+
+def state_redis(**options: str) -> str:
+    """A [state] section on the throwaway Redis (several replicas); option values TOML."""
+    lines = ["", "[state]", f'redis_url = "{redis_url()}"']
+    lines += [f"{key} = {value}" for key, value in options.items()]
+    return "\n".join(lines) + "\n"
+
+
 def postgres_url() -> str:
     """``postgresql://USER@127.0.0.1:PORT/opsbot_test``, as asyncpg and libpq expect it."""
     return require_env(POSTGRES_URL_ENV)

@@ -12,6 +12,7 @@ from pathlib import Path
 from bot.message import Message
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import ManualClock, running_bot
+from tests.infra import STATE_REDIS_DOWN
 from tests.processes import spawn_console
 
 
@@ -339,7 +340,7 @@ async def test_with_its_redis_down_a_replica_starts_no_job_and_says_why(
 ) -> None:
     # With Redis configured, other replicas may be running the same action: if they
     # cannot be asked, nothing starts.
-    config = actions_config(scripts) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    config = actions_config(scripts) + STATE_REDIS_DOWN
     async with running_bot(config) as tb:
         reply = await tb.exec("/run hang", as_="bob")
         assert reply.startswith("❌"), reply
@@ -361,7 +362,7 @@ async def test_with_its_redis_down_a_replica_keeps_the_policy_strict(
 ) -> None:
     # The mode every replica shares lives in Redis: unreadable means strict, and a switch
     # that could not reach every replica is refused.
-    config = actions_config(scripts) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    config = actions_config(scripts) + STATE_REDIS_DOWN
     async with running_bot(config) as tb:
         refused = await tb.exec("/policy off 10m migration", as_="alice")
         assert "policy stays strict: opsbot cannot reach its Redis" in refused

@@ -16,7 +16,7 @@ from bot.message import Message
 from bot.policy_store import KEY as POLICY_KEY
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import running_bot
-from tests.infra import redis_url
+from tests.infra import redis_url, state_redis
 from tests.replicas import two_replicas
 
 pytestmark = pytest.mark.postgres
@@ -53,7 +53,7 @@ async def test_a_redelivery_to_the_other_replica_is_not_run(
 
 @pytest.mark.redis
 async def test_redis_dedup_spans_replicas(scripts: Scripts, tmp_path: Path) -> None:
-    config = actions_config(scripts) + f'\n[state]\nredis_url = "{redis_url()}"\n'
+    config = actions_config(scripts) + state_redis()
     event = f"Ev{datetime.now(UTC).timestamp():.6f}".replace(".", "")
     async with (
         running_bot(config, data_dir=tmp_path / "one") as one,
@@ -114,10 +114,7 @@ async def test_max_concurrent_and_lock_groups_hold_across_replicas(
     tag = uuid.uuid4().hex[:8]
     # A lease of 1 s, so that the wait below outlasts it: the running job's slot is
     # renewed, not merely still unexpired.
-    state = (
-        f'\n[state]\nredis_url = "{redis_url()}"\n'
-        'leader_lease = "1s"\nleader_renew_every = "0.3s"\n'
-    )
+    state = state_redis(leader_lease='"1s"', leader_renew_every='"0.3s"')
     config = actions_config(scripts, _held_actions(scripts, tag))
     async with two_replicas(config, tmp_path, extra=state) as (one, two):
         held = _job_id(await one.exec(f"/run hold-{tag}", as_="bob"))
@@ -154,7 +151,7 @@ async def test_a_job_on_one_replica_is_listed_and_cancelled_from_the_other(
     scripts: Scripts, tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    state = state_redis()
     config = actions_config(scripts, _held_actions(scripts, tag))
     async with two_replicas(config, tmp_path, extra=state) as (one, two):
         job = _job_id(await one.exec(f"/run hold-{tag}", as_="bob"))
@@ -201,7 +198,7 @@ async def shared_policy_key() -> AsyncIterator[None]:
 async def test_the_policy_mode_is_the_same_on_every_replica(
     scripts: Scripts, tmp_path: Path
 ) -> None:
-    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    state = state_redis()
     async with two_replicas(actions_config(scripts), tmp_path, extra=state) as (one, two):
         assert "OFF until" in await one.exec("/policy off 10m migration", as_="alice")
         shown = await two.exec("/policy", as_="bob")
@@ -222,7 +219,7 @@ async def test_the_policy_mode_is_the_same_on_every_replica(
 async def test_an_off_window_ends_on_every_replica_and_is_recorded_once(
     scripts: Scripts, tmp_path: Path
 ) -> None:
-    state = f'\n[state]\nredis_url = "{redis_url()}"\n'
+    state = state_redis()
     async with two_replicas(actions_config(scripts), tmp_path, extra=state) as (one, two):
         await one.exec("/policy off 1s", as_="alice")
         assert "OFF until" in await two.exec("/policy", as_="bob")  # both time the window

@@ -28,7 +28,7 @@ from bot.reply import Reply
 from bot.scheduler import Cron, Every, Scheduler, crontab_trigger, next_fire_time
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
 from tests.httpfakes import Route, refused_url, serve
-from tests.infra import redis_url
+from tests.infra import STATE_REDIS_DOWN, redis_url, state_redis
 
 FUTURE = datetime(2099, 1, 7, 12, 0, tzinfo=UTC)  # a Wednesday
 GAUGE = "opsbot_heartbeat_last_success_timestamp_seconds"
@@ -218,7 +218,7 @@ async def test_a_pause_typed_to_one_replica_is_shown_on_the_other(tmp_path: Path
     # The leader, which posts, may be either replica: the pause is kept in Redis and the
     # leader reads it before each run (tests/test_scheduled_on_one_replica.py).
     name = f"ops{uuid.uuid4().hex[:8]}"
-    text = config(heartbeat(name)) + f'\n[state]\nredis_url = "{redis_url()}"\n'
+    text = config(heartbeat(name)) + state_redis()
     clock = ManualClock(FUTURE)
     try:
         async with (
@@ -234,7 +234,7 @@ async def test_a_pause_typed_to_one_replica_is_shown_on_the_other(tmp_path: Path
 
 
 async def test_with_its_redis_down_a_pause_is_refused_and_says_why() -> None:
-    text = config(heartbeat("ops")) + '\n[state]\nredis_url = "redis://127.0.0.1:1/0"\n'
+    text = config(heartbeat("ops")) + STATE_REDIS_DOWN
     async with running_bot(text, clock=ManualClock(FUTURE)) as tb:
         answer = await tb.exec("/heartbeat pause 2h ops")
         assert answer.startswith("❌") and "heartbeat 'ops' not paused" in answer
