@@ -15,9 +15,9 @@ warn or critical against the check's levels. A check's life:
 * the same state is never posted twice within the dedup window (``[alerts] dedup_window``).
 
 Where it stands lives on the :class:`~bot.alertboard.AlertBoard` (the state database),
-read at every run: a replica that becomes leader continues where the last one stopped. Only
-the count of consecutive bad runs is this process's own. The scheduler runs checks on the
-leader only.
+read at every run: a replica that becomes leader continues where the last one stopped, and
+so does the count of consecutive bad runs, with several replicas (``bot.streaks``). The
+scheduler runs checks on the leader only.
 
 Labels of a check's alert: ``alertname`` (the check's name), ``severity`` (``warning`` or
 ``critical``), ``check_kind``, and the check's own ``labels``.
@@ -44,6 +44,7 @@ from bot.durations import format_duration
 from bot.reply import Field, Reply, Status
 from bot.scheduler import Every, Scheduler
 from bot.severity import Severity, above, below
+from bot.streaks import LocalStreaks
 
 if TYPE_CHECKING:
     from bot.alerts import AlertIntake
@@ -226,8 +227,10 @@ class Checks:
         measurer: Measurer,
         metrics: Metrics,
         clock: Clock,
+        streaks: LocalStreaks | None = None,
     ) -> None:
-        """Adds one scheduler job per check (``check:<name>``); no I/O."""
+        """Adds one scheduler job per check (``check:<name>``); no I/O. ``streaks``: where
+        the counts of bad runs live (shared by replicas: ``RedisStreaks``)."""
         self._checks = {check.name: check for check in config.checks}
         self._scheduler = scheduler
         self._board = board
@@ -235,7 +238,7 @@ class Checks:
         self._measurer = measurer
         self._metrics = metrics
         self._clock = clock
-        self._failing: dict[str, int] = dict.fromkeys(self._checks, 0)
+        self._streaks = streaks if streaks is not None else LocalStreaks()
         self._last: dict[str, tuple[datetime, Reading]] = {}
         self._locks = {name: asyncio.Lock() for name in self._checks}
         for check in config.checks:
@@ -261,7 +264,7 @@ class Checks:
                     detail=last[1].detail if last else (known.summary if known else ""),
                     last_run=last[0] if last else None,
                     next_run=self._scheduler.next_run(job_name(name)),
-                    failing_runs=self._failing[name],
+                    failing_runs=self._streaks.last(name),
                     needed_runs=check.for_,
                 )
             )
@@ -284,15 +287,15 @@ class Checks:
             level = _level_of(known)
             state = level
             if reading.level is Severity.OK:
-                self._failing[name] = 0
+                await self._streaks.good(name)
                 if known is not None:
                     await self._resolve(check, known, reading, now)
                 state = Severity.OK
             else:
-                self._failing[name] += 1
+                bad_runs = await self._streaks.bad(name, check.interval)
                 if known is not None and reading.level is level:
                     await self._remind(check, known, reading, now)
-                elif self._failing[name] >= check.for_ or known is not None:
+                elif bad_runs >= check.for_ or known is not None:
                     await self._fire(check, known, reading, now)
                     state = reading.level
             self._metrics.check_state.labels(name).set(state)

@@ -57,6 +57,7 @@ from bot.state.dedup import (
     WriterProcessClaims,
 )
 from bot.state.outbox import OutboxStore
+from bot.streaks import LocalStreaks, RedisStreaks
 
 
 class Bot:
@@ -160,6 +161,11 @@ class Bot:
             measurer=Measurer(config, self.http_clients, self.redis_clients),
             metrics=self.metrics,
             clock=self.clock,
+            streaks=(
+                RedisStreaks(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else LocalStreaks()
+            ),
         )
         self.tools = Toolbox(
             config=config,

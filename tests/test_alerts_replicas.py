@@ -104,3 +104,38 @@ interval = "1h"
     assert len(fired) == 1, fired
     assert fired[0].startswith(f"❌ CRITICAL: {check}")
     assert len(resolved) == 1, resolved
+
+
+async def test_a_checks_bad_runs_count_on_whichever_replica_runs_it(tmp_path: Path) -> None:
+    # A new leader (or /checks now typed to another replica) goes on from the count so
+    # far: two bad runs on two replicas fire a check with for = 2.
+    check = f"cpu-{uuid.uuid4().hex[:8]}"
+    async with serve({"/stats": Route.of_json({"cpu": 97})}) as server:
+        config = (
+            BASE_CONFIG
+            + ALERTS
+            + CHECK_RULES
+            + f"""
+[[checks]]
+name = "{check}"
+kind = "http_json"
+url = "{server.url("/stats")}"
+field = "cpu"
+warn = 70
+critical = 90
+for = 2
+interval = "1h"
+"""
+        )
+        async with two_serving(config, tmp_path) as ((one, _), (two, _)):
+            await one.exec(f"/checks now {check}", as_="bob")
+            assert [p for p in await posts(one, two) if check in p] == []
+            await two.exec(f"/checks now {check}", as_="bob")
+            fired = [p for p in await posts(one, two) if check in p]
+            server.routes["/stats"] = Route.of_json({"cpu": 12})
+            await one.exec(f"/checks now {check}", as_="bob")  # resolves, and resets the count
+            server.routes["/stats"] = Route.of_json({"cpu": 97})
+            await two.exec(f"/checks now {check}", as_="bob")
+            after_reset = [p for p in await posts(one, two) if check in p]
+    assert len(fired) == 1 and fired[0].startswith(f"❌ CRITICAL: {check}"), fired
+    assert len(after_reset) == 2, after_reset  # the firing and its resolution, no new one
