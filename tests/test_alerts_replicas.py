@@ -53,6 +53,23 @@ async def posts(*bots: TestBot) -> list[str]:
     return [render_text(r) for tb in bots for _, r in tb.console.posted]
 
 
+def _cpu_check_config(check: str, url: str, *options: str) -> str:
+    """A bot with a CPU check named ``check`` on ``url``'s JSON (runs come from /checks
+    now, not from the clock); ``options`` are extra TOML lines of the check."""
+    lines = [
+        "[[checks]]",
+        f'name = "{check}"',
+        'kind = "http_json"',
+        f'url = "{url}"',
+        'field = "cpu"',
+        "warn = 70",
+        "critical = 90",
+        'interval = "1h"',
+        *options,
+    ]
+    return BASE_CONFIG + ALERTS + CHECK_RULES + "\n" + "\n".join(lines) + "\n"
+
+
 async def test_an_alert_delivered_to_both_replicas_is_posted_once(tmp_path: Path) -> None:
     name = f"Disk{uuid.uuid4().hex[:8]}"  # Redis outlives the test: a name of its own
     body = webhook(am_alert(name, severity="critical", fp=f"fp-{name}"), group=f"g-{name}")
@@ -76,21 +93,7 @@ async def test_an_alert_delivered_to_both_replicas_is_posted_once(tmp_path: Path
 async def test_a_check_run_on_both_replicas_is_announced_once(tmp_path: Path) -> None:
     check = f"cpu-{uuid.uuid4().hex[:8]}"
     async with serve({"/stats": Route.of_json({"cpu": 97})}) as server:
-        config = (
-            BASE_CONFIG
-            + ALERTS
-            + CHECK_RULES
-            + f"""
-[[checks]]
-name = "{check}"
-kind = "http_json"
-url = "{server.url("/stats")}"
-field = "cpu"
-warn = 70
-critical = 90
-interval = "1h"
-"""
-        )
+        config = _cpu_check_config(check, server.url("/stats"))
         async with two_serving(config, tmp_path) as ((one, _), (two, _)):
             await asyncio.gather(
                 one.exec(f"/checks now {check}", as_="bob"),
@@ -111,22 +114,7 @@ async def test_a_checks_bad_runs_count_on_whichever_replica_runs_it(tmp_path: Pa
     # far: two bad runs on two replicas fire a check with for = 2.
     check = f"cpu-{uuid.uuid4().hex[:8]}"
     async with serve({"/stats": Route.of_json({"cpu": 97})}) as server:
-        config = (
-            BASE_CONFIG
-            + ALERTS
-            + CHECK_RULES
-            + f"""
-[[checks]]
-name = "{check}"
-kind = "http_json"
-url = "{server.url("/stats")}"
-field = "cpu"
-warn = 70
-critical = 90
-for = 2
-interval = "1h"
-"""
-        )
+        config = _cpu_check_config(check, server.url("/stats"), "for = 2")
         async with two_serving(config, tmp_path) as ((one, _), (two, _)):
             await one.exec(f"/checks now {check}", as_="bob")
             assert [p for p in await posts(one, two) if check in p] == []
