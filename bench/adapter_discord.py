@@ -191,10 +191,10 @@ async def _serve_bot(config_path: Path, text: str, gc_freeze: bool) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # discord.py imports audioop
-        from adapters.discord import DiscordAdapter
-    from bot.config import parse_config
-    from bot.logs import configure_logging
-    from bot.runtime import Bot
+        from adapters.discord.adapter import DiscordAdapter
+    from bot.app.config import parse_config
+    from bot.app.logs import configure_logging
+    from bot.app.runtime import Bot
     from commands import COMMANDS
 
     configure_logging("warning", "json", io.StringIO())

@@ -39,10 +39,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.slack import SlackAdapter  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.runtime import Bot  # noqa: E402
+from adapters.slack.adapter import SlackAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.app.runtime import Bot  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 from tests.fakes.slack_server import FakeSlack, sign  # noqa: E402
 

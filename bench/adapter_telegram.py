@@ -50,10 +50,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.telegram import RateLimits, TelegramAdapter  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.runtime import Bot  # noqa: E402
+from adapters.telegram.adapter import RateLimits, TelegramAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.app.runtime import Bot  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 from tests.fakes.telegram_server import TOKEN, Call, FakeTelegram  # noqa: E402
 

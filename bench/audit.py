@@ -25,12 +25,12 @@ Prints, for SQLite (always) and PostgreSQL (with ``--postgres-url`` or
    included), 200 runs each, one at a time, X cycling through the 200 principals.
 
 The bot runs with the settings a deployment has: SQLite in WAL mode with
-``synchronous=NORMAL`` (as bot/auditlog/engine.py sets it), PostgreSQL as the server is
+``synchronous=NORMAL`` (as bot/storage/engine.py sets it), PostgreSQL as the server is
 configured, ``audit.reply_wait`` at its default. Policy is strict; the flood budget is
 raised so one benchmark user is not throttled; logging is at warning.
 
 The 1,000,000-entry database is filled without the pipeline: entries are built and
-hash-chained here (``bot.auditlog.chain.entry_hash``), turned into rows by the store's
+hash-chained here (``bot.audit.chain.entry_hash``), turned into rows by the store's
 own ``_row_tuple`` and inserted in large batches with the indexes dropped and rebuilt
 afterwards (raw sqlite3 ``executemany``; asyncpg ``COPY`` on PostgreSQL), so the chain
 is valid (``--verify-query-db`` walks it). 333k requests over 30 days, 200 principals
@@ -46,7 +46,7 @@ exactly the fill.
 PostgreSQL: the Bot takes its database from the config URL only (no schema option), so
 the bench uses dedicated databases on the given server instead of a schema:
 ``opsbot_bench`` for the throughput runs (created if missing, migrated with
-``bot.auditlog.upgrade``, then emptied before every run: TRUNCATE audit_log, chain head
+``bot.audit.upgrade``, then emptied before every run: TRUNCATE audit_log, chain head
 reset to seq 0 / genesis hash, audit_anchor emptied; dropped at the end) and, only with
 ``--postgres-query``, ``opsbot_bench_query_<revision>_f<format>_<rows>`` for the 1M-entry
 query (kept between runs like the SQLite cache, and put back to exactly the fill after
@@ -87,8 +87,11 @@ import asyncpg  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import URL, make_url  # noqa: E402
 
-from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.auditlog import (  # noqa: E402
+from adapters.console.adapter import ConsoleAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.app.runtime import Bot  # noqa: E402
+from bot.audit import (  # noqa: E402
     GENESIS_HASH,
     AuditEntry,
     AuditStore,
@@ -96,14 +99,11 @@ from bot.auditlog import (  # noqa: E402
     head_revision,
     upgrade,
 )
-from bot.auditlog.engine import make_engine  # noqa: E402
-from bot.auditlog.store import _COLUMNS, _insert_sql, _row_tuple  # noqa: E402
-from bot.command import CommandSpec, NoArgs, Risk  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.context import Context  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.reply import Reply, Status  # noqa: E402
-from bot.runtime import Bot  # noqa: E402
+from bot.audit.store import _COLUMNS, _insert_sql, _row_tuple  # noqa: E402
+from bot.kernel.command import CommandSpec, NoArgs, Risk  # noqa: E402
+from bot.kernel.reply import Reply, Status  # noqa: E402
+from bot.pipeline.context import Context  # noqa: E402
+from bot.storage.engine import make_engine  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"

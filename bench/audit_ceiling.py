@@ -9,7 +9,7 @@ SQLite figure measured apart, and the throughput they cap it at.
    the bot: it patches one method of the running store. CPU microseconds per command
    (the whole process) and commands/s.
 2. **The audit writer's work alone.** The SQLite writer process's own insert code
-   (``bot.auditlog.sqlite_writer.Inserter``), called in this process, with no pipe and no
+   (``bot.audit.sqlite_writer.Inserter``), called in this process, with no pipe and no
    pickling: entries shaped like the pipeline's (bench/audit.py's fill), ``--batch`` per
    transaction (300 is 100 commands' worth, more than the bot's frames hold, so this is a
    best case), into a freshly migrated database. Split into the Python part (the canonical
@@ -41,11 +41,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.auditlog.chain import GENESIS_HASH  # noqa: E402
-from bot.auditlog.migrate import upgrade  # noqa: E402
-from bot.auditlog.rows import linked_rows  # noqa: E402
-from bot.auditlog.sqlite_writer import Inserter  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.audit.chain import GENESIS_HASH  # noqa: E402
+from bot.audit.rows import linked_rows  # noqa: E402
+from bot.audit.sqlite_writer import Inserter  # noqa: E402
+from bot.storage.migrate import upgrade  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_audit", ROOT / "bench" / "audit.py")
 assert _spec is not None

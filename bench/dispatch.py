@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.runtime import Bot  # noqa: E402
+from adapters.console.adapter import ConsoleAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.app.runtime import Bot  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 
 CONFIG = (

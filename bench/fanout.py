@@ -6,7 +6,7 @@ platforms that enforce the platforms' rate limits.
 
 For each platform: its fake (tests/fakes/*_server.py) on 127.0.0.1 with
 ``enforce_limits()`` on, the real adapter (slack-bolt, python-telegram-bot, discord.py)
-started against it, and an :class:`~bot.outbound.Outbox` on the real store (an
+started against it, and an :class:`~bot.delivery.outbox.Outbox` on the real store (an
 ``OutboxStore`` on a fresh SQLite state database, migrated as ``opsbot run`` migrates it)
 with the adapter's ``post`` registered, the production ``LIMITS`` and ``RetryPolicy``.
 ``--alerts`` alerts (titles ``FANOUT-00000`` ...) are posted round-robin over
@@ -54,19 +54,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.discord import DiscordAdapter  # noqa: E402
-from adapters.slack import SlackAdapter  # noqa: E402
-from adapters.telegram import TelegramAdapter  # noqa: E402
-from bot.audit import migrate  # noqa: E402
-from bot.clock import SystemClock  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.config.models import Config  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.message import Message  # noqa: E402
-from bot.outbound import Destination, Outbox, Poster  # noqa: E402
-from bot.reply import Reply, Status  # noqa: E402
-from bot.state.database import StateDatabase  # noqa: E402
-from bot.state.outbox import OutboxStore, RowState  # noqa: E402
+from adapters.discord.adapter import DiscordAdapter  # noqa: E402
+from adapters.slack.adapter import SlackAdapter  # noqa: E402
+from adapters.telegram.adapter import TelegramAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.config.models import Config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.audit.trail import migrate  # noqa: E402
+from bot.delivery.outbox import Destination, Outbox, Poster  # noqa: E402
+from bot.delivery.store import OutboxStore, RowState  # noqa: E402
+from bot.kernel.clock import SystemClock  # noqa: E402
+from bot.kernel.message import Message  # noqa: E402
+from bot.kernel.reply import Reply, Status  # noqa: E402
+from bot.storage.database import StateDatabase  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 from tests.fakes.discord_server import GUILD_ID, FakeDiscord  # noqa: E402
 from tests.fakes.slack_server import TEAM_ID, FakeSlack  # noqa: E402

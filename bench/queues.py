@@ -48,13 +48,13 @@ from collections.abc import Awaitable, Callable, Iterator  # noqa: E402
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from adapters.console import ConsoleAdapter  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from bot.config.operations import QueueConfig  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.queues import inspect_queues  # noqa: E402
-from bot.redis_clients import RedisClients  # noqa: E402
-from bot.runtime import Bot  # noqa: E402
+from adapters.console.adapter import ConsoleAdapter  # noqa: E402
+from bot.app.config import parse_config  # noqa: E402
+from bot.app.logs import configure_logging  # noqa: E402
+from bot.app.runtime import Bot  # noqa: E402
+from bot.cluster.redis_clients import RedisClients  # noqa: E402
+from bot.features.actions.config import QueueConfig  # noqa: E402
+from bot.features.queues.inspect import inspect_queues  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 
 TARGET_P95_MS = 50.0

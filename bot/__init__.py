@@ -1,3 +1,8 @@
-"""opsbot core: the platform-neutral pipeline every chat adapter feeds."""
+"""opsbot core, in layers (docs/architecture.md): kernel, storage, audit, cluster, delivery,
+features, pipeline, app. Each layer imports only the layers below it (import-linter
+contracts in pyproject.toml).
+"""
 
-__version__ = "0.1.0"
+from bot.kernel.version import __version__
+
+__all__ = ["__version__"]

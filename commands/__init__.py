@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from bot.command import CommandSpec
+from bot.kernel.command import CommandSpec
 from commands.ack import SPEC as ACK
 from commands.alerts import SPEC as ALERTS
 from commands.approvals import SPEC as APPROVALS

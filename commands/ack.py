@@ -3,10 +3,10 @@ it is not posted again while it keeps firing."""
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.errors import UsageError
-from bot.reply import Reply, Status
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Reply, Status
+from bot.pipeline.context import Context
 
 USAGE = "/ack <id>"
 

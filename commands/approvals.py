@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.command import CommandSpec, NoArgs
-from bot.context import Context
-from bot.durations import format_duration
-from bot.reply import Reply, Status, Table
+from bot.kernel.command import CommandSpec, NoArgs
+from bot.kernel.durations import format_duration
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 
 async def run(ctx: Context, _: NoArgs) -> Reply:

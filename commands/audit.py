@@ -8,13 +8,13 @@ from typing import Annotated
 from pydantic import Field as ArgField
 from pydantic import field_validator
 
-from bot.audit import ALLOWED, STARTED
-from bot.auditlog import StoredEntry
-from bot.command import Args, CommandSpec
-from bot.context import Context
-from bot.durations import parse_duration
-from bot.errors import DependencyError
-from bot.reply import Reply, Status, Table
+from bot.audit import StoredEntry
+from bot.audit.trail import ALLOWED, STARTED
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.durations import parse_duration
+from bot.kernel.errors import DependencyError
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 USAGE = (
     "/audit [user=<name or platform:id>] [command=<name>] [status=<status>] [since=24h] [limit=20]"

@@ -3,13 +3,13 @@ replica or, with several replicas, on the one running it."""
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec, Risk
-from bot.config.operations import ActionConfig
-from bot.context import Context
-from bot.errors import Denied, UsageError, UserError
-from bot.job_locks import RemoteJob
-from bot.redis_clients import StateRedisUnavailable
-from bot.reply import Reply, Status
+from bot.cluster.redis_clients import StateRedisUnavailable
+from bot.features.actions.config import ActionConfig
+from bot.features.actions.job_locks import RemoteJob
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.errors import Denied, UsageError, UserError
+from bot.kernel.reply import Reply, Status
+from bot.pipeline.context import Context
 
 # Beyond the action's kill grace: the other replica notices the request within half a
 # second, and its answer reaches Redis a moment later.

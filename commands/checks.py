@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from bot.checks import job_name
-from bot.command import Args, CommandSpec
-from bot.context import Context
-from bot.durations import format_duration
-from bot.errors import UsageError
-from bot.reply import Reply, Status, Table
-from bot.severity import Severity
+from bot.features.alerts.checks import job_name
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.durations import format_duration
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Reply, Status, Table
+from bot.kernel.severity import Severity
+from bot.pipeline.context import Context
 
 USAGE = "/checks [now <name>]"
 

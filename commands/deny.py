@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.operations import decide
-from bot.reply import Reply
+from bot.features.actions.service import decide
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.reply import Reply
+from bot.pipeline.context import Context
 
 
 class DenyArgs(Args):

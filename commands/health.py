@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec
-from bot.config.models import Service
-from bot.context import Context
-from bot.errors import UsageError
-from bot.reply import Reply, Status, Table
+from bot.app.config.models import Service
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 USAGE = "/health [service]"
 # Upper case marks what needs attention; emoji would break column alignment.
@@ -30,7 +30,7 @@ def select_services(ctx: Context, name: str | None, usage: str) -> list[Service]
 
 async def run(ctx: Context, args: HealthArgs) -> Reply:
     # Imported here: httpx is the slowest import and only probes need it.
-    from bot.probes import ProbeTarget, ResponseShape, probe_all
+    from bot.features.probes import ProbeTarget, ResponseShape, probe_all
 
     services = select_services(ctx, args.service, USAGE)
     if not services:

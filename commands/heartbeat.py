@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.durations import format_duration, parse_duration
-from bot.errors import UsageError, UserError
-from bot.redis_clients import StateRedisUnavailable
-from bot.reply import Field, Reply, Status, Table
+from bot.cluster.redis_clients import StateRedisUnavailable
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.durations import format_duration, parse_duration
+from bot.kernel.errors import UsageError, UserError
+from bot.kernel.reply import Field, Reply, Status, Table
+from bot.pipeline.context import Context
 
 USAGE = "/heartbeat [now [name] | pause <duration> [name]]"
 # A pause is a hole in the dead man's switch; a month is already a long one.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.command import Access, Args, CommandSpec
-from bot.context import Context
-from bot.errors import UsageError
-from bot.reply import Field, Reply, Table
+from bot.kernel.command import Access, Args, CommandSpec
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Field, Reply, Table
+from bot.pipeline.context import Context
 
 USAGE = "/help [command]"
 

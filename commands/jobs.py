@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bot.command import CommandSpec, NoArgs
-from bot.context import Context
-from bot.durations import format_duration
-from bot.job_locks import Holder
-from bot.jobs import Job
-from bot.redis_clients import StateRedisUnavailable
-from bot.reply import Reply, Status, Table
+from bot.cluster.redis_clients import StateRedisUnavailable
+from bot.features.actions.job_locks import Holder
+from bot.features.actions.jobs import Job
+from bot.kernel.command import CommandSpec, NoArgs
+from bot.kernel.durations import format_duration
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 _SHOWN_FINISHED = 10
 

@@ -6,13 +6,13 @@ import math
 from datetime import timedelta
 from typing import Literal
 
-from bot.command import Args, CommandSpec, Risk
-from bot.config.models import PolicyMode
-from bot.context import Context
-from bot.durations import format_duration, parse_duration
-from bot.errors import UsageError
-from bot.policy import PolicyState
-from bot.reply import Field, Reply, Status
+from bot.app.config.models import PolicyMode
+from bot.features.policy.switch import PolicyState
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.durations import format_duration, parse_duration
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Field, Reply, Status
+from bot.pipeline.context import Context
 
 USAGE = "/policy [off <duration> [reason] | strict [reason]]"
 

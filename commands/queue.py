@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from bot.command import Args, CommandSpec
-from bot.config.operations import QueueConfig
-from bot.context import Context
-from bot.durations import format_duration
-from bot.errors import UsageError
-from bot.reply import Reply, Status, Table
+from bot.features.actions.config import QueueConfig
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.durations import format_duration
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 if TYPE_CHECKING:
-    from bot.queues import Figure, GroupState, QueueReport, QueueState
-    from bot.severity import Severity
+    from bot.features.queues.inspect import Figure, GroupState, QueueReport, QueueState
+    from bot.kernel.severity import Severity
 
 USAGE = "/queue [name]"
 
@@ -54,7 +54,7 @@ def select_queues(ctx: Context, name: str | None, usage: str) -> list[QueueConfi
 
 def summary(levels: Sequence[tuple[Severity, bool]]) -> tuple[Status, str]:
     """Overall status and "3 queues: 1 error, 1 warn, 1 ok" from (severity, failed) pairs."""
-    from bot.severity import Severity
+    from bot.kernel.severity import Severity
 
     counts = {
         "error": sum(1 for _, failed in levels if failed),
@@ -110,7 +110,7 @@ def _row(queue: QueueState, group: GroupState) -> tuple[str, ...]:
 
 async def run(ctx: Context, args: QueueArgs) -> Reply:
     # Imported here: redis is only needed once someone asks about a queue.
-    from bot.queues import QueueFailure, inspect_queues
+    from bot.features.queues.inspect import QueueFailure, inspect_queues
 
     queues = select_queues(ctx, args.name, USAGE)
     if not queues:

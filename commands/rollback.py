@@ -6,10 +6,10 @@ The action itself (script, argument schema, approvers) is the ``rollback`` entry
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.operations import find_action, request_action
-from bot.reply import Reply
+from bot.features.actions.service import find_action, request_action
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.reply import Reply
+from bot.pipeline.context import Context
 
 ACTION = "rollback"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.errors import UsageError
-from bot.operations import find_action, request_action
-from bot.reply import Reply, Status, Table
+from bot.features.actions.service import find_action, request_action
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 
 USAGE = "/run [<action> [args] [name=value] [--dry-run]]"
 
@@ -34,7 +34,7 @@ async def run(ctx: Context, args: RunArgs) -> Reply:
 
 
 def _list_actions(ctx: Context) -> Reply:
-    from bot.actions.arguments import usage
+    from bot.features.actions.arguments import usage
 
     mine = [a for a in ctx.tools.config.actions if not ctx.principal.roles.isdisjoint(a.roles)]
     if not mine:

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 import structlog
 from pydantic import Field as ModelField
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.durations import format_duration, parse_duration
-from bot.errors import UsageError
-from bot.parse import parse, split_words
-from bot.reply import Field, Reply, Status
-from bot.silences import Matcher, Silence
+from bot.features.alerts.silences import Matcher, Silence
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.durations import format_duration, parse_duration
+from bot.kernel.errors import UsageError
+from bot.kernel.reply import Field, Reply, Status
+from bot.pipeline.context import Context
+from bot.pipeline.parse import parse, split_words
 
 USAGE = "/silence <label(=|!=|=~|!~)value>... <duration> [reason]"
 

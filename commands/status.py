@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bot import __version__
-from bot.command import CommandSpec, NoArgs
-from bot.config.models import PolicyMode
-from bot.context import Context
-from bot.durations import format_duration
-from bot.reply import Field, Reply, Status
+from bot.app.config.models import PolicyMode
+from bot.kernel.command import CommandSpec, NoArgs
+from bot.kernel.durations import format_duration
+from bot.kernel.reply import Field, Reply, Status
+from bot.kernel.version import __version__
+from bot.pipeline.context import Context
 
 
 async def run(ctx: Context, _: NoArgs) -> Reply:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec, Risk
-from bot.context import Context
-from bot.errors import UsageError, UserError
-from bot.reply import Field, Reply, Status
-from bot.silences import Silence
+from bot.features.alerts.silences import Silence
+from bot.kernel.command import Args, CommandSpec, Risk
+from bot.kernel.errors import UsageError, UserError
+from bot.kernel.reply import Field, Reply, Status
+from bot.pipeline.context import Context
 
 USAGE = "/unsilence <id>"
 

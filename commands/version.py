@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.command import Args, CommandSpec
-from bot.context import Context
-from bot.reply import Reply, Status, Table
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.reply import Reply, Status, Table
+from bot.pipeline.context import Context
 from commands.health import select_services
 
 USAGE = "/version [service]"
@@ -15,7 +15,7 @@ class VersionArgs(Args):
 
 
 async def run(ctx: Context, args: VersionArgs) -> Reply:
-    from bot.probes import fetch_all_versions
+    from bot.features.probes import fetch_all_versions
 
     services = select_services(ctx, args.service, USAGE)
     with_url = [s for s in services if s.version_url]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.command import Access, CommandSpec, NoArgs
-from bot.context import Context
-from bot.reply import Field, Reply
+from bot.kernel.command import Access, CommandSpec, NoArgs
+from bot.kernel.reply import Field, Reply
+from bot.pipeline.context import Context
 
 
 async def run(ctx: Context, _: NoArgs) -> Reply:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.command import CommandSpec
-from bot.context import Context
-from bot.reply import Reply, Table
+from bot.kernel.command import CommandSpec
+from bot.kernel.reply import Reply, Table
+from bot.pipeline.context import Context
 from commands.queue import NOT_CONFIGURED, QueueArgs, age, count, select_queues, summary
 
 if TYPE_CHECKING:
-    from bot.config.operations import QueueConfig
-    from bot.queues import Consumer, GroupState, QueueState
-    from bot.severity import Severity
+    from bot.features.actions.config import QueueConfig
+    from bot.features.queues.inspect import Consumer, GroupState, QueueState
+    from bot.kernel.severity import Severity
 
 USAGE = "/workers [name]"
 # A group of hundreds of consumers would bury the others; stalled ones are listed first.
@@ -48,7 +48,7 @@ def _ordered(consumers: tuple[Consumer, ...]) -> list[Consumer]:
 
 
 async def run(ctx: Context, args: QueueArgs) -> Reply:
-    from bot.queues import QueueFailure, inspect_queues
+    from bot.features.queues.inspect import QueueFailure, inspect_queues
 
     queues = select_queues(ctx, args.name, USAGE)
     if not queues:

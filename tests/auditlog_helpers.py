@@ -16,8 +16,8 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bot.auditlog import AuditEntry, AuditStore
-from bot.auditlog.engine import make_engine
+from bot.audit import AuditEntry, AuditStore
+from bot.storage.engine import make_engine
 from tests import infra
 
 BASE_TIME = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -16,15 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.console import ConsoleAdapter
-from bot.adapter import Adapter
-from bot.auditlog import AuditEntry
-from bot.command import Access, Args, CommandSpec, NoArgs
-from bot.config import parse_config
-from bot.config.models import Config
-from bot.render import render_text
-from bot.reply import Reply
-from bot.runtime import Bot
+from adapters.console.adapter import ConsoleAdapter
+from bot.app.config import parse_config
+from bot.app.config.models import Config
+from bot.app.runtime import Bot
+from bot.audit import AuditEntry
+from bot.kernel.adapter import Adapter
+from bot.kernel.command import Access, Args, CommandSpec, NoArgs
+from bot.kernel.render import render_text
+from bot.kernel.reply import Reply
 from commands import COMMANDS
 
 BASE_CONFIG = """
@@ -159,7 +159,7 @@ async def running_bot(
     """``data_dir``: keep the bot's database there (a restart test starts a second bot on
     the same directory); by default a fresh temporary one. ``adapters``: platform adapters
     to attach besides the console, each made from (config, commands, clock), as
-    ``adapters.build_adapters`` makes them."""
+    ``bot.app.adapters.build_adapters`` makes them."""
     specs = [*COMMANDS, *extra_commands]
     config = parse_config(config_text, "test", {}, [s.name for s in specs])
     with tempfile.TemporaryDirectory(prefix="opsbot-test-") as temp_dir:

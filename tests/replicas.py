@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bot.auditlog import upgrade
+from bot.audit import upgrade
 from tests.auditlog_helpers import pg_database
 from tests.botharness import TestBot, running_bot
 

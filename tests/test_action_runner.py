@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from bot.actions.arguments import DEFAULT_PATH, PreparedAction, prepare, show_value, usage
-from bot.actions.process import ActionProcess, RunResult, RunStatus
-from bot.config.operations import ActionConfig
-from bot.errors import DependencyError, UsageError
-from bot.redact import Redactor
+from bot.audit.redact import Redactor
+from bot.features.actions.arguments import DEFAULT_PATH, PreparedAction, prepare, show_value, usage
+from bot.features.actions.config import ActionConfig
+from bot.features.actions.process import ActionProcess, RunResult, RunStatus
+from bot.kernel.errors import DependencyError, UsageError
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 TAG = r"v\d+\.\d+(\.\d+)?"

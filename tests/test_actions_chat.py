@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.message import Message
+from bot.kernel.message import Message
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import ManualClock, running_bot
 from tests.infra import STATE_REDIS_DOWN

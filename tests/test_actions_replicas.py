@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.message import Message
-from bot.policy_store import KEY as POLICY_KEY
+from bot.features.policy.store import KEY as POLICY_KEY
+from bot.kernel.message import Message
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import running_bot
 from tests.infra import redis_url, state_redis

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from adapters.discord import DiscordAdapter
-from adapters.slack import SlackAdapter
-from adapters.telegram import TelegramAdapter
+from adapters.discord.adapter import DiscordAdapter
+from adapters.slack.adapter import SlackAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from tests.botharness import BASE_CONFIG, running_bot
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import FakeSlack

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.cli import EXIT_CONFIG, main
-from bot.config import parse_config
-from bot.render import render_text
+from bot.app.cli import EXIT_CONFIG, main
+from bot.app.config import parse_config
+from bot.kernel.render import render_text
 from commands import COMMANDS
 from tests.botharness import BASE_CONFIG, TestBot, running_bot
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.render import render_text
+from bot.kernel.render import render_text
 from tests.botharness import BASE_CONFIG, TestBot
 from tests.httpfakes import Route, serve
 from tests.infra import redis_url

@@ -16,7 +16,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.auditlog import AuditEntry, AuditStore, upgrade
+from bot.audit import AuditEntry, AuditStore, upgrade
 from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.auditlog import AuditEntry, upgrade
-from bot.command import Args, NoArgs, Risk
-from bot.context import Context
-from bot.message import Message
-from bot.render import render_text
-from bot.reply import Field, Reply, Status
+from bot.audit import AuditEntry, upgrade
+from bot.kernel.command import Args, NoArgs, Risk
+from bot.kernel.message import Message
+from bot.kernel.render import render_text
+from bot.kernel.reply import Field, Reply, Status
+from bot.pipeline.context import Context
 from tests.auditlog_helpers import TcpProxy, pg_database, wait_until, with_port
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, extra_command, running_bot
 from tests.httpfakes import refused_url

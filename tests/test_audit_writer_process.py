@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.auditlog import AuditStore, upgrade
+from bot.audit import AuditStore, upgrade
 from tests.auditlog_helpers import Db, entry, wait_until
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.auditlog import (
+from bot.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditStore,
@@ -27,8 +27,8 @@ from bot.auditlog import (
     head_revision,
     upgrade,
 )
-from bot.auditlog.chain import link
-from bot.errors import DependencyError
+from bot.audit.chain import link
+from bot.kernel.errors import DependencyError
 from tests.auditlog_helpers import (
     BASE_TIME,
     Db,
@@ -466,7 +466,7 @@ async def test_check_schema_refuses_a_newer_database(db: Db) -> None:
 def test_the_revision_list_start_up_checks_against_is_alembics_history() -> None:
     from alembic.script import ScriptDirectory
 
-    from bot.auditlog.migrate import REVISIONS, alembic_config
+    from bot.storage.migrate import REVISIONS, alembic_config
 
     script = ScriptDirectory.from_config(alembic_config())
     history = [rev.revision for rev in script.walk_revisions()]  # newest first

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bot.reply import Status
+from bot.kernel.reply import Status
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.config import parse_config
-from bot.errors import ConfigError
-from bot.render import render_text
+from bot.app.config import parse_config
+from bot.kernel.errors import ConfigError
+from bot.kernel.render import render_text
 from commands import COMMANDS
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
 from tests.httpfakes import Route, refused_url, serve

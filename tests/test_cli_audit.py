@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.auditlog import AuditEntry, head_revision
-from bot.cli_audit import parse_since
+from bot.app.cli_audit import parse_since
+from bot.audit import AuditEntry, head_revision
 from tests.auditlog_helpers import pg_database
 from tests.processes import ROOT, clean_env, run_opsbot
 

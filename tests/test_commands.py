@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot import __version__
-from bot.reply import Status
+from bot.kernel.reply import Status
+from bot.kernel.version import __version__
 from tests.botharness import TestBot
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from bot.cli import EXIT_CONFIG, main
-from bot.config import ENV_VARS, read_environment
-from bot.logs import configure_logging
+from bot.app.cli import EXIT_CONFIG, main
+from bot.app.config import ENV_VARS, read_environment
+from bot.app.logs import configure_logging
 from tests.botharness import BASE_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent

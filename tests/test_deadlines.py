@@ -1,4 +1,4 @@
-"""bot.deadlines: the one-timer stand-in for asyncio.timeout and per-reply timers."""
+"""bot.kernel.deadlines: the one-timer stand-in for asyncio.timeout and per-reply timers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot.deadlines import Deadlines
+from bot.kernel.deadlines import Deadlines
 
 
 async def test_a_limit_raises_timeout_error_about_on_time() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import migrate
-from bot.auditlog import AuditStore
-from bot.errors import DependencyError
-from bot.state.database import StateDatabase
-from bot.state.dedup import ClaimStore, DatabaseClaims, DatabaseDedup, WriterProcessClaims
+from bot.audit import AuditStore
+from bot.audit.trail import migrate
+from bot.cluster.dedup import ClaimStore, DatabaseClaims, DatabaseDedup, WriterProcessClaims
+from bot.kernel.errors import DependencyError
+from bot.storage.database import StateDatabase
 from tests.auditlog_helpers import pg_database
 
 WINDOW = timedelta(hours=1)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from adapters.discord import DiscordAdapter
-from adapters.discord_render import (
+from adapters.discord.adapter import DiscordAdapter
+from adapters.discord.render import (
     DESCRIPTION_LIMIT,
     EMBEDS_PER_MESSAGE,
     FIELD_VALUE_LIMIT,
@@ -22,13 +22,13 @@ from adapters.discord_render import (
     TITLE_LIMIT,
     render,
 )
-from adapters.discord_sync import command_text, sync_commands
-from bot.clock import Clock
-from bot.command import CommandSpec
-from bot.config import parse_config
-from bot.config.models import Config
-from bot.parse import parse
-from bot.reply import Button, Field, Reply, Status, Table
+from adapters.discord.sync import command_text, sync_commands
+from bot.app.config import parse_config
+from bot.app.config.models import Config
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec
+from bot.kernel.reply import Button, Field, Reply, Status, Table
+from bot.pipeline.parse import parse
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config, approval_id
 from tests.botharness import BASE_CONFIG, TestBot, running_bot

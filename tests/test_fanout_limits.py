@@ -16,18 +16,18 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-from adapters.discord import DiscordAdapter
-from adapters.slack import SlackAdapter
-from adapters.telegram import TelegramAdapter
-from bot.adapter import Adapter
-from bot.audit import migrate
-from bot.clock import SystemClock
-from bot.config import parse_config
-from bot.message import Message
-from bot.outbound import Destination, Outbox
-from bot.reply import Reply
-from bot.state.database import StateDatabase
-from bot.state.outbox import OutboxStore, RowState
+from adapters.discord.adapter import DiscordAdapter
+from adapters.slack.adapter import SlackAdapter
+from adapters.telegram.adapter import TelegramAdapter
+from bot.app.config import parse_config
+from bot.audit.trail import migrate
+from bot.delivery.outbox import Destination, Outbox
+from bot.delivery.store import OutboxStore, RowState
+from bot.kernel.adapter import Adapter
+from bot.kernel.clock import SystemClock
+from bot.kernel.message import Message
+from bot.kernel.reply import Reply
+from bot.storage.database import StateDatabase
 from commands import COMMANDS
 from tests.fakes.discord_server import GUILD_ID, FakeDiscord
 from tests.fakes.slack_server import TEAM_ID, FakeSlack

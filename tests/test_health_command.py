@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bot.reply import Status
+from bot.kernel.reply import Status
 from tests.botharness import BASE_CONFIG, running_bot
 from tests.httpfakes import Route, refused_url, serve
 

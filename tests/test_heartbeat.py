@@ -19,13 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from bot import __version__
-from bot.cli import EXIT_CONFIG, main
-from bot.clock import SystemClock
-from bot.heartbeat import sparkline
-from bot.outbound import Destination, Outbox
-from bot.reply import Reply
-from bot.scheduler import Cron, Every, Scheduler, crontab_trigger, next_fire_time
+from bot.app.cli import EXIT_CONFIG, main
+from bot.cluster.scheduler import Cron, Every, Scheduler, crontab_trigger, next_fire_time
+from bot.delivery.outbox import Destination, Outbox
+from bot.features.heartbeats.service import sparkline
+from bot.kernel.clock import SystemClock
+from bot.kernel.reply import Reply
+from bot.kernel.version import __version__
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
 from tests.httpfakes import Route, refused_url, serve
 from tests.infra import STATE_REDIS_DOWN, redis_url, state_redis

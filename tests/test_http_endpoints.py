@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bot import __version__
-from bot.errors import DependencyError
-from bot.http_server import HttpServer, build_app
-from bot.metrics import Metrics
+from bot.app.http_server import HttpServer, build_app
+from bot.kernel.errors import DependencyError
+from bot.kernel.metrics import Metrics
+from bot.kernel.version import __version__
 from tests.botharness import BASE_CONFIG, running_bot
 
 

@@ -1,4 +1,4 @@
-"""Leader election among replicas: a Redis lease with a fencing token (bot/leader.py).
+"""Leader election among replicas: a Redis lease with a fencing token (bot/cluster/leader.py).
 
 Short leases (0.6 s, renewed every 0.2 s) keep each test to a second or two. A replica
 that must stall runs on its own event loop in a thread, so the test can block that loop
@@ -25,9 +25,9 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from bot.config.operations import StateSection
-from bot.leader import LeaderLease, LostLeadership, SoleLeader, leadership_for
-from bot.redis_clients import RedisClients
+from bot.cluster.leader import LeaderLease, LostLeadership, SoleLeader, leadership_for
+from bot.cluster.redis_clients import RedisClients
+from bot.features.actions.config import StateSection
 from tests.infra import redis_url
 
 T = TypeVar("T")
@@ -265,8 +265,8 @@ async def test_a_released_lease_is_taken_over_within_a_renew_interval(
 
 _DOOMED = """
 import asyncio, sys
-from bot.leader import LeaderLease
-from bot.redis_clients import RedisClients
+from bot.cluster.leader import LeaderLease
+from bot.cluster.redis_clients import RedisClients
 
 async def main() -> None:
     url, key, lease, renew = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])

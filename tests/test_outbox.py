@@ -8,10 +8,10 @@ import itertools
 import time
 from pathlib import Path
 
-from bot.errors import DependencyError
-from bot.outbound import Destination, RetryAfter, RetryPolicy
-from bot.reply import Button, Field, Reply, Status, Table
-from bot.state.outbox import reply_from_json, reply_to_json
+from bot.delivery.outbox import Destination, RetryAfter, RetryPolicy
+from bot.delivery.store import reply_from_json, reply_to_json
+from bot.kernel.errors import DependencyError
+from bot.kernel.reply import Button, Field, Reply, Status, Table
 from tests.botharness import BASE_CONFIG, TestBot, running_bot
 from tests.processes import clean_env, run_opsbot
 

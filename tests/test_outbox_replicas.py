@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.auditlog import upgrade
-from bot.cli_outbox import format_row
-from bot.outbound import Destination, Outbox, Poster, RetryPolicy
-from bot.reply import Reply
-from bot.state.database import StateDatabase
-from bot.state.outbox import OutboxRow, OutboxStore, RowState
-from bot.state.schema import outbox as outbox_table
+from bot.app.cli_outbox import format_row
+from bot.audit import upgrade
+from bot.delivery.outbox import Destination, Outbox, Poster, RetryPolicy
+from bot.delivery.store import OutboxRow, OutboxStore, RowState
+from bot.kernel.reply import Reply
+from bot.storage.database import StateDatabase
+from bot.storage.state_schema import outbox as outbox_table
 from tests.auditlog_helpers import pg_database
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05, no_poster_poll=0.1)

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.command import Args, NoArgs, Risk
-from bot.context import Context
-from bot.errors import DependencyError
-from bot.logs import configure_logging
-from bot.parse import parse
-from bot.render import render_text, split_message
-from bot.reply import Reply, Status
+from bot.app.logs import configure_logging
+from bot.kernel.command import Args, NoArgs, Risk
+from bot.kernel.errors import DependencyError
+from bot.kernel.render import render_text, split_message
+from bot.kernel.reply import Reply, Status
+from bot.pipeline.context import Context
+from bot.pipeline.parse import parse
 from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot
 
 NAMES = frozenset({"opsbot"})

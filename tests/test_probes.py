@@ -1,4 +1,4 @@
-"""bot.probes against real local HTTP servers (tests/httpfakes.py)."""
+"""bot.features.probes against real local HTTP servers (tests/httpfakes.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from bot.probes import (
+from bot.features.probes import (
     HealthResult,
     HealthState,
     ProbeTarget,

@@ -15,10 +15,17 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
-from bot.config.operations import FloorLevel, Level, QueueConfig
-from bot.queues import QueueFailure, QueueState, Severity, above, below, inspect_queue
-from bot.redis_clients import RedisClients
-from bot.reply import Reply, Status
+from bot.cluster.redis_clients import RedisClients
+from bot.features.actions.config import FloorLevel, Level, QueueConfig
+from bot.features.queues.inspect import (
+    QueueFailure,
+    QueueState,
+    Severity,
+    above,
+    below,
+    inspect_queue,
+)
+from bot.kernel.reply import Reply, Status
 from tests.botharness import BASE_CONFIG, running_bot
 from tests.infra import redis_url
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis.asyncio as aioredis
 
-from bot.auditlog import upgrade
+from bot.audit import upgrade
 from tests.auditlog_helpers import pg_database
 from tests.fakes.telegram_server import Call, FakeTelegram
 from tests.infra import redis_url
@@ -52,12 +52,12 @@ _LAUNCH = """
 import sys
 from datetime import timedelta
 
-import bot.config.heartbeat
+import bot.features.heartbeats.config
 
 # The test cannot wait 5 minutes between heartbeats: allow one a minute.
 bot.config.heartbeat.MIN_INTERVAL = timedelta(minutes=1)
 
-from bot.cli import main
+from bot.app.cli import main
 
 sys.exit(main())
 """

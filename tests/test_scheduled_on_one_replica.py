@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.clock import SystemClock
-from bot.leader import LeaderLease
-from bot.pauses import RedisPauses
-from bot.redis_clients import RedisClients
-from bot.scheduler import Every, Scheduler
+from bot.cluster.leader import LeaderLease
+from bot.cluster.pauses import RedisPauses
+from bot.cluster.redis_clients import RedisClients
+from bot.cluster.scheduler import Every, Scheduler
+from bot.kernel.clock import SystemClock
 from tests.infra import redis_url
 
 pytestmark = pytest.mark.redis

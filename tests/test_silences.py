@@ -15,8 +15,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from bot.errors import DependencyError
-from bot.silences import (
+from bot.features.alerts.silences import (
     MAX_DURATION,
     Matcher,
     MatcherError,
@@ -25,6 +24,7 @@ from bot.silences import (
     SilenceStore,
     check_silence,
 )
+from bot.kernel.errors import DependencyError
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
 from tests.replicas import two_replicas
 

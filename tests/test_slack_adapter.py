@@ -15,13 +15,13 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from adapters.slack import SlackAdapter, plain_text, strip_mention
-from adapters.slack_manifest import manifest
-from adapters.slack_render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
-from bot.command import CommandSpec
-from bot.config import parse_config
-from bot.outbound import Destination
-from bot.reply import Button, Reply, Status
+from adapters.slack.adapter import SlackAdapter, plain_text, strip_mention
+from adapters.slack.manifest import manifest
+from adapters.slack.render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
+from bot.app.config import parse_config
+from bot.delivery.outbox import Destination
+from bot.kernel.command import CommandSpec
+from bot.kernel.reply import Button, Reply, Status
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config
 from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
-from adapters.telegram_commands import set_commands, telegram_name
-from adapters.telegram_render import TEXT_LIMIT, render_html, utf16_len
-from bot.adapter import AdapterError
-from bot.command import Args, CommandSpec
-from bot.config import parse_config
-from bot.context import Context
-from bot.reply import Reply, Status
+from adapters.telegram.adapter import TelegramAdapter
+from adapters.telegram.commands import set_commands, telegram_name
+from adapters.telegram.render import TEXT_LIMIT, render_html, utf16_len
+from bot.app.config import parse_config
+from bot.kernel.adapter import AdapterError
+from bot.kernel.command import Args, CommandSpec
+from bot.kernel.reply import Reply, Status
+from bot.pipeline.context import Context
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config
 from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot

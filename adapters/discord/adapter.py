@@ -1,0 +1,518 @@
+"""The Discord adapter (discord.py): gateway events in as Messages, Replies out as embeds.
+
+Translation only; every rule (who may run what, approvals, dedup, audit) is the core's.
+
+In:
+- slash commands (INTERACTION_CREATE, application command): the options are turned back
+  into typed text (``adapters.discord.sync.command_text``); the interaction is deferred
+  at once (Discord wants an answer within 3 s), the reply follows as a followup;
+- message commands: ``!health`` (``discord.command_prefix``), ``@opsbot health``, or any
+  text in a direct message; answered as a reply to that message;
+- button presses (component interactions whose custom id starts with ``opsbot:``): the
+  button's command, sent by the person who pressed it. Handled by custom id, not by a
+  registered view, so buttons on old messages keep working after a restart.
+
+discord.py runs in the bot's own event loop: ``login`` and ``connect`` (``Client.start``
+split in two, to tell a bad token from an unreachable gateway) in a tracked task. It
+reconnects and resumes the gateway session and waits out REST rate limits by itself.
+
+``import discord`` below is the library: this module is ``adapters.discord.adapter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import aiohttp
+import discord
+import structlog
+
+from adapters.discord.render import Outgoing, command_of, render, with_outcome
+from adapters.discord.sync import (
+    OptionValue,
+    command_text,
+    login,
+    new_client,
+    point_at,
+    token_of,
+)
+from adapters.platforms import DiscordSection
+from bot.app.config.models import Config
+from bot.delivery.outbox import Destination, RetryAfter
+from bot.kernel.adapter import AdapterError, MessageHandler, keyed_slot
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec
+from bot.kernel.errors import DependencyError
+from bot.kernel.message import Message
+from bot.kernel.reply import Reply
+
+log = structlog.get_logger("opsbot.discord")
+
+PLATFORM = "discord"
+# What a REST call can fail with once discord.py has retried what it retries.
+SEND_ERRORS = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError)
+MAX_RATELIMIT_WAIT_S = 30.0
+POSTED_KEYS = 1000  # messages remembered for edits by key (job progress)
+
+
+class DiscordAdapter:
+    name = PLATFORM
+
+    def __init__(
+        self,
+        config: Config,
+        commands: Sequence[CommandSpec[Any]],
+        clock: Clock,
+        *,
+        ready_timeout: float = 30.0,
+        guild_ready_timeout: float = 2.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        """``guild_ready_timeout``: how long discord.py waits for more GUILD_CREATEs before
+        READY counts as complete (its own default; tests lower it)."""
+        self._config = config
+        self._section = config.discord or DiscordSection()
+        self._specs = {spec.name: spec for spec in commands}
+        self._clock = clock
+        self._ready_timeout = ready_timeout
+        self._guild_ready_timeout = guild_ready_timeout
+        self._stop_grace = stop_grace
+        self._handler: MessageHandler | None = None
+        self._client: discord.Client | None = None
+        self._gateway: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._posted: OrderedDict[str, list[int]] = OrderedDict()
+
+    async def start(self, handler: MessageHandler) -> None:
+        """Logs in, connects the gateway in a background task, returns once READY. On
+        failure, or no READY within ``ready_timeout``, closes everything and raises
+        AdapterError."""
+        token = token_of(self._config)
+        point_at(self._section)
+        client = self._new_client()
+        self._client, self._handler, self._stopping = client, handler, False
+        try:
+            async with asyncio.timeout(self._ready_timeout):
+                await login(client, token, self._section)
+                gateway = asyncio.create_task(
+                    client.connect(reconnect=True), name="discord-gateway"
+                )
+                self._gateway = gateway
+                await _until_ready(client, gateway)
+        except TimeoutError as exc:
+            await self._close()
+            raise AdapterError(
+                f"Discord was not ready within {self._ready_timeout:g} s "
+                f"(API {self._section.api_url}, gateway "
+                f"{self._section.gateway_url or 'from discord.py'})"
+            ) from exc
+        except BaseException:
+            await self._close()
+            raise
+        gateway.add_done_callback(self._gateway_ended)
+        user = client.user
+        log.info("discord.ready", bot_user=user.id if user else None, guilds=len(client.guilds))
+
+    async def stop(self) -> None:
+        """Lets replies in progress finish (up to ``stop_grace``), then disconnects."""
+        self._stopping = True
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=self._stop_grace)
+            for task in late:
+                task.cancel()
+        await self._close()
+
+    async def state(self) -> str:
+        client, gateway = self._client, self._gateway
+        if client is None or gateway is None:
+            return "stopped"
+        if gateway.done():
+            failure = _failure(gateway)
+            return (
+                f"error: {_gateway_problem(failure) if failure else 'the gateway connection ended'}"
+            )
+        # discord.py resumes or re-identifies by itself after a drop.
+        return "connected" if client.is_ready() and not client.is_closed() else "reconnecting"
+
+    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        key = keyed_slot(destination, key)
+        client = self._client
+        if client is None or client.is_closed():
+            raise DependencyError(PLATFORM, "not connected; cannot post")
+        channel_id = int(destination.channel_id)
+        channel = client.get_partial_messageable(
+            channel_id, guild_id=int(destination.workspace) if destination.workspace else None
+        )
+        reference = (
+            discord.MessageReference(
+                message_id=int(destination.thread_id),
+                channel_id=channel_id,
+                fail_if_not_exists=False,
+            )
+            if destination.thread_id
+            else None
+        )
+        known = self._posted.get(key) if key is not None else None
+        try:
+            if known:
+                ids = await self._edit(channel, known, reply, reference)
+            else:
+                ids = await self._send(channel, reply, reference)
+        except SEND_ERRORS as exc:
+            wait = _retry_after(exc)
+            if wait is not None:
+                # discord.py waited out its buckets and gave up: the outbox pauses the channel.
+                raise RetryAfter(wait, f"discord: channel {channel_id} rate limited") from exc
+            raise DependencyError(
+                PLATFORM, f"posting to channel {channel_id} failed: {exc}", exc
+            ) from exc
+        if key is not None:
+            self._posted[key] = ids
+            self._posted.move_to_end(key)
+            while len(self._posted) > POSTED_KEYS:
+                self._posted.popitem(last=False)
+
+    # -- events -------------------------------------------------------------------------
+
+    def _new_client(self) -> discord.Client:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.message_content = True
+        intents.dm_messages = True
+        client = new_client(
+            intents,
+            guild_ready_timeout=self._guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+            max_messages=None,  # no message cache: everything needed is in each event
+            # Replies are embeds and never ping anyone but the person answered.
+            allowed_mentions=discord.AllowedMentions.none(),
+            # A longer wait than this raises RateLimited instead of holding a post (and
+            # the outbox lane behind it) for as long as Discord asks: the outbox pauses
+            # the channel and the other channels keep going.
+            max_ratelimit_timeout=MAX_RATELIMIT_WAIT_S,
+        )
+
+        @client.event
+        async def on_message(message: discord.Message) -> None:
+            await self._on_message(message)
+
+        @client.event
+        async def on_interaction(interaction: discord.Interaction[discord.Client]) -> None:
+            await self._on_interaction(interaction)
+
+        @client.event
+        async def on_error(event: str, /, *args: Any, **kwargs: Any) -> None:
+            # discord.py calls this inside its except block: the traceback is at hand.
+            log.exception("discord.event_failed", discord_event=event)
+
+        return client
+
+    async def _on_message(self, message: discord.Message) -> None:
+        handler, client = self._handler, self._client
+        if handler is None or client is None or self._stopping:
+            return
+        if message.author.bot or message.webhook_id is not None:
+            return  # never answer bots (ourselves included): no loops
+        text = self._addressed_text(message, client)
+        if text is None:
+            return
+        with self._tracked():
+            incoming = Message(
+                platform=PLATFORM,
+                channel_id=str(message.channel.id),  # a thread's own id inside a thread
+                user_id=str(message.author.id),
+                text=text,
+                event_id=str(message.id),
+                received_at=self._clock.now(),
+                workspace=str(message.guild.id) if message.guild else "",
+                thread_id=str(message.id),
+                user_name=message.author.name,
+                addressed=True,
+                parent_channel_id=_parent_of(message.channel),
+            )
+            reply = await handler(incoming)
+            if reply is None:
+                return
+            reference = message.to_reference(fail_if_not_exists=False)
+            try:
+                await self._send(message.channel, reply, reference)
+            except SEND_ERRORS:
+                log.exception("discord.reply_failed", request_id=reply.request_id)
+
+    def _addressed_text(self, message: discord.Message, client: discord.Client) -> str | None:
+        """The command text of a message for us; ``None`` for any other message."""
+        content = message.content.strip()
+        me = client.user
+        mentions = (f"<@{me.id}>", f"<@!{me.id}>") if me else ()
+        for start in (*mentions, self._section.command_prefix):
+            if content.startswith(start):
+                return _as_command(content[len(start) :].strip())
+        if isinstance(message.channel, discord.DMChannel):  # a direct message is for us
+            return _as_command(content)
+        return None
+
+    async def _on_interaction(self, interaction: discord.Interaction[discord.Client]) -> None:
+        if self._handler is None or self._stopping:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        if interaction.type is discord.InteractionType.application_command:
+            with self._tracked():
+                await self._on_slash_command(interaction, data)
+        elif interaction.type is discord.InteractionType.component:
+            custom = data.get("custom_id")
+            command = command_of(custom) if isinstance(custom, str) else None
+            if command is not None:
+                with self._tracked():
+                    await self._on_press(interaction, command)
+
+    async def _on_slash_command(
+        self, interaction: discord.Interaction[discord.Client], data: dict[str, Any]
+    ) -> None:
+        if not await _acknowledge(interaction):
+            return
+        name = str(data.get("name", ""))
+        values: dict[str, OptionValue] = {
+            str(o["name"]): o["value"] for o in data.get("options", ()) if "value" in o
+        }
+        text = command_text(self._specs.get(name), name, values)
+        reply = await self._handle(interaction, text, thread_id=None)
+        if reply is None:
+            # Nothing to say (throttled silently): end "thinking…". Not a redelivery: its
+            # acknowledgement was refused above, Discord takes one answer per interaction.
+            with contextlib.suppress(*SEND_ERRORS):
+                await interaction.delete_original_response()
+            return
+        await self._follow_up(interaction, reply, ephemeral=False)
+
+    async def _on_press(
+        self, interaction: discord.Interaction[discord.Client], command: str
+    ) -> None:
+        """A button press is the presser typing the button's command. A refusal goes to
+        the presser alone and leaves the message as it was; anything else marks the
+        message with the outcome and removes its buttons."""
+        if not await _acknowledge(interaction):
+            return
+        pressed = interaction.message
+        # The conversation the buttons belong to: the message they answered, if any.
+        reference = pressed.reference if pressed is not None else None
+        thread_id = str(reference.message_id) if reference and reference.message_id else None
+        reply = await self._handle(interaction, command, thread_id=thread_id)
+        if reply is None:
+            return
+        if reply.is_failure:
+            await self._follow_up(interaction, reply, ephemeral=True)
+            return
+        if pressed is not None:
+            embeds = with_outcome(pressed.embeds, reply, str(interaction.user.id), command)
+            try:
+                await interaction.edit_original_response(embeds=embeds, view=None)
+            except SEND_ERRORS:
+                log.exception("discord.edit_failed", request_id=reply.request_id)
+        await self._follow_up(interaction, reply, ephemeral=False)
+
+    async def _handle(
+        self, interaction: discord.Interaction[discord.Client], text: str, thread_id: str | None
+    ) -> Reply | None:
+        handler = self._handler
+        if handler is None:  # stopped meanwhile
+            return None
+        user = interaction.user
+        message = Message(
+            platform=PLATFORM,
+            channel_id=str(interaction.channel_id),
+            user_id=str(user.id),
+            text=text,
+            event_id=str(interaction.id),  # the same on a redelivery
+            received_at=self._clock.now(),
+            workspace=str(interaction.guild_id) if interaction.guild_id else "",
+            thread_id=thread_id,
+            user_name=user.name,
+            addressed=True,
+            parent_channel_id=_parent_of(interaction.channel),
+        )
+        return await handler(message)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def _follow_up(
+        self, interaction: discord.Interaction[discord.Client], reply: Reply, *, ephemeral: bool
+    ) -> None:
+        try:
+            for out in render(reply):
+                kwargs: dict[str, Any] = {"embeds": out.embeds, "ephemeral": ephemeral}
+                if out.view is not None:
+                    kwargs["view"] = out.view
+                await interaction.followup.send(**kwargs)
+        except SEND_ERRORS:
+            log.exception("discord.reply_failed", request_id=reply.request_id)
+
+    async def _send(
+        self,
+        channel: discord.abc.Messageable,
+        reply: Reply,
+        reference: discord.MessageReference | None,
+    ) -> list[int]:
+        ids: list[int] = []
+        for out in render(reply):
+            sent = await channel.send(**_send_kwargs(out, reference if not ids else None))
+            ids.append(sent.id)
+        return ids
+
+    async def _edit(
+        self,
+        channel: discord.PartialMessageable,
+        known: list[int],
+        reply: Reply,
+        reference: discord.MessageReference | None,
+    ) -> list[int]:
+        """Replace what was posted under a key: edit those messages, send any more that
+        are needed, delete any left over."""
+        ids: list[int] = []
+        outgoing = render(reply)
+        for i, out in enumerate(outgoing):
+            if i < len(known):
+                try:
+                    await channel.get_partial_message(known[i]).edit(
+                        embeds=out.embeds, view=out.view
+                    )
+                    ids.append(known[i])
+                    continue
+                except discord.NotFound:
+                    pass  # deleted meanwhile: post it again
+            sent = await channel.send(**_send_kwargs(out, reference if not ids else None))
+            ids.append(sent.id)
+        for stale in known[len(outgoing) :]:
+            with contextlib.suppress(*SEND_ERRORS):
+                await channel.get_partial_message(stale).delete()
+        return ids
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Counts the current event's task as in flight, so stop() lets it finish."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    def _gateway_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping:
+            return
+        failure = _failure(task)
+        log.error(
+            "discord.gateway_lost",
+            error=_gateway_problem(failure) if failure else "the gateway connection ended",
+        )
+
+    async def _close(self) -> None:
+        self._stopping = True
+        client, gateway = self._client, self._gateway
+        self._client, self._gateway, self._handler = None, None, None
+        if client is not None:
+            await client.close()
+        if gateway is not None:
+            try:
+                await gateway
+            except (asyncio.CancelledError, Exception) as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.warning("discord.gateway_error_on_close", error=repr(exc))
+
+
+def _send_kwargs(out: Outgoing, reference: discord.MessageReference | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"embeds": out.embeds}
+    if out.view is not None:
+        kwargs["view"] = out.view
+    if reference is not None:
+        kwargs["reference"] = reference
+        kwargs["mention_author"] = False
+    return kwargs
+
+
+async def _acknowledge(interaction: discord.Interaction[discord.Client]) -> bool:
+    """Defer at once: Discord shows "interaction failed" after 3 s without an answer.
+    False when Discord refuses, i.e. the interaction expired or was already answered (a
+    redelivery): then nothing runs, as the person sees no answer to wait for."""
+    try:
+        await interaction.response.defer()
+    except (*SEND_ERRORS, discord.InteractionResponded) as exc:
+        log.warning(
+            "discord.ack_failed",
+            interaction=interaction.id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return False
+    return True
+
+
+def _as_command(text: str) -> str | None:
+    if text.startswith("/"):
+        return text
+    if text[:1].isalpha():
+        return f"/{text}"
+    return None  # "!!!" or a bare mention is chat, not a command
+
+
+async def _until_ready(client: discord.Client, gateway: asyncio.Task[None]) -> None:
+    ready = asyncio.create_task(client.wait_until_ready(), name="discord-ready")
+    try:
+        await asyncio.wait({ready, gateway}, return_when="FIRST_COMPLETED")
+    finally:
+        ready.cancel()
+    if gateway.done():
+        failure = _failure(gateway)
+        if failure is None:
+            raise AdapterError("the Discord gateway connection ended before READY")
+        raise AdapterError(_gateway_problem(failure)) from failure
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    if task.cancelled():
+        return None
+    return task.exception()
+
+
+def _gateway_problem(exc: BaseException) -> str:
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return (
+            "Discord refused the gateway connection: enable the Message Content intent "
+            "for this bot (Developer Portal, Bot, Privileged Gateway Intents)"
+        )
+    if isinstance(exc, discord.ConnectionClosed):
+        if exc.code == 4004:
+            return "Discord refused the bot token on the gateway (4004 authentication failed)"
+        return f"the Discord gateway closed the connection ({exc.code}): {exc.reason}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"cannot reach the Discord gateway: {exc}"
+    return f"the Discord gateway failed: {type(exc).__name__}: {exc}"
+
+
+def _parent_of(channel: object) -> str | None:
+    """A thread's parent channel id (channel rules for #ops hold in its threads)."""
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        return str(channel.parent_id)
+    return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds Discord asked to wait when it refused for its rate limit (HTTP 429), or
+    when discord.py would have waited longer than ``MAX_RATELIMIT_WAIT_S``."""
+    if isinstance(exc, discord.RateLimited):
+        return float(exc.retry_after)
+    if not isinstance(exc, discord.HTTPException) or exc.status != 429:
+        return None
+    value = exc.response.headers.get("Retry-After", "1") if exc.response is not None else "1"
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0

@@ -1,0 +1,644 @@
+"""The Slack adapter: slack-bolt's AsyncApp over Socket Mode (the default) or HTTP.
+
+Translation only. Slash commands (``/health``), mentions (``@opsbot health``, answered
+in the thread) and direct messages become Messages; Replies go back as Block Kit
+(``adapters/slack/render.py``). Every request is acknowledged at once (Slack wants it
+within 3 s) and answered from a task the adapter tracks and finishes on ``stop()``.
+
+A button press sends the button's command as a Message from the person who pressed it,
+so policy, the two-person rule and the audit apply exactly as if they had typed it.
+
+Redeliveries: ``Message.event_id`` is the same for every delivery of one event (the
+Events API event id, a slash command's trigger_id, a button's action_ts and presser),
+so the core's dedup runs a mutating command once however often Slack retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from adapters.platforms import TOKEN_VARIABLES, SlackSection
+from adapters.slack.render import ACTION_PREFIX, SlackMessage, outcome_blocks, render
+from bot.app.config.models import Config
+from bot.delivery.outbox import Destination
+from bot.kernel.adapter import AdapterError, MessageHandler, keyed_slot
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec
+from bot.kernel.message import Message
+from bot.kernel.reply import Reply, Status
+
+log = structlog.get_logger("opsbot.slack")
+
+PLATFORM = "slack"
+# Usage mistakes and refusals go to the person who typed the slash command only.
+_PRIVATE = frozenset({Status.DENIED, Status.USAGE})
+_KEYED_MESSAGES = 1000  # posts remembered for later edits (job progress), oldest dropped
+_CONNECT_TIMEOUT = 15.0
+# Seconds per Web API call: an unreachable Slack must not hold up the bot's start for long.
+_API_TIMEOUT = 10
+_T = TypeVar("_T")
+
+
+class SlackAdapter:
+    name = PLATFORM
+
+    def __init__(
+        self,
+        config: Config,
+        commands: Sequence[CommandSpec[Any]],
+        clock: Clock,
+        *,
+        ping_interval: float = 10.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        """No I/O here: ``start()`` connects. ``ping_interval`` is how often Socket Mode
+        checks its websocket (and so how soon it notices a silent drop); ``stop_grace``
+        how long ``stop()`` waits for answers in flight before cancelling them."""
+        self._section: SlackSection = config.slack or SlackSection()
+        self._commands = tuple(sorted({spec.name for spec in commands}))
+        self._clock = clock
+        self._ping_interval = ping_interval
+        self._stop_grace = stop_grace
+        self._handler: MessageHandler | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._client: AsyncWebClient | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keyed: OrderedDict[str, tuple[str, str]] = OrderedDict()  # key -> (channel, ts)
+        self._bot_user_id = ""
+        self.http_port: int | None = None  # the bound port in HTTP mode (config may say 0)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, handler: MessageHandler) -> None:
+        section = self._section
+        http_mode = section.mode == "http"
+        bot_token = _secret(section.bot_token, "bot_token")
+        app_token = "" if http_mode else _secret(section.app_token, "app_token", "Socket Mode")
+        signing_secret = (
+            _secret(section.signing_secret, "signing_secret", "HTTP mode") if http_mode else ""
+        )
+        self._handler = handler
+        # slack_sdk applies its own timeout only to sessions it makes: this one carries it.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_API_TIMEOUT))
+        try:
+            client = AsyncWebClient(
+                token=bot_token,
+                base_url=section.api_url,
+                session=self._session,
+                timeout=_API_TIMEOUT,
+                retry_handlers=_retry_handlers(),
+            )
+            self._client = client
+            auth = await self._api("auth.test", client.auth_test())
+            self._bot_user_id = str(auth.get("user_id") or "")
+            app = self._build_app(client, signing_secret)
+            if http_mode:
+                await self._serve_http(app)
+            else:
+                await self._connect_socket(app, app_token)
+        except BaseException:
+            await self._shutdown()
+            raise
+        log.info(
+            "slack.connected",
+            mode=section.mode,
+            team=auth.get("team_id"),
+            bot_user=self._bot_user_id,
+            http_port=self.http_port,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking requests, let the answers in flight finish (up to ``stop_grace``),
+        then close the connections."""
+        await self._shutdown()
+        log.info("slack.stopped")
+
+    async def _shutdown(self) -> None:
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.close_async()  # type: ignore[no-untyped-call]  # untyped in bolt
+            client = socket.client
+            pending = [
+                f
+                for f in (
+                    client.message_processor,
+                    client.current_session_monitor,
+                    client.message_receiver,
+                )
+                if f is not None
+            ]
+            await asyncio.gather(*pending, return_exceptions=True)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=self._stop_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("slack.answers_cancelled", count=len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+        self._handler = None
+        self._client = None
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _build_app(self, client: AsyncWebClient, signing_secret: str) -> AsyncApp:
+        # process_before_response: Bolt awaits the listener, which acks and hands the work
+        # to a tracked task at once, so the ack goes out without Bolt's polling loop.
+        http_mode = self._section.mode == "http"
+        app = AsyncApp(
+            name="opsbot",
+            client=client,
+            signing_secret=signing_secret,
+            process_before_response=True,
+            # Signatures, ssl_check and url_verification exist only over HTTP; the
+            # workflow-function and assistant helpers are not used. Fewer middleware,
+            # faster acks.
+            request_verification_enabled=http_mode,
+            ssl_check_enabled=http_mode,
+            url_verification_enabled=http_mode,
+            attaching_function_token_enabled=False,
+            attaching_conversation_kwargs_enabled=False,
+            ignoring_self_assistant_message_events_enabled=False,
+        )
+        if app.oauth_flow is not None:
+            # Bolt reads SLACK_CLIENT_ID / SLACK_CLIENT_SECRET from the environment itself
+            # and then ignores the bot token (multi-workspace OAuth): refuse, plainly.
+            raise AdapterError(
+                "slack: SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set in the environment, "
+                "which puts slack-bolt in OAuth mode and ignores the bot token; unset them"
+            )
+        names = "|".join(re.escape(name) for name in self._commands)
+        app.command(re.compile(rf"^/(?:{names})$"))(self._on_command)
+        app.event("app_mention")(self._on_mention)
+        app.event("message")(self._on_direct_message)
+        app.action(re.compile(rf"^{ACTION_PREFIX}\d+$"))(self._on_button)
+        return app
+
+    async def _connect_socket(self, app: AsyncApp, app_token: str) -> None:
+        socket = AsyncSocketModeHandler(
+            app, app_token=app_token, web_client=app.client, ping_interval=self._ping_interval
+        )
+        self._socket = socket
+        # Asked here rather than inside connect(), which retries a refused token forever.
+        socket.client.wss_uri = await self._api(
+            "apps.connections.open", socket.client.issue_new_wss_url()
+        )
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await socket.connect_async()  # type: ignore[no-untyped-call]  # untyped in bolt
+        except TimeoutError as exc:
+            raise AdapterError(
+                f"slack: Socket Mode websocket did not connect within {_CONNECT_TIMEOUT:.0f} s"
+            ) from exc
+
+    async def _serve_http(self, app: AsyncApp) -> None:
+        section = self._section
+        # Bolt's own aiohttp app: request signatures (and their 5-minute window) are
+        # checked by its middleware before any listener runs.
+        runner = web.AppRunner(
+            app.web_app(path=section.http_path, port=section.http_port),
+            access_log=None,
+            shutdown_timeout=min(self._stop_grace, 5.0),
+        )
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, section.http_host, section.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise AdapterError(
+                f"slack: cannot listen on {section.http_host}:{section.http_port} "
+                f"({exc.strerror or exc})"
+            ) from exc
+        address = runner.addresses[0]
+        self.http_port = int(address[1])
+
+    # -- incoming -------------------------------------------------------------------
+    # Bolt passes listener arguments by parameter name: these must be called ack and body.
+
+    async def _on_command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        message = command_message(body, self._clock.now())
+        if message is not None:
+            response_url = _text(body, "response_url")
+            self._spawn(self._answer_command(message, response_url), message.event_id)
+
+    async def _on_mention(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        message = event_message(body, self._bot_user_id, self._clock.now(), mention=True)
+        if message is not None:
+            self._spawn(self._answer_in_thread(message), message.event_id)
+
+    async def _on_direct_message(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        message = event_message(body, self._bot_user_id, self._clock.now(), mention=False)
+        if message is not None:
+            self._spawn(self._answer_in_thread(message), message.event_id)
+
+    async def _on_button(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        press = button_press(body, self._clock.now())
+        if press is not None:
+            self._spawn(self._answer_button(press), press.message.event_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], event_id: str) -> None:
+        task = asyncio.create_task(self._guarded(work, event_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None], event_id: str) -> None:
+        try:
+            await work
+        except AdapterError as exc:
+            log.warning("slack.answer_failed", event_id=event_id, error=str(exc))
+        except Exception:
+            log.exception("slack.answer_failed", event_id=event_id)
+
+    async def _ask(self, message: Message) -> Reply | None:
+        handler = self._handler
+        if handler is None:
+            return None
+        try:
+            return await handler(message)
+        except Exception:
+            # The pipeline answers its own failures; this is a bug, not a user error.
+            log.exception("slack.handler_failed", event_id=message.event_id)
+            return Reply(
+                title="opsbot failed to answer this; the operator's log has the details",
+                status=Status.ERROR,
+            )
+
+    # -- answering ------------------------------------------------------------------
+
+    async def _answer_command(self, message: Message, response_url: str) -> None:
+        reply = await self._ask(message)
+        if reply is None:
+            return
+        if response_url:
+            private = reply.status in _PRIVATE
+            await self._respond(response_url, reply, "ephemeral" if private else "in_channel")
+        else:
+            await self._send(message.channel_id, message.thread_id, reply)
+
+    async def _answer_in_thread(self, message: Message) -> None:
+        reply = await self._ask(message)
+        if reply is not None:
+            await self._send(message.channel_id, message.thread_id, reply)
+
+    async def _answer_button(self, press: ButtonPress) -> None:
+        reply = await self._ask(press.message)
+        if reply is None:
+            return
+        if reply.is_failure:
+            # Only the presser sees why; the message and its buttons stay for others.
+            await self._respond(press.response_url, reply, "ephemeral")
+            return
+        blocks = outcome_blocks(press.original_blocks, press.message.user_id, press.label, reply)
+        client = self._require_client()
+        try:
+            await self._api(
+                "chat.update",
+                client.chat_update(
+                    channel=press.channel_id,
+                    ts=press.message_ts,
+                    text=press.original_text,
+                    blocks=blocks,
+                ),
+            )
+        except AdapterError as exc:
+            # An ephemeral message, or one sent through a response_url: that URL can still
+            # replace it.
+            log.info("slack.update_via_response_url", error=str(exc))
+            await self._webhook(
+                press.response_url,
+                {"replace_original": True, "text": press.original_text, "blocks": blocks},
+            )
+        try:
+            await self._send(press.channel_id, press.thread_ts, reply)
+        except AdapterError as exc:
+            # The bot may not be in a channel where its slash command was answered.
+            log.info("slack.reply_via_response_url", error=str(exc))
+            await self._respond(press.response_url, reply, "in_channel")
+
+    async def _send(self, channel: str, thread_ts: str | None, reply: Reply) -> str:
+        """chat.postMessage each part of ``reply``; the ts of the first."""
+        client = self._require_client()
+        first = ""
+        for part in render(reply):
+            response = await self._api(
+                "chat.postMessage",
+                client.chat_postMessage(channel=channel, thread_ts=thread_ts, **part.payload()),
+            )
+            first = first or str(response.get("ts") or "")
+        return first
+
+    async def _respond(self, response_url: str, reply: Reply, response_type: str) -> None:
+        for part in render(reply):
+            await self._webhook(
+                response_url,
+                {"response_type": response_type, "replace_original": False, **part.payload()},
+            )
+
+    async def _webhook(self, response_url: str, body: dict[str, Any]) -> None:
+        if not response_url:
+            raise AdapterError("slack: no response_url to answer through")
+        webhook = AsyncWebhookClient(
+            url=response_url,
+            timeout=_API_TIMEOUT,
+            session=self._session,
+            retry_handlers=_retry_handlers(),
+        )
+        response = await self._call("response_url", webhook.send_dict(body))
+        if response.status_code >= 300:
+            raise AdapterError(
+                f"slack: response_url refused the answer: {response.status_code} {response.body}"
+            )
+
+    # -- outbound -------------------------------------------------------------------
+
+    async def state(self) -> str:
+        if self._client is None:
+            return "stopped"
+        if self._socket is not None:
+            # The Socket Mode client reconnects by itself; say so while it does.
+            return "connected" if await self._socket.client.is_connected() else "reconnecting"
+        return "connected" if self._runner is not None else "stopped"
+
+    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+        """chat.postMessage to the destination's channel and thread; a later post with the
+        same ``key`` edits that message (chat.update) instead of adding one."""
+        key = keyed_slot(destination, key)
+        client = self._require_client()
+        known = self._keyed.get(key) if key is not None else None
+        if known is not None and key is not None:
+            channel, ts = known
+            parts = render(reply)
+            try:
+                await self._api(
+                    "chat.update", client.chat_update(channel=channel, ts=ts, **parts[0].payload())
+                )
+            except AdapterError as exc:
+                if exc.retry_after is not None:
+                    raise  # the same edit, after the pause: a new message would be a copy
+                log.info("slack.keyed_update_failed", key=key, error=str(exc))
+            else:
+                self._keyed.move_to_end(key)
+                await self._post_parts(destination, parts[1:])
+                return
+        ts = await self._send(destination.channel_id, destination.thread_id, reply)
+        if key is not None and ts:
+            self._keyed[key] = (destination.channel_id, ts)
+            self._keyed.move_to_end(key)
+            while len(self._keyed) > _KEYED_MESSAGES:
+                self._keyed.popitem(last=False)
+
+    async def _post_parts(self, destination: Destination, parts: Sequence[SlackMessage]) -> None:
+        client = self._require_client()
+        for part in parts:
+            await self._api(
+                "chat.postMessage",
+                client.chat_postMessage(
+                    channel=destination.channel_id,
+                    thread_ts=destination.thread_id,
+                    **part.payload(),
+                ),
+            )
+
+    # -- vendor errors stop here ----------------------------------------------------
+
+    def _require_client(self) -> AsyncWebClient:
+        if self._client is None:
+            raise AdapterError("slack: the adapter is not started")
+        return self._client
+
+    async def _api(self, method: str, call: Awaitable[_T]) -> _T:
+        """Await one Web API call; Slack's refusals and network failures become
+        AdapterError, with Slack's error code."""
+        try:
+            return await call
+        except SlackApiError as exc:
+            raise AdapterError(
+                f"slack: {method} failed: {_error_code(exc)}", retry_after=_retry_after(exc)
+            ) from exc
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AdapterError(
+                f"slack: {method} failed: cannot reach {self._section.api_url} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def _call(self, what: str, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AdapterError(f"slack: {what} failed ({type(exc).__name__}: {exc})") from exc
+
+
+# -- payloads -> Messages (pure functions) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPress:
+    message: Message  # the button's command, from the presser
+    label: str
+    channel_id: str
+    message_ts: str  # the message carrying the button
+    thread_ts: str  # the thread the answer goes to
+    original_text: str
+    original_blocks: tuple[Mapping[str, Any], ...]
+    response_url: str
+
+
+def command_message(body: Mapping[str, Any], now: datetime) -> Message | None:
+    """A slash command: ``/rollback`` with text ``v1.2`` becomes ``/rollback v1.2``."""
+    command, user = _text(body, "command"), _text(body, "user_id")
+    channel = _text(body, "channel_id")
+    if not (command and user and channel):
+        log.warning("slack.command_malformed", keys=sorted(body))
+        return None
+    return Message(
+        platform=PLATFORM,
+        channel_id=channel,
+        user_id=user,
+        text=f"{command} {plain_text(_text(body, 'text'))}".strip(),
+        # Stable across redeliveries of the same invocation.
+        event_id=_text(body, "trigger_id") or f"command-{secrets.token_hex(8)}",
+        received_at=now,
+        workspace=_text(body, "team_id"),
+        user_name=_text(body, "user_name"),
+        addressed=True,
+    )
+
+
+def event_message(
+    body: Mapping[str, Any], bot_user_id: str, now: datetime, *, mention: bool
+) -> Message | None:
+    """An ``app_mention`` (answered in its thread) or a direct message (``mention`` False;
+    other message events, edits and bots' messages are not for the bot)."""
+    event = body.get("event")
+    if not isinstance(event, Mapping):
+        return None
+    if not mention and (
+        event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id")
+    ):
+        return None
+    user, channel, ts = _text(event, "user"), _text(event, "channel"), _text(event, "ts")
+    if not (user and channel):
+        return None
+    text = plain_text(strip_mention(_text(event, "text"), bot_user_id))
+    thread = _text(event, "thread_ts") or (ts if mention else "")
+    return Message(
+        platform=PLATFORM,
+        channel_id=channel,
+        user_id=user,
+        text=text,
+        # The Events API id is the same on every retry of the event.
+        event_id=_text(body, "event_id") or f"event-{channel}-{ts}",
+        received_at=now,
+        workspace=_text(body, "team_id") or _text(event, "team"),
+        thread_id=thread or None,
+        addressed=True,
+    )
+
+
+def button_press(body: Mapping[str, Any], now: datetime) -> ButtonPress | None:
+    user = body.get("user")
+    actions = body.get("actions")
+    container = body.get("container")
+    if not (
+        isinstance(user, Mapping)
+        and isinstance(actions, list)
+        and actions
+        and isinstance(actions[0], Mapping)
+        and isinstance(container, Mapping)
+    ):
+        return None
+    action = actions[0]
+    user_id, command = _text(user, "id"), _text(action, "value")
+    channel = _text(container, "channel_id")
+    message_ts = _text(container, "message_ts")
+    if not (user_id and command and channel and message_ts):
+        return None
+    original = body.get("message")
+    original = original if isinstance(original, Mapping) else {}
+    blocks = original.get("blocks")
+    label = action.get("text")
+    team = body.get("team")
+    thread_ts = _text(original, "thread_ts") or _text(container, "thread_ts") or message_ts
+    message = Message(
+        platform=PLATFORM,
+        channel_id=channel,
+        user_id=user_id,
+        text=command,
+        # One press is one action_ts: a redelivered press is the same event.
+        event_id=f"action-{_text(action, 'action_ts') or _text(body, 'trigger_id')}-{user_id}",
+        received_at=now,
+        workspace=_text(team, "id") if isinstance(team, Mapping) else _text(user, "team_id"),
+        thread_id=thread_ts,
+        user_name=_text(user, "username") or _text(user, "name"),
+        addressed=True,
+    )
+    return ButtonPress(
+        message=message,
+        label=_text(label, "text") if isinstance(label, Mapping) else command,
+        channel_id=channel,
+        message_ts=message_ts,
+        thread_ts=thread_ts,
+        original_text=_text(original, "text"),
+        original_blocks=tuple(b for b in blocks if isinstance(b, Mapping))
+        if isinstance(blocks, list)
+        else (),
+        response_url=_text(body, "response_url"),
+    )
+
+
+_MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+_LINK = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
+
+
+def strip_mention(text: str, bot_user_id: str) -> str:
+    """``<@UBOT> health`` -> ``health``: the bot's own mentions go; others stay."""
+    if bot_user_id:
+        return _MENTION.sub(lambda m: "" if m.group(1) == bot_user_id else m.group(0), text).strip()
+    return _MENTION.sub("", text, count=1).strip()
+
+
+def plain_text(text: str) -> str:
+    """Slack's markup back to what was typed: ``<https://x|x>`` -> ``https://x``,
+    ``&amp;`` -> ``&``. User and channel references keep their ``<@U…>`` form."""
+
+    def link(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if target.startswith(("@", "#", "!")):
+            return match.group(0)
+        return target.removeprefix("mailto:")
+
+    if "<" not in text and "&" not in text:
+        return text
+    unlinked = _LINK.sub(link, text)
+    return unlinked.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _retry_after(exc: SlackApiError) -> float | None:
+    """Seconds Slack asked to wait, when it refused for its rate limit (HTTP 429, after
+    the SDK's own retries ran out)."""
+    response = exc.response
+    if getattr(response, "status_code", None) != 429:
+        return None
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("retry-after") or "1"
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0
+
+
+def _text(mapping: Any, key: str) -> str:
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def _secret(value: SecretStr | None, key: str, needed_for: str = "") -> str:
+    secret = value.get_secret_value().strip() if value is not None else ""
+    if not secret:
+        variable = TOKEN_VARIABLES[PLATFORM][key]
+        why = f"; {needed_for} needs it" if needed_for else ""
+        raise AdapterError(f"slack: {variable} is not set (or [slack] {key}){why}")
+    return secret
+
+
+def _error_code(exc: SlackApiError) -> str:
+    response = exc.response
+    error = response.get("error") if response is not None else None
+    return str(error or exc)
+
+
+def _retry_handlers() -> list[AsyncRetryHandler]:
+    # Connection resets once; a 429 up to twice, after its Retry-After.
+    return [AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)]

@@ -1,0 +1,259 @@
+"""``opsbot db …`` and ``opsbot audit …``: the audit database from a shell.
+
+Each function returns the process exit code and raises :class:`~bot.kernel.errors.OpsbotError`
+for the caller (``bot.app.cli``) to report; nothing here exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from sqlalchemy.engine import make_url
+
+from bot.app.config.models import Config
+from bot.audit import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema
+from bot.audit.record import FIELD_NAMES
+from bot.audit.trail import database_url, is_embedded, migrate
+from bot.kernel.durations import parse_duration
+from bot.kernel.errors import DependencyError, UserError
+from bot.storage.migrate import DEPENDENCY, current_revision
+
+EXIT_SCHEMA_NOT_CURRENT = 1
+EXIT_CHAIN_BROKEN = 1
+
+EXPORT_COLUMNS = ("seq", "prev_hash", "hash", *FIELD_NAMES)
+FOLLOW_POLL_S = 0.5
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``24h``/``7d``/``90m`` ago, or an ISO-8601 time (naive means UTC). Raises ValueError."""
+    try:
+        return (now or datetime.now(UTC)) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (24h, 7d, 90m) nor an ISO-8601 time "
+            "(2026-11-23T03:00:00Z)"
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def display_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------- db
+
+
+async def db_upgrade(config: Config) -> int:
+    url = database_url(config)
+    await migrate(url)
+    print(f"audit database {display_url(url)} is at revision {await current_revision(url)}")
+    return 0
+
+
+async def db_check(config: Config) -> int:
+    """0 when the schema is this opsbot's; 1 when it is not (the reason on stderr)."""
+    url = database_url(config)
+    try:
+        _require_sqlite_file(url)
+        await check_schema(url)
+    except DependencyError as exc:
+        # With an original, the database could not be read at all: that is not an
+        # answer to "is the schema current?", so it goes up as a failure.
+        if exc.original is not None:
+            raise
+        print(f"opsbot: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA_NOT_CURRENT
+    print(f"audit database {display_url(url)} is current (revision {await current_revision(url)})")
+    return 0
+
+
+# ---------------------------------------------------------------------- audit
+
+
+async def audit_tail(config: Config, count: int, *, follow: bool) -> int:
+    async with _reading(config) as store:
+        newest = await store.query(limit=count) if count else []
+        for row in reversed(newest):
+            print(tail_line(row))
+        sys.stdout.flush()
+        if follow:
+            await _follow(store, newest[0] if newest else None)
+    return 0
+
+
+async def audit_export(config: Config, since: datetime, fmt: str, output: Path | None) -> int:
+    async with _reading(config) as store:
+        if output is None:
+            await _write_export(store, since, fmt, sys.stdout)
+            return 0
+        with _replace_on_success(output) as out:
+            written = await _write_export(store, since, fmt, out)
+    print(f"exported {written} audit entries to {output}", file=sys.stderr)
+    return 0
+
+
+async def audit_verify(config: Config) -> int:
+    async with _reading(config) as store:
+        result = await store.verify()
+    print(result)
+    return 0 if result.ok else EXIT_CHAIN_BROKEN
+
+
+@contextlib.asynccontextmanager
+async def _reading(config: Config) -> AsyncIterator[AuditStore]:
+    """A started store on the configured database, for reading only."""
+    url = database_url(config)
+    _require_sqlite_file(url)
+    await check_schema(url)
+    # The configured spool belongs to the running bot: a store started on it would replay
+    # it into the database when closed, racing the bot's own writer. This one never writes.
+    with tempfile.TemporaryDirectory(prefix="opsbot-cli-") as scratch:
+        store = AuditStore(url, spool_path=Path(scratch) / "unused-spool.jsonl")
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(make_url(url).database or "")
+
+
+def _require_sqlite_file(url: str) -> None:
+    # Opening a missing SQLite file creates it: an empty file the bot would then migrate
+    # is harmless, but one in a mistyped data_dir would only hide the mistake.
+    if is_embedded(url) and not _sqlite_path(url).exists():
+        raise DependencyError(
+            DEPENDENCY,
+            f"{_sqlite_path(url)} does not exist yet "
+            "(the bot creates it on first start, or run `opsbot db upgrade`)",
+        )
+
+
+# ---------------------------------------------------------------------- tail
+
+
+def tail_line(row: StoredEntry) -> str:
+    """``2026-11-23 03:00:01Z  #7  finished  ok  alice(U01@slack)  /health api  rule  2ms``"""
+    e = row.entry
+    what = e.raw_text or (f"/{e.command}" if e.command else f"[{e.kind}] {e.detail}")
+    parts = [
+        e.at.strftime("%Y-%m-%d %H:%M:%SZ"),
+        f"#{row.seq}",
+        e.stage,
+        e.status or "-",
+        _who(e),
+        _one_line(what),
+        e.rule or "-",
+        _format_ms(e.duration_ms),
+    ]
+    if e.error:
+        parts.append(_one_line(e.error))
+    return "  ".join(parts)
+
+
+def _who(e: AuditEntry) -> str:
+    if not e.user_id:
+        return e.principal or "-"
+    platform_id = f"{e.user_id}@{e.platform}"
+    # No principal: someone the config does not know; the platform id is all there is.
+    return f"{e.principal}({platform_id})" if e.principal else platform_id
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _format_ms(duration_ms: float | None) -> str:
+    if duration_ms is None:
+        return "-"
+    return f"{duration_ms:.1f}ms" if duration_ms < 10 else f"{duration_ms:.0f}ms"
+
+
+async def _follow(store: AuditStore, newest: StoredEntry | None) -> None:
+    """Print entries committed after ``newest`` until SIGINT or SIGTERM."""
+    last_seq = newest.seq if newest else 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            # By seq, not time: a spool replayed late still shows up, in chain order.
+            async for row in store.export(EPOCH, after_seq=last_seq):
+                print(tail_line(row))
+                last_seq = row.seq
+            sys.stdout.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_POLL_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+# ---------------------------------------------------------------------- export
+
+
+async def _write_export(store: AuditStore, since: datetime, fmt: str, out: TextIO) -> int:
+    written = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        async for row in store.export(since):
+            writer.writerow(_csv_record(row))
+            written += 1
+    else:
+        async for row in store.export(since):
+            out.write(orjson.dumps(export_record(row)).decode("utf-8") + "\n")
+            written += 1
+    out.flush()
+    return written
+
+
+def export_record(row: StoredEntry) -> dict[str, Any]:
+    """One exported entry: its place in the chain, then its fields in declaration order."""
+    return {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash} | (
+        row.entry.to_json_dict()
+    )
+
+
+def _csv_record(row: StoredEntry) -> dict[str, Any]:
+    record = export_record(row)
+    record["args"] = canonical_json(record["args"])
+    record["approvers"] = canonical_json(record["approvers"])
+    return record
+
+
+@contextlib.contextmanager
+def _replace_on_success(path: Path) -> Iterator[TextIO]:
+    """A text file that appears at ``path`` only once it is complete: an export that fails
+    half-way must not leave a file that looks like a whole one."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        out = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with out:
+            yield out
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""Read, override and validate the config file; every problem names its key path."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Collection, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from bot.app.config.env import apply_overrides
+from bot.app.config.models import Config
+from bot.app.config.references import reference_problems
+from bot.kernel.errors import ConfigError
+
+DEFAULT_SOURCE = "<built-in default config>"
+
+
+def load_config(
+    path: Path | None, env: Mapping[str, str], command_names: Collection[str]
+) -> tuple[Config, str]:
+    """Load ``path`` (or the built-in default when None); returns the config and its source."""
+    if path is None:
+        source = DEFAULT_SOURCE
+        text = resources.files("bot.app.config").joinpath("default.toml").read_text("utf-8")
+    else:
+        source = str(path)
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    return parse_config(text, source, env, command_names), source
+
+
+def parse_config(
+    text: str, source: str, env: Mapping[str, str], command_names: Collection[str]
+) -> Config:
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from exc
+    apply_overrides(raw, env)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _describe(exc)) from exc
+    problems = reference_problems(config, command_names)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _describe(error: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for item in error.errors(include_url=False):
+        loc = item["loc"]
+        path = _path(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key{_suggest(loc)}")
+        elif item["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            value = item.get("input")
+            plain = isinstance(value, str | int | float) and str(value) not in message
+            shown = f" (got {value!r})" if plain else ""
+            lines.append(f"{path}: {message}{shown}")
+    return lines
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-after", "function-before")):
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _suggest(loc: tuple[int | str, ...]) -> str:
+    """Nearest valid key for a misspelt one, found by walking the models along ``loc``."""
+    model: type[BaseModel] | None = Config
+    in_container = False  # the next part is a dict key or list index, not a field
+    for part in loc[:-1]:
+        if in_container or isinstance(part, int):
+            in_container = False
+            continue
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return ""
+        model = _model_of(field.annotation)
+        in_container = getattr(field.annotation, "__origin__", None) in (dict, list)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        inner = getattr(candidate, "__args__", ())
+        for arg in inner:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None

@@ -1,0 +1,214 @@
+"""The configuration, as typed models. Loaded once at start-up and passed in.
+
+Every model forbids unknown keys: a typo in an allow-list must stop the bot,
+not silently grant or deny (errbot#711, #1606).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from adapters.platforms import DiscordSection, SlackSection, TelegramSection
+from bot.features.actions.config import ActionConfig, JobsSection, QueueConfig, StateSection
+from bot.features.alerts.check_config import CheckConfig
+from bot.features.alerts.config import AlertsSection
+from bot.features.heartbeats.config import HeartbeatConfig
+from bot.kernel.platform_ids import check_channel_id, check_user_id
+from bot.kernel.settings import Duration, Name
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from exc
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"'{value}' is not an http:// or https:// URL")
+    return value
+
+
+UserId = Annotated[str, AfterValidator(check_user_id)]
+ChannelId = Annotated[str, AfterValidator(check_channel_id)]
+Pattern = Annotated[str, AfterValidator(_regex)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class BotSection(Strict):
+    name: Name = "opsbot"
+    # Where the embedded defaults keep their files (the SQLite audit log, its spool).
+    data_dir: Path = Path(".opsbot")
+    # Names this process in the audit log; start-up closes only its own unfinished
+    # commands as interrupted. Give each replica a stable one (e.g. a StatefulSet ordinal).
+    replica_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "opsbot"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: LogFormat = LogFormat.AUTO
+    command_timeout: Duration = timedelta(seconds=30)
+
+
+class HttpSection(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class FloodSection(Strict):
+    """Per-person command budget: a burst of ``max_commands``, refilled over ``per``."""
+
+    max_commands: int = Field(default=15, ge=1)
+    per: Duration = timedelta(seconds=10)
+
+
+class Role(Strict):
+    description: str = ""
+    includes: list[Name] = []
+
+
+class Identity(Strict):
+    ids: Annotated[list[UserId], Field(min_length=1)]
+    roles: list[Name] = []
+
+
+class ChannelGroup(Strict):
+    ids: Annotated[list[ChannelId], Field(min_length=1)]
+
+
+class ResponseShape(enum.StrEnum):
+    AUTO = "auto"
+    HTTP = "http"
+    JSON = "json"
+
+
+class Service(Strict):
+    name: Name
+    health_url: HttpUrl
+    version_url: HttpUrl | None = None
+    timeout: Duration = timedelta(seconds=3)
+    shape: ResponseShape = ResponseShape.AUTO
+
+
+class ArgumentRule(Strict):
+    """Extra roles needed when an argument has a certain value."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
+    pattern: Pattern = ".*"
+    roles: Annotated[list[Name], Field(min_length=1)]
+
+
+class CommandPolicy(Strict):
+    roles: Annotated[list[str], Field(min_length=1)]
+    channels: list[Name] = []
+    args: list[ArgumentRule] = []
+
+
+class PolicyMode(enum.StrEnum):
+    STRICT = "strict"
+    OFF = "off"
+
+
+class PolicySection(Strict):
+    mode: PolicyMode = PolicyMode.STRICT
+    off_ttl: Duration | None = None
+    max_off_ttl: Duration = timedelta(hours=4)
+    admin_roles: Annotated[list[Name], Field(min_length=1)] = ["admin"]
+    commands: dict[Name, CommandPolicy] = {}
+
+    @model_validator(mode="after")
+    def _off_needs_ttl(self) -> PolicySection:
+        if self.mode is PolicyMode.OFF and self.off_ttl is None:
+            raise ValueError("off_ttl is required when mode is 'off' (the window must end)")
+        if self.off_ttl is not None and self.off_ttl > self.max_off_ttl:
+            raise ValueError(f"off_ttl is longer than max_off_ttl ({self.max_off_ttl})")
+        return self
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        raise ValueError(
+            "must start with sqlite+aiosqlite:/// (a file) or postgresql+asyncpg:// (a server)"
+        )
+    return value
+
+
+class AuditSection(Strict):
+    # None: an SQLite file in bot.data_dir, migrated at start-up. A configured URL
+    # (PostgreSQL shared by replicas) is migrated only by `opsbot db upgrade`.
+    database_url: Annotated[str, AfterValidator(_database_url)] | None = None
+    spool_path: Path | None = None  # default: <data_dir>/audit-spool.jsonl
+    retention_days: int = Field(default=365, ge=1)
+    retention_every: Duration = timedelta(hours=1)
+    # Regexes whose matches are replaced by *** in audit records and replies,
+    # on top of the built-in token shapes (Slack, Telegram, bearer, URL passwords).
+    redact_patterns: list[Pattern] = []
+    excerpt_chars: int = Field(default=300, ge=0, le=4000)
+    # A read-only command's reply waits at most this long for its audit record to commit.
+    reply_wait: Duration = timedelta(seconds=2)
+
+
+class ConsoleSection(Strict):
+    principal: Name | None = None
+    channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
+
+
+__all__ = ["Duration", "Name"]  # re-exported: the primitives live in types.py
+
+
+class Config(Strict):
+    bot: BotSection = BotSection()
+    http: HttpSection = HttpSection()
+    flood: FloodSection = FloodSection()
+    console: ConsoleSection = ConsoleSection()
+    roles: dict[Name, Role] = {}
+    identities: dict[Name, Identity] = {}
+    channels: dict[Name, ChannelGroup] = {}
+    services: list[Service] = []
+    policy: PolicySection = PolicySection()
+    audit: AuditSection = AuditSection()
+    queues: list[QueueConfig] = []
+    actions: list[ActionConfig] = []
+    jobs: JobsSection = JobsSection()
+    slack: SlackSection | None = None
+    telegram: TelegramSection | None = None
+    discord: DiscordSection | None = None
+    state: StateSection = StateSection()
+    heartbeat: list[HeartbeatConfig] = []
+    alerts: AlertsSection | None = None
+    checks: list[CheckConfig] = []
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def action(self, name: str) -> ActionConfig | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+    def queue(self, name: str) -> QueueConfig | None:
+        return next((q for q in self.queues if q.name == name), None)

@@ -1,0 +1,112 @@
+"""The bot's own HTTP endpoints: /health (liveness), /ready, /version, /metrics, and the
+inbound alert endpoints of :mod:`bot.features.alerts.intake`.
+
+Served by uvicorn inside the bot's event loop. The socket is bound by us, so a
+busy port is a clear start-up error and tests can ask for port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Generator, Sequence
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bot.kernel.errors import DependencyError
+from bot.kernel.metrics import CONTENT_TYPE, Metrics
+from bot.kernel.version import __version__
+
+ReadinessProbe = Callable[[], Awaitable[dict[str, str]]]
+READY_STATES = frozenset({"ok", "connected"})
+# Still answering, with something to look at (e.g. the audit database is down and
+# records wait in the spool): ready, and /ready says why it is degraded.
+DEGRADED = "degraded"
+
+
+class _EmbeddedServer(uvicorn.Server):
+    # The bot owns SIGTERM/SIGINT and stops the server itself.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def build_app(
+    metrics: Metrics, readiness: ReadinessProbe, extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(_: Request) -> Response:
+        checks = await readiness()
+        is_ready = all(
+            state in READY_STATES or state.startswith(DEGRADED) for state in checks.values()
+        )
+        return JSONResponse(
+            {"ready": is_ready, "checks": checks}, status_code=200 if is_ready else 503
+        )
+
+    async def version(_: Request) -> Response:
+        return JSONResponse({"name": "opsbot", "version": __version__})
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/version", version),
+            Route("/metrics", metrics_endpoint),
+            *extra_routes,  # POST /alerts, /alerts/alertmanager (bot.alerts)
+        ]
+    )
+
+
+class HttpServer:
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.bound_port: int | None = None
+
+    async def start(self) -> None:
+        sock = _bind(self._host, self._port)
+        self.bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(self._app, log_config=None, access_log=False, lifespan="off")
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # surfaces the start-up failure
+                raise DependencyError("http server", "stopped during start-up")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._server = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DependencyError(
+            "http server", f"cannot listen on {host}:{port}: {exc.strerror or exc}", exc
+        ) from exc
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,353 @@
+"""Assembles one bot from its config: the pipeline, its state, the HTTP server.
+
+No I/O happens in the constructor; ``start()`` and ``stop()`` (or ``async with``)
+own every connection and background task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from bot.app.config.models import Config
+from bot.app.http_server import HttpServer, build_app
+from bot.audit.trail import AuditTrail, database_url, open_trail, prepare_database
+from bot.cluster.dedup import (
+    ClaimStore,
+    DatabaseClaims,
+    DatabaseDedup,
+    EventDedup,
+    RedisDedup,
+    RememberingDedup,
+    WriterProcessClaims,
+)
+from bot.cluster.leader import leadership_for
+from bot.cluster.pauses import RedisPauses
+from bot.cluster.redis_clients import RedisClients
+from bot.cluster.scheduler import Scheduler
+from bot.delivery.outbox import Outbox
+from bot.delivery.store import OutboxStore
+from bot.features.actions.approvals import ApprovalStore
+from bot.features.actions.job_locks import RedisJobLocks
+from bot.features.actions.jobs import JobBoard
+from bot.features.alerts.board import AlertBoard, AlertDedup, MemoryAlertDedup, RedisAlertDedup
+from bot.features.alerts.checks import Checks, Measurer
+from bot.features.alerts.config import AlertsSection
+from bot.features.alerts.intake import AlertIntake, alert_routes
+from bot.features.alerts.silences import Silences, SilenceStore
+from bot.features.alerts.store import AlertStore
+from bot.features.alerts.streaks import LocalStreaks, RedisStreaks
+from bot.features.heartbeats.service import Heartbeats
+from bot.features.policy.store import RedisPolicyStore
+from bot.features.policy.switch import PolicySwitch
+from bot.kernel.adapter import Adapter, AdapterError
+from bot.kernel.clock import Clock, SystemClock
+from bot.kernel.command import CommandSpec
+from bot.kernel.message import Message
+from bot.kernel.metrics import Metrics
+from bot.kernel.reply import Reply
+from bot.pipeline.authorize import Authorizer
+from bot.pipeline.catalog import Catalog
+from bot.pipeline.context import AdapterBoard, HttpClients, Toolbox
+from bot.pipeline.dispatch import Dispatcher
+from bot.pipeline.flood import FloodGuard
+from bot.pipeline.identify import Directory
+from bot.storage.database import StateDatabase
+
+
+class Bot:
+    def __init__(
+        self,
+        config: Config,
+        commands: Sequence[CommandSpec[Any]],
+        *,
+        clock: Clock | None = None,
+        config_source: str = "",
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.audit: AuditTrail = open_trail(config, self.clock)
+        self.metrics = Metrics()
+        self.directory = Directory(config)
+        self.authorizer = Authorizer(config, list(commands))
+        self.catalog = Catalog(commands, self.authorizer)
+        self.redis_clients = RedisClients()
+        self.policy = PolicySwitch(
+            config.policy,
+            self.clock,
+            self.audit,
+            self.metrics,
+            shared=(
+                RedisPolicyStore(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else None
+            ),
+        )
+        self.adapters = AdapterBoard()
+        self.http_clients = HttpClients()
+        self.state_db = StateDatabase(database_url(config))
+        self.outbox = Outbox(
+            OutboxStore(self.state_db),
+            owner=config.bot.replica_id,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        self.approvals = ApprovalStore(self.state_db)
+        self.silences = Silences(SilenceStore(self.state_db), clock=self.clock)
+        self.dedup: EventDedup = RememberingDedup(
+            RedisDedup(
+                self.redis_clients,
+                config.state.redis_url.get_secret_value(),
+                config.state.dedup_window,
+            )
+            if config.state.redis_url is not None
+            else DatabaseDedup(
+                _claim_store_for(self.audit, self.state_db), config.state.dedup_window
+            ),
+            config.state.dedup_window,
+        )
+        self.jobs = JobBoard(
+            config.jobs,
+            audit=self.audit,
+            outbox=self.outbox,
+            clock=self.clock,
+            shared_slots=_shared_job_slots(config, self.redis_clients),
+            replica=config.bot.replica_id,
+        )
+        # With Redis, one replica (the lease holder) runs the scheduled work.
+        self.leadership = leadership_for(config.state, self.redis_clients, config.bot.replica_id)
+        self.scheduler = Scheduler(
+            self.clock,
+            leadership=self.leadership,
+            shared_pauses=(
+                RedisPauses(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else None
+            ),
+        )
+        self.heartbeats = Heartbeats(
+            config,
+            scheduler=self.scheduler,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            http=self.http_clients,
+            redis=self.redis_clients,
+            adapters=self.adapters,
+            clock=self.clock,
+            started_at=lambda: self.tools.started_at,
+        )
+        self.alert_board = AlertBoard(AlertStore(self.state_db))
+        self.alert_dedup = _alert_dedup(config, self.redis_clients)
+        self.alert_intake = AlertIntake(
+            config,
+            board=self.alert_board,
+            dedup=self.alert_dedup,
+            outbox=self.outbox,
+            adapters=self.adapters,
+            clock=self.clock,
+            silences=self.silences,
+            metrics=self.metrics,
+        )
+        self.checks = Checks(
+            config,
+            scheduler=self.scheduler,
+            board=self.alert_board,
+            intake=self.alert_intake,
+            measurer=Measurer(config, self.http_clients, self.redis_clients),
+            metrics=self.metrics,
+            clock=self.clock,
+            streaks=(
+                RedisStreaks(self.redis_clients, config.state.redis_url.get_secret_value())
+                if config.state.redis_url is not None
+                else LocalStreaks()
+            ),
+        )
+        self.tools = Toolbox(
+            config=config,
+            clock=self.clock,
+            policy=self.policy,
+            catalog=self.catalog,
+            http=self.http_clients,
+            redis=self.redis_clients,
+            adapters=self.adapters,
+            audit=self.audit,
+            started_at=self.clock.now(),
+            config_source=config_source,
+            jobs=self.jobs,
+            approvals=self.approvals,
+            outbox=self.outbox,
+            base_dir=_base_dir(config_source),
+            scheduler=self.scheduler,
+            heartbeats=self.heartbeats,
+            alerts=self.alert_board,
+            checks=self.checks,
+            silences=self.silences,
+        )
+        self.dispatcher = Dispatcher(
+            tools=self.tools,
+            directory=self.directory,
+            authorizer=self.authorizer,
+            catalog=self.catalog,
+            flood=FloodGuard(config.flood.max_commands, config.flood.per.total_seconds()),
+            audit=self.audit,
+            metrics=self.metrics,
+            dedup=self.dedup,
+        )
+        self.http_server: HttpServer | None = None
+        self._attached: list[Adapter] = []
+        self._scheduled = False
+        self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
+        self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
+
+    async def start(self, *, serve_http: bool | None = None, defer_scheduled: bool = False) -> None:
+        """Open state, the outbox and the HTTP server; then, unless ``defer_scheduled``,
+        :meth:`start_scheduled`."""
+        self.tools.started_at = self.clock.now()
+        self.metrics.started.set(time.time())
+        await prepare_database(self.config)
+        await self.audit.start()
+        await self.state_db.start()
+        await self.outbox.start()
+        await self.alert_board.firing()  # what fires, for the gauge, from the last run
+        await self.policy.start()
+        if self.config.http.enabled if serve_http is None else serve_http:
+            server = HttpServer(
+                build_app(
+                    self.metrics,
+                    self.readiness,
+                    alert_routes(self.alert_intake, self.config),
+                ),
+                self.config.http.host,
+                self.config.http.port,
+            )
+            await server.start()
+            self.http_server = server
+        if not defer_scheduled:
+            await self.start_scheduled()
+
+    async def start_scheduled(self) -> None:
+        """Compete for the lease and start the scheduled work (heartbeats, checks).
+        ``opsbot run`` calls it once its adapters are attached: a replica that led before
+        its chat connections were up would skip the posts another replica could make."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        await self.leadership.start()
+        await self.scheduler.start()
+
+    async def attach(self, adapters: Sequence[Adapter]) -> None:
+        """Start each adapter; one that fails is reported (log, /ready, /status) and the
+        others keep running."""
+        for adapter in adapters:
+            self.adapters.set(adapter.name, "starting")
+            try:
+                await adapter.start(self.handle)
+            except AdapterError as exc:
+                self.adapters.set(adapter.name, f"error: {exc}")
+                _log.error("adapter.failed", adapter=adapter.name, error=str(exc))
+                continue
+            except Exception as exc:
+                self.adapters.set(adapter.name, f"error: {type(exc).__name__}: {exc}")
+                _log.exception("adapter.failed", adapter=adapter.name)
+                continue
+            self._attached.append(adapter)
+            self.outbox.register(adapter.name, adapter.post)
+            self.adapters.set(adapter.name, "connected")
+            self.adapters.watch(adapter.name, adapter.state)
+            _log.info("adapter.connected", adapter=adapter.name)
+
+    async def stop(self) -> None:
+        # Scheduled work first: a heartbeat running now still posts through the adapters.
+        await self.scheduler.stop()
+        await self.leadership.stop()
+        # Jobs first: their results are posted through the adapters, and their last
+        # audit entries need the trail still open.
+        await self.jobs.drain()
+        # Then what they posted: delivered within the grace while the adapters are up;
+        # the rest stays queued in the database for the next start.
+        await self.outbox.stop(grace=OUTBOX_GRACE_S)
+        for adapter in reversed(self._attached):
+            self.outbox.unregister(adapter.name)
+            self.adapters.unwatch(adapter.name)
+            try:
+                await adapter.stop()
+            except Exception:
+                _log.exception("adapter.stop_failed", adapter=adapter.name)
+        self._attached.clear()
+        if self.http_server is not None:
+            await self.http_server.stop()
+        await self.policy.close()
+        await self.http_clients.close()
+        await self.redis_clients.close()
+        self.outbox.closed()
+        await self.state_db.close()
+        await self.audit.close()
+
+    async def handle(self, message: Message) -> Reply | None:
+        return await self.dispatcher.handle(message)
+
+    async def readiness(self) -> dict[str, str]:
+        checks = {"audit": self.audit.state()}
+        states = await self.adapters.refresh()
+        checks.update({f"adapter:{name}": state for name, state in states.items()})
+        return checks
+
+    async def __aenter__(self) -> Bot:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+_log = structlog.get_logger("opsbot.runtime")
+OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _shared_job_slots(config: Config, clients: RedisClients) -> RedisJobLocks | None:
+    """With Redis, several replicas take commands: max_concurrent and lock groups must hold
+    across them."""
+    state = config.state
+    if state.redis_url is None:
+        return None
+    return RedisJobLocks(
+        clients,
+        state.redis_url.get_secret_value(),
+        replica=config.bot.replica_id,
+        lease=state.leader_lease,
+        renew_every=state.leader_renew_every,
+    )
+
+
+def _claim_store_for(audit: AuditTrail, state_db: StateDatabase) -> ClaimStore:
+    """On SQLite, the audit writer process writes the claims too: it is the one writer of
+    the file (the state tables live in the audit database)."""
+    writer = audit.store.sqlite_writer
+    if writer is not None and audit.store.url == state_db.url:
+        return WriterProcessClaims(writer)
+    return DatabaseClaims(state_db)
+
+
+def _alert_dedup(config: Config, clients: RedisClients) -> AlertDedup:
+    window = (config.alerts or AlertsSection()).dedup_window
+    if config.state.redis_url is not None:
+        return RedisAlertDedup(clients, config.state.redis_url.get_secret_value(), window)
+    return MemoryAlertDedup(window)
+
+
+def _base_dir(config_source: str) -> Path:
+    """The config file's directory; the working directory for the built-in config."""
+    path = Path(config_source)
+    if config_source and path.is_file():
+        return path.resolve().parent
+    return Path.cwd()

@@ -1,0 +1,254 @@
+"""The audit trail as the rest of the bot sees it: entries stamped with this replica,
+written to the durable store, with the durability each stage needs.
+
+The store (``bot.audit``) knows nothing about commands; this module knows nothing
+about SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+
+from bot.app.config.models import Config
+from bot.audit import AuditEntry, AuditStore, check_schema, upgrade
+from bot.audit.redact import Redactor, secrets_in_url
+from bot.audit.store import is_connection_error
+from bot.kernel.clock import Clock
+from bot.kernel.deadlines import Deadlines
+from bot.kernel.errors import DependencyError
+
+log = structlog.get_logger("opsbot.audit")
+
+
+class Outcome(enum.StrEnum):
+    """The ``status`` of a command's last audit entry."""
+
+    OK = "ok"
+    WARNING = "warning"
+    ERROR = "error"
+    DENIED = "denied"
+    USAGE = "usage"
+    UNKNOWN_COMMAND = "unknown-command"
+    THROTTLED = "throttled"
+    DUPLICATE = "duplicate"  # a platform delivered the same event again; not run twice
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+# Statuses of entries that are not an invocation's last word.
+ALLOWED = "allowed"
+STARTED = "started"
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        store: AuditStore,
+        redactor: Redactor,
+        *,
+        replica: str,
+        excerpt_chars: int,
+        reply_wait: timedelta,
+        clock: Clock,
+        retention: timedelta,
+        retention_every: timedelta,
+    ) -> None:
+        self.store = store
+        self.redactor = redactor
+        self.replica = replica
+        self.excerpt_chars = excerpt_chars
+        self._reply_wait = reply_wait.total_seconds()
+        self._clock = clock
+        self._retention = retention
+        self._retention_every = retention_every.total_seconds()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._first_close_tried = asyncio.Event()
+        self._deadlines = Deadlines()
+
+    async def start(self) -> None:
+        """Open the store; close what the last run left unfinished, then apply retention
+        periodically, in the background."""
+        await self.store.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="audit-maintenance")
+        # Usually done before the first command; a database that is down is retried behind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._first_close_tried.wait()), 10)
+
+    def state(self) -> str:
+        """For /ready: "ok", or "degraded: …" while entries wait in the spool."""
+        spooled = self.store.spool_depth
+        if spooled:
+            return f"degraded: audit database unreachable, {spooled} record(s) in the spool"
+        return "ok"
+
+    async def record(self, *entries: AuditEntry) -> None:
+        """Queue ``entries``; they are committed with the next group commit."""
+        await self.store.append(*entries)
+
+    async def record_durably(self, *entries: AuditEntry) -> None:
+        """Return once ``entries`` are committed (or fsynced to the spool): before anything
+        they describe happens."""
+        await self.store.append_durably(*entries)
+
+    async def record_before_reply(self, entry: AuditEntry) -> None:
+        """Wait for the commit, but at most ``audit.reply_wait``: a slow database must not
+        keep an engineer waiting for a read-only answer. The entry stays queued."""
+        receipt = await self.store.append_with_receipt(entry)
+        # Letting go of the receipt costs less than a timeout scope and a shield per
+        # command; the store skips receipts that are already settled.
+        self._deadlines.expire(
+            receipt, self._reply_wait, functools.partial(_stop_waiting, receipt, entry.request_id)
+        )
+        await receipt
+
+    def output(self, rendered: str) -> tuple[str, str]:
+        """(sha256 of the whole output, its first ``excerpt_chars`` characters)."""
+        digest = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+        excerpt = rendered[: self.excerpt_chars]
+        if len(rendered) > self.excerpt_chars:
+            excerpt = excerpt[: max(0, self.excerpt_chars - 1)] + "…"
+        return digest, excerpt
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        await self.store.close()
+
+    async def _maintain(self) -> None:
+        await self._close_interrupted()
+        while True:
+            try:
+                removed = await self.store.apply_retention(self._clock.now() - self._retention)
+            except Exception:
+                # Retention can wait for the next round; the bot must not stop over it.
+                log.exception("audit.retention_failed")
+            else:
+                if removed:
+                    log.info("audit.retention", removed=removed)
+            await asyncio.sleep(self._retention_every)
+
+    async def _close_interrupted(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                closed = await self.store.close_interrupted(replica=self.replica)
+            except Exception as exc:
+                log.warning("audit.close_interrupted_failed", error=str(exc), retry_in_s=delay)
+                self._first_close_tried.set()  # start-up goes on; this keeps trying
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if closed:
+                log.warning("audit.closed_interrupted", commands=closed)
+            self._first_close_tried.set()
+            return
+
+
+def _stop_waiting(receipt: asyncio.Future[None], request_id: str) -> None:
+    if not receipt.done():
+        receipt.set_result(None)
+        log.warning("audit.reply_not_waiting", request_id=request_id)
+
+
+def database_url(config: Config) -> str:
+    """The configured audit database, or the embedded default: an SQLite file in data_dir."""
+    if config.audit.database_url:
+        return config.audit.database_url
+    return f"sqlite+aiosqlite:///{(config.bot.data_dir / 'audit.db').absolute()}"
+
+
+def spool_path(config: Config) -> Path:
+    return config.audit.spool_path or config.bot.data_dir / "audit-spool.jsonl"
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+async def prepare_database(config: Config) -> None:
+    """Start-up's schema step. The embedded SQLite file is created and migrated here; a
+    configured server is only checked (replicas share it: `opsbot db upgrade` migrates).
+
+    Raises :class:`DependencyError` for an unmigrated, older or newer schema. A server that
+    cannot be reached is not fatal: the bot answers and spools until it is back.
+    """
+    url = database_url(config)
+    _make_dir(spool_path(config).parent, "audit spool")
+    if is_embedded(url):
+        await migrate(url)
+        return
+    try:
+        await check_schema(url)
+    except DependencyError as exc:
+        if exc.original is None or not is_connection_error(exc.original):
+            raise
+        log.warning(
+            "audit.database_unreachable_at_start",
+            error=str(exc.original),
+            hint="answering anyway; audit records wait in the spool until it is back",
+        )
+
+
+async def migrate(url: str) -> None:
+    """Bring the database at ``url`` to this opsbot's schema (creating an SQLite file's
+    directory first)."""
+    if is_embedded(url):
+        _make_dir(Path(make_url(url).database or "").parent, "audit database")
+    await upgrade(url)
+
+
+def _make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DependencyError(what, f"cannot create directory {path}: {exc.strerror}") from exc
+
+
+def configured_secrets(config: Config) -> list[str]:
+    """Secret values in the config besides the database's: Redis passwords, the actions'
+    secret_env, the platform tokens, the alerts token. Whatever echoes one (a script, an
+    error) is masked."""
+    urls = [q.redis_url.get_secret_value() for q in config.queues]
+    if config.state.redis_url is not None:
+        urls.append(config.state.redis_url.get_secret_value())
+    secrets = [password for url in urls for password in secrets_in_url(url)]
+    secrets += [v.get_secret_value() for a in config.actions for v in a.secret_env.values()]
+    for section in (config.slack, config.telegram, config.discord):
+        if section is not None:
+            secrets += [
+                value.get_secret_value()
+                for value in section.__dict__.values()
+                if isinstance(value, SecretStr)
+            ]
+    if config.alerts is not None and config.alerts.token is not None:
+        secrets.append(config.alerts.token.get_secret_value())
+    return secrets
+
+
+def open_trail(config: Config, clock: Clock) -> AuditTrail:
+    """The trail for ``config``; nothing is opened until ``trail.store.start()``."""
+    url = database_url(config)
+    redactor = Redactor.for_config(url, config.audit.redact_patterns, configured_secrets(config))
+    store = AuditStore(url, spool_path=spool_path(config), clock=clock)
+    return AuditTrail(
+        store,
+        redactor,
+        replica=config.bot.replica_id,
+        excerpt_chars=config.audit.excerpt_chars,
+        reply_wait=config.audit.reply_wait,
+        clock=clock,
+        retention=timedelta(days=config.audit.retention_days),
+        retention_every=config.audit.retention_every,
+    )

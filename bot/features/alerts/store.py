@@ -1,0 +1,158 @@
+"""Alerts firing now, inbound and from checks, kept in the database: every replica's
+``/alerts`` and ``/ack`` see the same list, and it survives a restart or a change of
+leader (the new leader knows which checks are already announced).
+
+One row per fingerprint. Firing again only refreshes what the sender says about it
+(name, severity, summary, labels): ``since`` and the acknowledgement stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+
+from bot.storage.database import StateDatabase
+from bot.storage.state_schema import alerts
+
+
+@dataclass(slots=True)
+class ActiveAlert:
+    id: str  # what /ack takes: short, derived from the fingerprint
+    fingerprint: str
+    source: str  # "inbound" (over HTTP) or "check"
+    group_key: str
+    name: str
+    severity: str
+    summary: str
+    labels: dict[str, str]
+    since: datetime
+    last_posted_at: datetime | None = None
+    post_key: str | None = None  # the outbox key it was announced under
+    acked_by: str | None = None
+    acked_at: datetime | None = None
+
+
+class AlertStore:
+    def __init__(self, database: StateDatabase) -> None:
+        self._db = database
+
+    async def upsert(self, alert: ActiveAlert) -> ActiveAlert:
+        """Insert ``alert`` or refresh the row with its fingerprint; returns the row."""
+        values = {
+            "fingerprint": alert.fingerprint,
+            "id": alert.id,
+            "source": alert.source,
+            "group_key": alert.group_key,
+            "name": alert.name,
+            "severity": alert.severity,
+            "summary": alert.summary,
+            "labels": orjson.dumps(alert.labels).decode(),
+            "since": alert.since,
+            "last_posted_at": alert.last_posted_at,
+        }
+        refreshed = ("group_key", "name", "severity", "summary", "labels")
+        async with self._db.transaction() as conn:
+            insert = (
+                postgresql.insert(alerts)
+                if conn.dialect.name == "postgresql"
+                else sqlite.insert(alerts)
+            )
+            statement = insert.values(**values)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[alerts.c.fingerprint],
+                    set_={name: statement.excluded[name] for name in refreshed},
+                )
+            )
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(alerts).where(alerts.c.fingerprint == alert.fingerprint)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        return _alert(row)
+
+    async def remove(self, fingerprint: str) -> ActiveAlert | None:
+        async with self._db.transaction() as conn:
+            row = (
+                (await conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fingerprint)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint == fingerprint))
+        return _alert(row)
+
+    async def get(self, fingerprint: str) -> ActiveAlert | None:
+        async with self._db.transaction() as conn:
+            row = (
+                (await conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fingerprint)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _alert(row)
+
+    async def all(self) -> list[ActiveAlert]:
+        async with self._db.transaction() as conn:
+            rows = (
+                (await conn.execute(sa.select(alerts).order_by(alerts.c.since, alerts.c.name)))
+                .mappings()
+                .all()
+            )
+        return [_alert(r) for r in rows]
+
+    async def ack(self, alert_id: str, *, by: str, at: datetime) -> ActiveAlert | None:
+        """Acknowledge the alert with this id unless someone already did (one conditional
+        UPDATE: two people acking at once record one of them). Returns the row after."""
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                sa.update(alerts)
+                .where(alerts.c.id == alert_id, alerts.c.acked_by.is_(None))
+                .values(acked_by=by, acked_at=at)
+            )
+            row = (
+                (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _alert(row)
+
+    async def posted(self, fingerprints: list[str], at: datetime, key: str | None) -> None:
+        """They were posted at ``at``; under ``key`` when it announced them (a reminder
+        keeps the key of the announcement)."""
+        if not fingerprints:
+            return
+        values: dict[str, object] = {"last_posted_at": at}
+        if key is not None:
+            values["post_key"] = key
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                sa.update(alerts).where(alerts.c.fingerprint.in_(fingerprints)).values(**values)
+            )
+
+
+def _alert(row: RowMapping) -> ActiveAlert:
+    return ActiveAlert(
+        id=row["id"],
+        fingerprint=row["fingerprint"],
+        source=row["source"],
+        group_key=row["group_key"],
+        name=row["name"],
+        severity=row["severity"],
+        summary=row["summary"],
+        labels=dict(orjson.loads(row["labels"])),
+        since=row["since"],
+        last_posted_at=row["last_posted_at"],
+        post_key=row["post_key"],
+        acked_by=row["acked_by"],
+        acked_at=row["acked_at"],
+    )

@@ -1,0 +1,1 @@
+"""Heartbeats: scheduled status posts (health, queues, a sparkline) to channels, pausable."""

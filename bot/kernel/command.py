@@ -1,0 +1,120 @@
+"""The contract every chat command implements: a typed spec and one handler signature.
+
+    async def run(ctx: Context, args: MyArgs) -> Reply
+
+Arguments are declared as a pydantic model; ``positional`` names the fields the
+bare words fill, in order, and ``rest`` the field that takes whatever words remain.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bot.kernel.errors import UsageError
+
+if TYPE_CHECKING:
+    from bot.kernel.reply import Reply
+    from bot.pipeline.context import Context
+    from bot.pipeline.parse import ParsedCommand
+
+
+class Risk(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    HIGH = "high"
+
+
+class Access(enum.StrEnum):
+    """Who may run a command that the policy section does not mention."""
+
+    NOBODY = "nobody"  # deny by default: only a policy rule grants it
+    ANY_PRINCIPAL = "any-principal"  # any known person, e.g. /help and /whoami
+
+
+class Args(BaseModel):
+    """Base of argument models: frozen, and unknown options are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoArgs(Args):
+    pass
+
+
+ArgsT = TypeVar("ArgsT", bound=Args)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec(Generic[ArgsT]):
+    name: str
+    summary: str
+    usage: str
+    args_model: type[ArgsT]
+    run: Callable[[Context, ArgsT], Awaitable[Reply]]
+    positional: tuple[str, ...] = ()
+    rest: str | None = None
+    risk: Risk = Risk.READ
+    default_access: Access = Access.NOBODY
+    # Arguments that need one of policy.admin_roles whenever given (``/policy off``).
+    admin_args: tuple[str, ...] = ()
+    # The field that takes the remaining words as a tuple (each word kept whole) instead
+    # of ``rest``'s joined string; and the dict field that takes key=value options the
+    # model does not declare. Both for /run, whose arguments depend on the action.
+    rest_words: str | None = None
+    extra_options: str | None = None
+
+    def bind(self, parsed: ParsedCommand) -> ArgsT:
+        """Fill the args model from the parsed words; any mismatch is a UsageError."""
+        if not parsed.positionals and not parsed.options and not self.args_model.model_fields:
+            # Nothing to validate; args are frozen, so one instance serves every call.
+            return cast(ArgsT, _empty_args(self.args_model))
+        values: dict[str, Any] = {}
+        words = list(parsed.positionals)
+        for field_name in self.positional:
+            if not words:
+                break
+            values[field_name] = words.pop(0)
+        if words:
+            if self.rest_words is not None:
+                values[self.rest_words] = tuple(words)
+            elif self.rest is None:
+                raise UsageError(f"unexpected argument '{words[0]}'", self.usage)
+            else:
+                values[self.rest] = " ".join(words)
+        fields = self.args_model.model_fields
+        extra: dict[str, str | bool] = {}
+        for key, value in parsed.options.items():
+            if self.extra_options is not None and key not in fields:
+                extra[key] = value
+                continue
+            if key not in fields or key in values:
+                reason = "given twice" if key in values else "unknown option"
+                raise UsageError(f"{reason} '{key}'", self.usage)
+            values[key] = value
+        if extra:
+            assert self.extra_options is not None
+            values[self.extra_options] = extra
+        try:
+            return self.args_model.model_validate(values)
+        except ValidationError as exc:
+            raise UsageError(_first_problem(exc), self.usage) from exc
+
+
+@functools.cache
+def _empty_args(model: type[ArgsT]) -> ArgsT:
+    return model()
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"missing argument '{where}'"
+    return f"bad value for '{where}': {message}" if where else message

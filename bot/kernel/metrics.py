@@ -1,0 +1,111 @@
+"""Prometheus metrics, on a registry owned by one bot (no process-global state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from bot.kernel.version import __version__
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._command_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self.commands = Counter(
+            "opsbot_commands",
+            "Commands handled, by command and outcome",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "opsbot_command_duration_seconds",
+            "Time from receiving a command to its reply",
+            ["command"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.denials = Counter(
+            "opsbot_denials",
+            "Commands refused by authorization, by command and matched rule",
+            ["command", "rule"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "opsbot_errors",
+            "Commands that failed inside the bot or a dependency",
+            ["command"],
+            registry=self.registry,
+        )
+        self.policy_off = Gauge(
+            "opsbot_policy_off", "1 while the policy mode is off", registry=self.registry
+        )
+        self.build = Gauge(
+            "opsbot_build_info", "Build information", ["version"], registry=self.registry
+        )
+        self.build.labels(__version__).set(1)
+        self.audit_spool = Gauge(
+            "opsbot_audit_spool_depth",
+            "Audit records waiting in the local spool for the database to come back",
+            registry=self.registry,
+        )
+        self.outbox_queued = Gauge(
+            "opsbot_outbox_queued",
+            "Messages the bot posts on its own, waiting in the outbound queue",
+            registry=self.registry,
+        )
+        self.outbox_dead_letters = Gauge(
+            "opsbot_outbox_dead_letters",
+            "Outbound messages given up on after the last retry (`opsbot outbox --dead`)",
+            registry=self.registry,
+        )
+        self.started = Gauge(
+            "opsbot_start_time_seconds", "Unix time the bot started", registry=self.registry
+        )
+        # A dead man's switch: alert when time() minus this grows past a heartbeat's
+        # interval (and on absent() for a bot that never got one out).
+        self.heartbeat_last_success = Gauge(
+            "opsbot_heartbeat_last_success_timestamp_seconds",
+            "Unix time each heartbeat was last posted to all its destinations",
+            ["heartbeat"],
+            registry=self.registry,
+        )
+
+        self.alert_events = Counter(
+            "opsbot_alert_events_total",
+            "Alerts by source (inbound, check), event (received, posted, silenced) and status",
+            ["source", "event", "status"],
+            registry=self.registry,
+        )
+        self.alerts_firing = Gauge(
+            "opsbot_alerts_firing",
+            "Alerts firing now (inbound and checks), as this replica last read them",
+            registry=self.registry,
+        )
+        self.check_state = Gauge(
+            "opsbot_check_state",
+            "Each check's state: 0 ok, 1 warn, 2 critical",
+            ["check"],
+            registry=self.registry,
+        )
+
+    def count(self, command: str, outcome: str, seconds: float) -> None:
+        """One handled command. Children are cached: labels() takes a lock and builds a
+        key on every call, which showed in the per-command profile."""
+        key = (command, outcome)
+        child = self._command_children.get(key)
+        if child is None:
+            child = self._command_children[key] = self.commands.labels(command, outcome)
+        child.inc()
+        latency = self._latency_children.get(command)
+        if latency is None:
+            latency = self._latency_children[command] = self.latency.labels(command)
+        latency.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

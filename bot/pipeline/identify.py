@@ -1,0 +1,55 @@
+"""Who is who: platform ids -> principals (with expanded roles), channel ids -> names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.app.config.models import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    roles: frozenset[str]
+    platform_ids: tuple[str, ...]
+
+
+class Directory:
+    def __init__(self, config: Config) -> None:
+        self._by_platform_id: dict[str, Principal] = {}
+        for name, identity in config.identities.items():
+            principal = Principal(
+                name=name,
+                roles=_expand(identity.roles, config),
+                platform_ids=tuple(identity.ids),
+            )
+            for platform_id in identity.ids:
+                self._by_platform_id[platform_id] = principal
+        self._channel_names = {
+            channel_id: name for name, group in config.channels.items() for channel_id in group.ids
+        }
+
+    def principal_for(self, qualified_user_id: str) -> Principal | None:
+        return self._by_platform_id.get(qualified_user_id)
+
+    def channel_name(self, qualified_channel_id: str, parent: str | None = None) -> str | None:
+        """The configured name of a channel, or of the channel a thread (``parent``) is in."""
+        name = self._channel_names.get(qualified_channel_id)
+        if name is None and parent is not None:
+            return self._channel_names.get(parent)
+        return name
+
+
+def _expand(roles: list[str], config: Config) -> frozenset[str]:
+    """A role's ``includes`` are granted with it, transitively."""
+    granted: set[str] = set()
+    stack = list(roles)
+    while stack:
+        role = stack.pop()
+        if role in granted:
+            continue
+        granted.add(role)
+        definition = config.roles.get(role)
+        if definition is not None:
+            stack.extend(definition.includes)
+    return frozenset(granted)

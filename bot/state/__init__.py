@@ -1,1 +1,0 @@
-"""State the bot keeps besides the audit trail: approval requests and delivered events."""
