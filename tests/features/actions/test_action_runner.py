@@ -28,7 +28,7 @@ from bot.features.actions.config import ActionConfig
 from bot.features.actions.process import ActionProcess, RunResult, RunStatus
 from bot.kernel.errors import DependencyError, UsageError
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 TAG = r"v\d+\.\d+(\.\d+)?"
 
 

@@ -131,7 +131,7 @@ def test_good_heartbeat_config_is_accepted(
 
 
 def test_example_config_has_a_heartbeat(capsys: pytest.CaptureFixture[str]) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[3]
     assert main(["check-config", str(root / "examples" / "opsbot.toml")]) == 0
     assert '[[heartbeat]]\nname = "ops"' in (root / "examples" / "opsbot.toml").read_text()
 
@@ -216,7 +216,7 @@ async def test_unknown_heartbeat_is_a_usage_error() -> None:
 @pytest.mark.redis
 async def test_a_pause_typed_to_one_replica_is_shown_on_the_other(tmp_path: Path) -> None:
     # The leader, which posts, may be either replica: the pause is kept in Redis and the
-    # leader reads it before each run (tests/test_scheduled_on_one_replica.py).
+    # leader reads it before each run (tests/cluster/test_scheduled_on_one_replica.py).
     name = f"ops{uuid.uuid4().hex[:8]}"
     text = config(heartbeat(name)) + state_redis()
     clock = ManualClock(FUTURE)

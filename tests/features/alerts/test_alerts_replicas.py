@@ -15,10 +15,10 @@ import pytest
 
 from bot.kernel.render import render_text
 from tests.botharness import BASE_CONFIG, TestBot
+from tests.features.alerts.test_alerts import ALERTS, AUTH, am_alert, webhook
 from tests.httpfakes import Route, serve
 from tests.infra import redis_url
 from tests.replicas import two_replicas
-from tests.test_alerts import ALERTS, AUTH, am_alert, webhook
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

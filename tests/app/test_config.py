@@ -16,7 +16,7 @@ from bot.app.config import ENV_VARS, read_environment
 from bot.app.logs import configure_logging
 from tests.botharness import BASE_CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
