@@ -202,7 +202,9 @@ async def _serve_bot(config_path: Path, text: str, gc_freeze: bool) -> int:
     bot = Bot(config, COMMANDS)
     await bot.start(serve_http=False)
     try:
-        await bot.attach([DiscordAdapter(config, COMMANDS, bot.clock, guild_ready_timeout=0.05)])
+        await bot.attach(
+            [DiscordAdapter(config.discord, COMMANDS, bot.clock, guild_ready_timeout=0.05)]
+        )
         state = bot.adapters.states.get("discord")
         if state != "connected":
             print(f"discord adapter: {state}", flush=True)

@@ -151,7 +151,7 @@ async def _run(mode: str, n: int, in_flight: int, max_seconds: float) -> dict[st
             update={"bot": config.bot.model_copy(update={"data_dir": data_dir})}
         )
         bot = Bot(config, COMMANDS)
-        adapter = SlackAdapter(config, COMMANDS, bot.clock)
+        adapter = SlackAdapter(config.slack, COMMANDS, bot.clock)
         await bot.start(serve_http=False)
         try:
             await bot.attach([adapter])

@@ -243,7 +243,7 @@ async def _serve_bot(pipe: Connection, mode: str, limits: RateLimits) -> dict[st
     await bot.start(serve_http=False)
     cpu = time.process_time()
     try:
-        await bot.attach([TelegramAdapter(config, COMMANDS, bot.clock, limits=limits)])
+        await bot.attach([TelegramAdapter(config.telegram, COMMANDS, bot.clock, limits=limits)])
         gc.collect()  # as `opsbot run` does once started
         gc.freeze()
         if bot.adapters.states["telegram"] != "connected":

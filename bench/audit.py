@@ -100,9 +100,8 @@ from bot.audit import (  # noqa: E402
     upgrade,
 )
 from bot.audit.store import _COLUMNS, _insert_sql, _row_tuple  # noqa: E402
-from bot.kernel.command import CommandSpec, NoArgs, Risk  # noqa: E402
+from bot.kernel.command import CommandSpec, NoArgs, NoDeps, Request, Risk  # noqa: E402  # noqa: E402
 from bot.kernel.reply import Reply, Status  # noqa: E402
-from bot.pipeline.context import Context  # noqa: E402
 from bot.storage.engine import make_engine  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 
@@ -182,7 +181,7 @@ class _StartedCheck:
 STARTED_CHECK = _StartedCheck()
 
 
-async def _touch(ctx: Context, _: NoArgs) -> Reply:
+async def _touch(ctx: Request, _: NoArgs, _deps: NoDeps) -> Reply:
     await STARTED_CHECK.sample(ctx.request_id)
     return Reply(title="touched", status=Status.OK)
 
@@ -193,6 +192,7 @@ TOUCH = CommandSpec(
     usage="/touch",
     args_model=NoArgs,
     run=_touch,
+    needs=NoDeps,
     risk=Risk.WRITE,
 )
 SPECS = [*COMMANDS, TOUCH]

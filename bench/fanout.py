@@ -8,7 +8,7 @@ For each platform: its fake (tests/fakes/*_server.py) on 127.0.0.1 with
 ``enforce_limits()`` on, the real adapter (slack-bolt, python-telegram-bot, discord.py)
 started against it, and an :class:`~bot.delivery.outbox.Outbox` on the real store (an
 ``OutboxStore`` on a fresh SQLite state database, migrated as ``opsbot run`` migrates it)
-with the adapter's ``post`` registered, the production ``LIMITS`` and ``RetryPolicy``.
+with the adapter's ``post`` and ``limits`` registered and the production ``RetryPolicy``.
 ``--alerts`` alerts (titles ``FANOUT-00000`` ...) are posted round-robin over
 ``--channels`` channels, then the Outbox is drained (bounded: twice the time the allowed
 rate needs, plus 30 s).
@@ -54,17 +54,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.discord.adapter import LIMITS as DISCORD_LIMITS  # noqa: E402
 from adapters.discord.adapter import DiscordAdapter  # noqa: E402
+from adapters.slack.adapter import LIMITS as SLACK_LIMITS  # noqa: E402
 from adapters.slack.adapter import SlackAdapter  # noqa: E402
+from adapters.telegram.adapter import LIMITS as TELEGRAM_LIMITS  # noqa: E402
 from adapters.telegram.adapter import TelegramAdapter  # noqa: E402
 from bot.app.config import parse_config  # noqa: E402
 from bot.app.config.models import Config  # noqa: E402
 from bot.app.logs import configure_logging  # noqa: E402
 from bot.audit.trail import migrate  # noqa: E402
-from bot.delivery.outbox import Destination, Outbox, Poster  # noqa: E402
+from bot.delivery.outbox import Outbox  # noqa: E402
 from bot.delivery.store import OutboxStore, RowState  # noqa: E402
+from bot.kernel.adapter import Poster  # noqa: E402
 from bot.kernel.clock import SystemClock  # noqa: E402
-from bot.kernel.message import Message  # noqa: E402
+from bot.kernel.message import Location, Message  # noqa: E402
 from bot.kernel.reply import Reply, Status  # noqa: E402
 from bot.storage.database import StateDatabase  # noqa: E402
 from commands import COMMANDS  # noqa: E402
@@ -87,7 +91,7 @@ class Platform:
 
     name: str
     post: Poster
-    destinations: list[Destination]
+    destinations: list[Location]
     received: Callable[[], list[tuple[str, str]]]  # (channel, text) accepted, in order
     rate_limited: Callable[[], int]  # 429s the fake sent
 
@@ -122,6 +126,9 @@ class Result:
         return self.rate / self.allowed
 
 
+ADAPTER_LIMITS = {"slack": SLACK_LIMITS, "telegram": TELEGRAM_LIMITS, "discord": DISCORD_LIMITS}
+
+
 def allowed_rate(platform: str, channels: int) -> float:
     return min(PER_CHANNEL[platform] * channels, OVERALL.get(platform, float("inf")))
 
@@ -138,13 +145,13 @@ async def _no_commands(message: Message) -> Reply | None:
 async def slack(channels: int) -> AsyncIterator[Platform]:
     async with FakeSlack() as fake:
         fake.enforce_limits()
-        adapter = SlackAdapter(_config(fake.config()), COMMANDS, SystemClock())
+        adapter = SlackAdapter(_config(fake.config()).slack, COMMANDS, SystemClock())
         await adapter.start(_no_commands)
         try:
             yield Platform(
                 "slack",
                 adapter.post,
-                [Destination("slack", f"C0FAN{n:04d}", workspace=TEAM_ID) for n in range(channels)],
+                [Location("slack", f"C0FAN{n:04d}", workspace=TEAM_ID) for n in range(channels)],
                 lambda: [(m.channel, m.all_text()) for m in list(fake.messages.values())],
                 lambda: fake.rate_limited,
             )
@@ -156,14 +163,14 @@ async def slack(channels: int) -> AsyncIterator[Platform]:
 async def telegram(channels: int) -> AsyncIterator[Platform]:
     async with FakeTelegram() as fake:
         fake.enforce_limits()
-        adapter = TelegramAdapter(_config(fake.config()), COMMANDS, SystemClock())
+        adapter = TelegramAdapter(_config(fake.config()).telegram, COMMANDS, SystemClock())
         await adapter.start(_no_commands)
         try:
             yield Platform(
                 "telegram",
                 adapter.post,
                 # Private chats (positive ids): 1 message/s each, 30/s overall.
-                [Destination("telegram", str(500_000_001 + n)) for n in range(channels)],
+                [Location("telegram", str(500_000_001 + n)) for n in range(channels)],
                 lambda: [(str(c.params["chat_id"]), c.text) for c in fake.calls_of("sendMessage")],
                 lambda: fake.rate_limited,
             )
@@ -179,7 +186,7 @@ async def discord(channels: int) -> AsyncIterator[Platform]:
     async with FakeDiscord() as fake:
         fake.enforce_limits()
         adapter = DiscordAdapter(
-            _config(fake.config()), COMMANDS, SystemClock(), guild_ready_timeout=0.05
+            _config(fake.config()).discord, COMMANDS, SystemClock(), guild_ready_timeout=0.05
         )
         await adapter.start(_no_commands)
 
@@ -197,7 +204,7 @@ async def discord(channels: int) -> AsyncIterator[Platform]:
                 "discord",
                 adapter.post,
                 [
-                    Destination("discord", str(200_000_000_000_000_101 + n), workspace=GUILD_ID)
+                    Location("discord", str(200_000_000_000_000_101 + n), workspace=GUILD_ID)
                     for n in range(channels)
                 ],
                 received,
@@ -236,7 +243,7 @@ class CountingPoster:
         self._post = post
         self.failures: Counter[str] = Counter()
 
-    async def __call__(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def __call__(self, destination: Location, reply: Reply, key: str | None) -> None:
         try:
             await self._post(destination, reply, key)
         except Exception as exc:
@@ -244,7 +251,7 @@ class CountingPoster:
             raise
 
 
-def alert(n: int, destination: Destination) -> Reply:
+def alert(n: int, destination: Location) -> Reply:
     return Reply(
         title=f"FANOUT-{n:05d}",
         status=Status.ERROR,
@@ -256,7 +263,7 @@ async def run(platform: str, alerts: int, channels: int, *, coalesce: bool) -> R
     ideal = alerts / allowed_rate(platform, channels)
     async with STARTERS[platform](channels) as target, stored_outbox() as (outbox, store):
         poster = CountingPoster(target.post)
-        outbox.register(platform, poster)
+        outbox.register(platform, poster, ADAPTER_LIMITS[platform])
         destinations = target.destinations
         started = time.perf_counter()
         for n in range(alerts):

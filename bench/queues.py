@@ -53,7 +53,7 @@ from bot.app.config import parse_config  # noqa: E402
 from bot.app.logs import configure_logging  # noqa: E402
 from bot.app.runtime import Bot  # noqa: E402
 from bot.cluster.redis_clients import RedisClients  # noqa: E402
-from bot.features.actions.config import QueueConfig  # noqa: E402
+from bot.features.queues.config import QueueConfig  # noqa: E402
 from bot.features.queues.inspect import inspect_queues  # noqa: E402
 from commands import COMMANDS  # noqa: E402
 

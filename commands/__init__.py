@@ -27,7 +27,7 @@ from commands.version import SPEC as VERSION
 from commands.whoami import SPEC as WHOAMI
 from commands.workers import SPEC as WORKERS
 
-COMMANDS: list[CommandSpec[Any]] = [
+COMMANDS: list[CommandSpec[Any, Any]] = [
     HELP,
     WHOAMI,
     HEALTH,

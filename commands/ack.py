@@ -3,10 +3,13 @@ it is not posted again while it keeps firing."""
 
 from __future__ import annotations
 
-from bot.kernel.command import Args, CommandSpec, Risk
+from dataclasses import dataclass
+
+from bot.audit.trail import AuditTrail
+from bot.features.alerts.board import AlertBoard
+from bot.kernel.command import Args, CommandSpec, Request, Risk
 from bot.kernel.errors import UsageError
 from bot.kernel.reply import Reply, Status
-from bot.pipeline.context import Context
 
 USAGE = "/ack <id>"
 
@@ -15,9 +18,16 @@ class AckArgs(Args):
     id: str
 
 
-async def run(ctx: Context, args: AckArgs) -> Reply:
-    tools = ctx.tools
-    alert = await tools.alerts.find(args.id)
+@dataclass(frozen=True, slots=True)
+class AckDeps:
+    """The alert board, and the audit trail the acknowledgement is recorded in."""
+
+    alerts: AlertBoard
+    audit: AuditTrail
+
+
+async def run(request: Request, args: AckArgs, deps: AckDeps) -> Reply:
+    alert = await deps.alerts.find(args.id)
     if alert is None:
         raise UsageError(f"no firing alert '{args.id}'; /alerts lists them", USAGE)
     if alert.acked_by is not None:
@@ -25,7 +35,8 @@ async def run(ctx: Context, args: AckArgs) -> Reply:
             title=f"Alert {alert.id} ({alert.name}) was already acknowledged by {alert.acked_by}",
             status=Status.INFO,
         )
-    now = await ctx.record_event(
+    now = await deps.audit.record_event(
+        request,
         kind="alert",
         command="ack",
         args={"alert": alert.id, "name": alert.name, "fingerprint": alert.fingerprint},
@@ -33,10 +44,10 @@ async def run(ctx: Context, args: AckArgs) -> Reply:
         detail=f"alert {alert.id} ({alert.name}, {alert.severity or 'no severity'}) "
         f"firing since {alert.since.isoformat()} acknowledged",
     )
-    acked = await tools.alerts.ack(alert.id, by=ctx.principal.name, at=now)
+    acked = await deps.alerts.ack(alert.id, by=request.principal.name, at=now)
     if acked is None:
         return Reply(title=f"Alert {alert.id} ({alert.name}) resolved meanwhile", status=Status.OK)
-    if acked.acked_by != ctx.principal.name:  # someone else was quicker
+    if acked.acked_by != request.principal.name:  # someone else was quicker
         return Reply(
             title=f"Alert {alert.id} ({alert.name}) was already acknowledged by {acked.acked_by}",
             status=Status.INFO,
@@ -54,6 +65,7 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=AckArgs,
     run=run,
+    needs=AckDeps,
     positional=("id",),
     risk=Risk.WRITE,
 )

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from bot.kernel.command import CommandSpec, NoArgs
+from dataclasses import dataclass
+
+from bot.features.alerts.board import AlertBoard
+from bot.features.alerts.silences import Silences
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, NoArgs, Request
 from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    active = await ctx.tools.alerts.firing()
+@dataclass(frozen=True, slots=True)
+class AlertsDeps:
+    """The firing alerts, the silences that mute them, and the clock for their age."""
+
+    alerts: AlertBoard
+    silences: Silences
+    clock: Clock
+
+
+async def run(request: Request, _: NoArgs, deps: AlertsDeps) -> Reply:
+    active = await deps.alerts.firing()
     if not active:
         return Reply(title="No alerts firing", status=Status.OK)
-    now = ctx.tools.clock.now()
+    now = deps.clock.now()
     rows = []
     silenced = 0
     for a in active:
-        silence = await ctx.tools.silences.muting(a.labels)
+        silence = await deps.silences.muting(a.labels)
         silenced += silence is not None
         rows.append(
             (
@@ -49,4 +62,5 @@ SPEC = CommandSpec(
     usage="/alerts",
     args_model=NoArgs,
     run=run,
+    needs=AlertsDeps,
 )

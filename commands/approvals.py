@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from bot.kernel.command import CommandSpec, NoArgs
+from dataclasses import dataclass
+
+from bot.features.actions.approvals import ApprovalStore
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, NoArgs, Request
 from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    now = ctx.tools.clock.now()
-    waiting = await ctx.tools.approvals.pending(now)
+@dataclass(frozen=True, slots=True)
+class ApprovalsDeps:
+    """The approval requests, and the clock that tells which still wait."""
+
+    approvals: ApprovalStore
+    clock: Clock
+
+
+async def run(request: Request, _: NoArgs, deps: ApprovalsDeps) -> Reply:
+    now = deps.clock.now()
+    waiting = await deps.approvals.pending(now)
     if not waiting:
         return Reply(title="No approval requests are waiting", status=Status.INFO)
     rows = tuple(
@@ -36,4 +47,5 @@ SPEC = CommandSpec(
     usage="/approvals",
     args_model=NoArgs,
     run=run,
+    needs=ApprovalsDeps,
 )

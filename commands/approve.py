@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from bot.features.actions.service import decide
-from bot.kernel.command import Args, CommandSpec, Risk
+from dataclasses import dataclass
+
+from bot.features.actions.service import ActionService
+from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.reply import Reply
-from bot.pipeline.context import Context
 
 
 class ApproveArgs(Args):
     id: str
 
 
-async def run(ctx: Context, args: ApproveArgs) -> Reply:
-    return await decide(ctx, args.id, approve=True, reason=None)
+@dataclass(frozen=True, slots=True)
+class ApproveDeps:
+    """The action service, which decides the request and runs the action."""
+
+    actions: ActionService
+
+
+async def run(request: Request, args: ApproveArgs, deps: ApproveDeps) -> Reply:
+    return await deps.actions.decide(request, args.id, approve=True, reason=None)
+
+
+def _acts_on(args: ApproveArgs) -> ActionRef:
+    return ActionRef(ActionVerb.APPROVE, args.id)
 
 
 SPEC = CommandSpec(
@@ -22,6 +34,8 @@ SPEC = CommandSpec(
     usage="/approve <id>",
     args_model=ApproveArgs,
     run=run,
+    needs=ApproveDeps,
     positional=("id",),
     risk=Risk.WRITE,
+    acts_on=_acts_on,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
@@ -9,12 +10,12 @@ from pydantic import Field as ArgField
 from pydantic import field_validator
 
 from bot.audit import StoredEntry
-from bot.audit.trail import ALLOWED, STARTED
-from bot.kernel.command import Args, CommandSpec
+from bot.audit.trail import ALLOWED, STARTED, AuditTrail
+from bot.kernel.clock import Clock
+from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.durations import parse_duration
 from bot.kernel.errors import DependencyError
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 USAGE = (
     "/audit [user=<name or platform:id>] [command=<name>] [status=<status>] [since=24h] [limit=20]"
@@ -43,17 +44,25 @@ class AuditArgs(Args):
         return value.removeprefix("/")
 
 
-async def run(ctx: Context, args: AuditArgs) -> Reply:
+@dataclass(frozen=True, slots=True)
+class AuditDeps:
+    """The audit trail it queries, and the clock the window ends at."""
+
+    audit: AuditTrail
+    clock: Clock
+
+
+async def run(request: Request, args: AuditArgs, deps: AuditDeps) -> Reply:
     window = parse_duration(args.since)
     principal, platform, user_id = _who(args.user)
     try:
-        rows = await ctx.tools.audit.store.query(
+        rows = await deps.audit.store.query(
             user=principal,
             platform=platform,
             user_id=user_id,
             command=args.command,
             status=args.status,
-            since=ctx.tools.clock.now() - window,
+            since=deps.clock.now() - window,
             limit=args.limit,
             # Without a status filter, one line per invocation: its last word.
             exclude_status=() if args.status else (ALLOWED, STARTED),
@@ -104,4 +113,5 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=AuditArgs,
     run=run,
+    needs=AuditDeps,
 )

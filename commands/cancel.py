@@ -3,13 +3,16 @@ replica or, with several replicas, on the one running it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bot.cluster.redis_clients import StateRedisUnavailable
-from bot.features.actions.config import ActionConfig
 from bot.features.actions.job_locks import RemoteJob
-from bot.kernel.command import Args, CommandSpec, Risk
+from bot.features.actions.jobs import JobBoard
+from bot.features.actions.service import ActionService
+from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.errors import Denied, UsageError, UserError
 from bot.kernel.reply import Reply, Status
-from bot.pipeline.context import Context
+from bot.pipeline.authorize import Authorizer
 
 # Beyond the action's kill grace: the other replica notices the request within half a
 # second, and its answer reaches Redis a moment later.
@@ -20,19 +23,29 @@ class CancelArgs(Args):
     job: str
 
 
-async def run(ctx: Context, args: CancelArgs) -> Reply:
-    board = ctx.tools.jobs
+@dataclass(frozen=True, slots=True)
+class CancelDeps:
+    """The job board; for a job on another replica, the configured actions and the
+    authorizer that decides whether this person may stop it."""
+
+    jobs: JobBoard
+    actions: ActionService
+    authorizer: Authorizer
+
+
+async def run(request: Request, args: CancelArgs, deps: CancelDeps) -> Reply:
+    board = deps.jobs
     job = board.get(args.job.strip().lower())
     if job is None:
-        return await _cancel_elsewhere(ctx, args.job)
+        return await _cancel_elsewhere(request, deps, args.job)
+    # The authorizer checked this job's action roles (acts_on) before the command ran.
     action = job.prepared.action
-    _may_cancel(ctx, action, job.id)
     if job.result is not None:
         return Reply(
             title=f"Job {job.id} ({job.description}) already ended: {job.state.value}",
             status=Status.INFO,
         )
-    board.cancel(job, ctx.principal.name)
+    board.cancel(job, request.principal.name)
     grace = action.kill_grace.total_seconds()
     if await board.wait(job, within=grace + 2):
         return Reply(
@@ -46,17 +59,12 @@ async def run(ctx: Context, args: CancelArgs) -> Reply:
     )
 
 
-def _may_cancel(ctx: Context, action: ActionConfig, job_id: str) -> None:
-    # Whoever may run an action may stop it: at 3 a.m. the requester may be asleep.
-    if ctx.principal.roles.isdisjoint(action.roles):
-        raise Denied(
-            f"cancelling {job_id} needs a role that may run '{action.name}'",
-            f"actions.{action.name}.roles",
-        )
+def _acts_on(args: CancelArgs) -> ActionRef:
+    return ActionRef(ActionVerb.CANCEL, args.job)
 
 
-async def _cancel_elsewhere(ctx: Context, typed: str) -> Reply:
-    board = ctx.tools.jobs
+async def _cancel_elsewhere(request: Request, deps: CancelDeps, typed: str) -> Reply:
+    board = deps.jobs
     job_id = typed.strip().lower()
     if not board.shared:
         raise UsageError(f"no job '{typed}' (see /jobs)")
@@ -69,17 +77,20 @@ async def _cancel_elsewhere(ctx: Context, typed: str) -> Reply:
         ) from exc
     if remote is None:
         raise UsageError(f"no job '{typed}' running on any replica (see /jobs)")
-    action = ctx.tools.config.action(remote.holder.action)
+    action = deps.actions.action(remote.holder.action)
     if action is None:
         raise UserError(
             f"job {job_id} on replica {remote.holder.replica} runs '{remote.holder.action}', "
             "an action this replica's config does not have; cancel it there"
         )
-    _may_cancel(ctx, action, job_id)
+    # The authorizer only sees this replica's jobs; this one's action is known only now.
+    decision = deps.authorizer.action_decision(request.principal, action, verb="cancel", of=job_id)
+    if not decision.allowed:
+        raise Denied(decision.reason, decision.rule)
     try:
         ended = await board.cancel_elsewhere(
             remote,
-            ctx.principal.name,
+            request.principal.name,
             within=action.kill_grace.total_seconds() + _ELSEWHERE_SLACK_S,
         )
     except StateRedisUnavailable as exc:
@@ -108,6 +119,8 @@ SPEC = CommandSpec(
     usage="/cancel <job>",
     args_model=CancelArgs,
     run=run,
+    needs=CancelDeps,
     positional=("job",),
     risk=Risk.WRITE,
+    acts_on=_acts_on,
 )

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from bot.features.alerts.checks import job_name
-from bot.kernel.command import Args, CommandSpec
+from bot.cluster.scheduler import Scheduler
+from bot.features.alerts.checks import Checks, job_name
+from bot.kernel.clock import Clock
+from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import UsageError
 from bot.kernel.reply import Reply, Status, Table
 from bot.kernel.severity import Severity
-from bot.pipeline.context import Context
 
 USAGE = "/checks [now <name>]"
 
@@ -27,15 +29,24 @@ class ChecksArgs(Args):
     name: str | None = None
 
 
-async def run(ctx: Context, args: ChecksArgs) -> Reply:
-    checks = ctx.tools.checks
+@dataclass(frozen=True, slots=True)
+class ChecksDeps:
+    """The checks and their state, the scheduler that runs one now, the clock."""
+
+    checks: Checks
+    scheduler: Scheduler
+    clock: Clock
+
+
+async def run(_: Request, args: ChecksArgs, deps: ChecksDeps) -> Reply:
+    checks = deps.checks
     if not checks.names:
         return NOT_CONFIGURED
     if args.action == "now":
         if args.name is None or args.name not in checks.names:
             raise UsageError(f"name a check: {', '.join(checks.names)}", USAGE)
-        await ctx.tools.scheduler.run_now(job_name(args.name))
-    now = ctx.tools.clock.now()
+        await deps.scheduler.run_now(job_name(args.name))
+    now = deps.clock.now()
     views = await checks.views()
     if args.name is not None:
         views = [v for v in views if v.name == args.name]
@@ -71,5 +82,6 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=ChecksArgs,
     run=run,
+    needs=ChecksDeps,
     positional=("action", "name"),
 )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from bot.features.actions.service import decide
-from bot.kernel.command import Args, CommandSpec, Risk
+from dataclasses import dataclass
+
+from bot.features.actions.service import ActionService
+from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.reply import Reply
-from bot.pipeline.context import Context
 
 
 class DenyArgs(Args):
@@ -13,8 +14,19 @@ class DenyArgs(Args):
     reason: str = ""
 
 
-async def run(ctx: Context, args: DenyArgs) -> Reply:
-    return await decide(ctx, args.id, approve=False, reason=args.reason or None)
+@dataclass(frozen=True, slots=True)
+class DenyDeps:
+    """The action service, which decides the request and tells the requester."""
+
+    actions: ActionService
+
+
+async def run(request: Request, args: DenyArgs, deps: DenyDeps) -> Reply:
+    return await deps.actions.decide(request, args.id, approve=False, reason=args.reason or None)
+
+
+def _acts_on(args: DenyArgs) -> ActionRef:
+    return ActionRef(ActionVerb.DENY, args.id)
 
 
 SPEC = CommandSpec(
@@ -23,7 +35,9 @@ SPEC = CommandSpec(
     usage="/deny <id> [reason]",
     args_model=DenyArgs,
     run=run,
+    needs=DenyDeps,
     positional=("id",),
     rest="reason",
     risk=Risk.WRITE,
+    acts_on=_acts_on,
 )

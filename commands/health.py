@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bot.app.config.models import Service
-from bot.kernel.command import Args, CommandSpec
-from bot.kernel.errors import UsageError
+from dataclasses import dataclass
+
+from bot.cluster.http_clients import HttpClients
+from bot.features.probes.targets import ServiceTargets
+from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 USAGE = "/health [service]"
 # Upper case marks what needs attention; emoji would break column alignment.
@@ -17,29 +18,26 @@ class HealthArgs(Args):
     service: str | None = None
 
 
-def select_services(ctx: Context, name: str | None, usage: str) -> list[Service]:
-    services = ctx.tools.config.services
-    if name is None:
-        return list(services)
-    service = ctx.tools.config.service(name)
-    if service is None:
-        known = ", ".join(s.name for s in services) or "none configured"
-        raise UsageError(f"unknown service '{name}' (services: {known})", usage)
-    return [service]
+@dataclass(frozen=True, slots=True)
+class HealthDeps:
+    """The configured services and the HTTP client that probes them."""
+
+    targets: ServiceTargets
+    http: HttpClients
 
 
-async def run(ctx: Context, args: HealthArgs) -> Reply:
+async def run(request: Request, args: HealthArgs, deps: HealthDeps) -> Reply:
     # Imported here: httpx is the slowest import and only probes need it.
     from bot.features.probes import ProbeTarget, ResponseShape, probe_all
 
-    services = select_services(ctx, args.service, USAGE)
+    services = deps.targets.select(args.service, USAGE)
     if not services:
         return Reply(title="No services configured", text="Add [[services]] entries to the config.")
     targets = [
         ProbeTarget(s.name, s.health_url, s.timeout.total_seconds(), ResponseShape(s.shape.value))
         for s in services
     ]
-    results = await probe_all(ctx.tools.http.client(), targets, request_id=ctx.request_id)
+    results = await probe_all(deps.http.client(), targets, request_id=request.request_id)
     counts = {state: sum(1 for r in results if r.state == state) for state in _MARK}
     status = Status.ERROR if counts["down"] else Status.WARNING if counts["degraded"] else Status.OK
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
@@ -67,5 +65,6 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=HealthArgs,
     run=run,
+    needs=HealthDeps,
     positional=("service",),
 )

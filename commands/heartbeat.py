@@ -3,15 +3,19 @@ run, post one at once, or pause them (audited)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from bot.audit.trail import AuditTrail
 from bot.cluster.redis_clients import StateRedisUnavailable
-from bot.kernel.command import Args, CommandSpec, Risk
+from bot.cluster.scheduler import Scheduler
+from bot.features.heartbeats.service import Heartbeats
+from bot.kernel.clock import Clock
+from bot.kernel.command import Args, CommandSpec, Request, Risk
 from bot.kernel.durations import format_duration, parse_duration
 from bot.kernel.errors import UsageError, UserError
 from bot.kernel.reply import Field, Reply, Status, Table
-from bot.pipeline.context import Context
 
 USAGE = "/heartbeat [now [name] | pause <duration> [name]]"
 # A pause is a hole in the dead man's switch; a month is already a long one.
@@ -29,15 +33,25 @@ class HeartbeatArgs(Args):
     second: str | None = None  # pause: the heartbeat
 
 
-async def run(ctx: Context, args: HeartbeatArgs) -> Reply:
-    if not ctx.tools.heartbeats.names:
+@dataclass(frozen=True, slots=True)
+class HeartbeatDeps:
+    """The heartbeats, the scheduler that runs and pauses them, the audit trail, the clock."""
+
+    heartbeats: Heartbeats
+    scheduler: Scheduler
+    audit: AuditTrail
+    clock: Clock
+
+
+async def run(request: Request, args: HeartbeatArgs, deps: HeartbeatDeps) -> Reply:
+    if not deps.heartbeats.names:
         return NOT_CONFIGURED
     if args.action is None:
-        return await _listing(ctx)
+        return await _listing(deps)
     if args.action == "now":
         if args.second is not None:
             raise UsageError(f"unexpected argument '{args.second}'", USAGE)
-        return _now(ctx, _select(ctx, args.first))
+        return _now(deps, _select(deps, args.first))
     if args.first is None:
         raise UsageError("pause needs a duration, e.g. /heartbeat pause 2h", USAGE)
     try:
@@ -48,16 +62,16 @@ async def run(ctx: Context, args: HeartbeatArgs) -> Reply:
         raise UsageError("the duration must be longer than zero", USAGE)
     if length > MAX_PAUSE:
         raise UsageError(f"a pause lasts at most {format_duration(MAX_PAUSE)}", USAGE)
-    return await _pause(ctx, _select(ctx, args.second), length)
+    return await _pause(request, deps, _select(deps, args.second), length)
 
 
-async def _listing(ctx: Context) -> Reply:
-    now = ctx.tools.clock.now()
-    beats = ctx.tools.heartbeats
+async def _listing(deps: HeartbeatDeps) -> Reply:
+    now = deps.clock.now()
+    beats = deps.heartbeats
     rows = []
     for name in beats.names:
-        job = ctx.tools.scheduler.job(name)
-        paused_until = await ctx.tools.scheduler.paused_until_everywhere(name)
+        job = deps.scheduler.job(name)
+        paused_until = await deps.scheduler.paused_until_everywhere(name)
         last = beats.last_success(name)
         rows.append(
             (
@@ -79,12 +93,12 @@ async def _listing(ctx: Context) -> Reply:
     )
 
 
-def _now(ctx: Context, names: list[str]) -> Reply:
-    beats = ctx.tools.heartbeats
+def _now(deps: HeartbeatDeps, names: list[str]) -> Reply:
+    beats = deps.heartbeats
     for name in names:
         # A tracked task: the posts (and their retries) outlive the chat platform's
         # deadline for an answer.
-        ctx.tools.scheduler.run_now(name)
+        deps.scheduler.run_now(name)
     channels = sorted({c for name in names for c in beats.get(name).channels})
     return Reply(
         title=f"Posting {_heartbeats(names)} now",
@@ -93,12 +107,14 @@ def _now(ctx: Context, names: list[str]) -> Reply:
     )
 
 
-async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
-    tools = ctx.tools
-    now = tools.clock.now()
+async def _pause(
+    request: Request, deps: HeartbeatDeps, names: list[str], length: timedelta
+) -> Reply:
+    now = deps.clock.now()
     until = now + length
     # Recorded before it takes effect, like /policy off: a pause loosens the watch.
-    await ctx.record_event(
+    await deps.audit.record_event(
+        request,
         kind="heartbeat",
         command="heartbeat",
         args={"heartbeats": names, "duration": format_duration(length)},
@@ -108,9 +124,10 @@ async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
     rows = []
     for name in names:
         try:
-            next_run = await tools.scheduler.pause_everywhere(name, until)
+            next_run = await deps.scheduler.pause_everywhere(name, until)
         except StateRedisUnavailable as exc:
-            await ctx.record_event(
+            await deps.audit.record_event(
+                request,
                 kind="heartbeat",
                 command="heartbeat",
                 args={"heartbeats": [name]},
@@ -130,8 +147,8 @@ async def _pause(ctx: Context, names: list[str], length: timedelta) -> Reply:
     )
 
 
-def _select(ctx: Context, name: str | None) -> list[str]:
-    names = ctx.tools.heartbeats.names
+def _select(deps: HeartbeatDeps, name: str | None) -> list[str]:
+    names = deps.heartbeats.names
     if name is None:
         return names
     if name not in names:
@@ -164,6 +181,7 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=HeartbeatArgs,
     run=run,
+    needs=HeartbeatDeps,
     positional=("action", "first", "second"),
     risk=Risk.WRITE,
 )

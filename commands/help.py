@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from bot.kernel.command import Access, Args, CommandSpec
+from dataclasses import dataclass
+
+from bot.kernel.command import Access, Args, CommandSpec, Request
 from bot.kernel.errors import UsageError
 from bot.kernel.reply import Field, Reply, Table
-from bot.pipeline.context import Context
+from bot.pipeline.catalog import Catalog
 
 USAGE = "/help [command]"
 
@@ -14,8 +16,15 @@ class HelpArgs(Args):
     command: str | None = None
 
 
-async def run(ctx: Context, args: HelpArgs) -> Reply:
-    visible = ctx.tools.catalog.visible_to(ctx.principal, ctx.channel)
+@dataclass(frozen=True, slots=True)
+class HelpDeps:
+    """The catalog, which knows what this person may run here."""
+
+    catalog: Catalog
+
+
+async def run(request: Request, args: HelpArgs, deps: HelpDeps) -> Reply:
+    visible = deps.catalog.visible_to(request.principal, request.channel)
     if args.command is None:
         rows = tuple((spec.usage, spec.summary) for spec in visible)
         return Reply(
@@ -41,6 +50,7 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=HelpArgs,
     run=run,
+    needs=HelpDeps,
     positional=("command",),
     default_access=Access.ANY_PRINCIPAL,
 )

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from bot.cluster.redis_clients import StateRedisUnavailable
 from bot.features.actions.job_locks import Holder
-from bot.features.actions.jobs import Job
-from bot.kernel.command import CommandSpec, NoArgs
+from bot.features.actions.jobs import Job, JobBoard
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, NoArgs, Request
 from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 _SHOWN_FINISHED = 10
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    board = ctx.tools.jobs
+@dataclass(frozen=True, slots=True)
+class JobsDeps:
+    """The job board, and the clock for how long each job ran."""
+
+    jobs: JobBoard
+    clock: Clock
+
+
+async def run(request: Request, _: NoArgs, deps: JobsDeps) -> Reply:
+    board = deps.jobs
     running, finished = board.running(), board.finished()[:_SHOWN_FINISHED]
     notes: list[str] = []
     try:
@@ -28,7 +37,7 @@ async def run(ctx: Context, _: NoArgs) -> Reply:
         notes.append("Finished jobs are this replica's; /audit has every replica's.")
     if not running and not finished and not elsewhere:
         return Reply(title="No jobs since opsbot started", status=Status.INFO, text=" ".join(notes))
-    now = ctx.tools.clock.now()
+    now = deps.clock.now()
     rows = [_row(job, now - job.started_at) for job in running]
     rows += [_row_elsewhere(remote.holder, now - remote.holder.since) for remote in elsewhere]
     rows += [
@@ -62,4 +71,5 @@ SPEC = CommandSpec(
     usage="/jobs",
     args_model=NoArgs,
     run=run,
+    needs=JobsDeps,
 )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from bot.app.config.models import PolicyMode
-from bot.features.policy.switch import PolicyState
-from bot.kernel.command import Args, CommandSpec, Risk
+from bot.features.policy.config import PolicyMode
+from bot.features.policy.store import PolicyState
+from bot.features.policy.switch import PolicySwitch
+from bot.kernel.clock import Clock
+from bot.kernel.command import Args, CommandSpec, Request, Risk
 from bot.kernel.durations import format_duration, parse_duration
 from bot.kernel.errors import UsageError
 from bot.kernel.reply import Field, Reply, Status
-from bot.pipeline.context import Context
 
 USAGE = "/policy [off <duration> [reason] | strict [reason]]"
 
@@ -23,15 +25,23 @@ class PolicyArgs(Args):
     reason: str = ""
 
 
-async def run(ctx: Context, args: PolicyArgs) -> Reply:
-    switch = ctx.tools.policy
-    who = ctx.principal.name
+@dataclass(frozen=True, slots=True)
+class PolicyDeps:
+    """The policy switch, and the clock for how long the mode stays off."""
+
+    policy: PolicySwitch
+    clock: Clock
+
+
+async def run(request: Request, args: PolicyArgs, deps: PolicyDeps) -> Reply:
+    switch = deps.policy
+    who = request.principal.name
     if args.mode is None:
-        return _describe(await switch.current(), ctx, "Policy mode", Status.INFO)
+        return _describe(await switch.current(), deps.clock, "Policy mode", Status.INFO)
     if args.mode == "strict":
         reason = " ".join(part for part in (args.duration, args.reason) if part)
-        state = await switch.restore(who, reason, ctx.request_id)
-        return _describe(state, ctx, "Policy mode is now", Status.OK)
+        state = await switch.restore(who, reason, request.request_id)
+        return _describe(state, deps.clock, "Policy mode is now", Status.OK)
     if args.duration is None:
         raise UsageError("policy off needs a duration, e.g. /policy off 30m", USAGE)
     try:
@@ -40,16 +50,16 @@ async def run(ctx: Context, args: PolicyArgs) -> Reply:
         raise UsageError(str(exc), USAGE) from exc
     if ttl.total_seconds() <= 0:
         raise UsageError("the duration must be longer than zero", USAGE)
-    state = await switch.turn_off(ttl, who, args.reason, ctx.request_id)
-    return _describe(state, ctx, "Policy mode is now", Status.OK)
+    state = await switch.turn_off(ttl, who, args.reason, request.request_id)
+    return _describe(state, deps.clock, "Policy mode is now", Status.OK)
 
 
-def _describe(state: PolicyState, ctx: Context, prefix: str, status: Status) -> Reply:
+def _describe(state: PolicyState, clock: Clock, prefix: str, status: Status) -> Reply:
     fields = [Field("changed by", state.changed_by)]
     if state.reason:
         fields.append(Field("reason", state.reason))
     if state.mode is PolicyMode.OFF and state.until is not None:
-        seconds = (state.until - ctx.tools.clock.now()).total_seconds()
+        seconds = (state.until - clock.now()).total_seconds()
         # "29m 59s" right after "off 30m" reads like a bug; whole minutes read right.
         left = format_duration(
             timedelta(minutes=math.ceil(seconds / 60))
@@ -69,6 +79,7 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=PolicyArgs,
     run=run,
+    needs=PolicyDeps,
     positional=("mode", "duration"),
     rest="reason",
     risk=Risk.WRITE,

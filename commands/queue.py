@@ -4,15 +4,15 @@ each configured Redis stream, each judged against its thresholds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from bot.features.actions.config import QueueConfig
-from bot.kernel.command import Args, CommandSpec
+from bot.cluster.redis_clients import RedisClients
+from bot.features.queues.watched import WatchedQueues
+from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.durations import format_duration
-from bot.kernel.errors import UsageError
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 if TYPE_CHECKING:
     from bot.features.queues.inspect import Figure, GroupState, QueueReport, QueueState
@@ -41,15 +41,12 @@ class QueueArgs(Args):
     name: str | None = None
 
 
-def select_queues(ctx: Context, name: str | None, usage: str) -> list[QueueConfig]:
-    queues = ctx.tools.config.queues
-    if name is None:
-        return list(queues)
-    queue = ctx.tools.config.queue(name)
-    if queue is None:
-        known = ", ".join(q.name for q in queues) or "none configured"
-        raise UsageError(f"unknown queue '{name}' (queues: {known})", usage)
-    return [queue]
+@dataclass(frozen=True, slots=True)
+class QueueDeps:
+    """The configured queues and the Redis connections that read them."""
+
+    queues: WatchedQueues
+    redis: RedisClients
 
 
 def summary(levels: Sequence[tuple[Severity, bool]]) -> tuple[Status, str]:
@@ -108,14 +105,14 @@ def _row(queue: QueueState, group: GroupState) -> tuple[str, ...]:
     )
 
 
-async def run(ctx: Context, args: QueueArgs) -> Reply:
+async def run(_: Request, args: QueueArgs, deps: QueueDeps) -> Reply:
     # Imported here: redis is only needed once someone asks about a queue.
     from bot.features.queues.inspect import QueueFailure, inspect_queues
 
-    queues = select_queues(ctx, args.name, USAGE)
+    queues = deps.queues.select(args.name, USAGE)
     if not queues:
         return NOT_CONFIGURED
-    reports = worst_first(await inspect_queues(ctx.tools.redis, queues))
+    reports = worst_first(await inspect_queues(deps.redis, queues))
     status, title = summary([(r.severity, isinstance(r, QueueFailure)) for r in reports])
     failures = [f"{r.queue}: {r.reason}" for r in reports if isinstance(r, QueueFailure)]
     rows = tuple(
@@ -139,5 +136,6 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=QueueArgs,
     run=run,
+    needs=QueueDeps,
     positional=("name",),
 )

@@ -6,10 +6,11 @@ The action itself (script, argument schema, approvers) is the ``rollback`` entry
 
 from __future__ import annotations
 
-from bot.features.actions.service import find_action, request_action
-from bot.kernel.command import Args, CommandSpec, Risk
+from dataclasses import dataclass
+
+from bot.features.actions.service import ActionService
+from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.reply import Reply
-from bot.pipeline.context import Context
 
 ACTION = "rollback"
 
@@ -19,9 +20,19 @@ class RollbackArgs(Args):
     dry_run: bool = False
 
 
-async def run(ctx: Context, args: RollbackArgs) -> Reply:
-    action = find_action(ctx, ACTION)
-    return await request_action(ctx, action, (args.tag,), {}, dry_run=args.dry_run)
+@dataclass(frozen=True, slots=True)
+class RollbackDeps:
+    """The action service, which runs the rollback action or asks for approval."""
+
+    actions: ActionService
+
+
+async def run(request: Request, args: RollbackArgs, deps: RollbackDeps) -> Reply:
+    return await deps.actions.request_action(request, ACTION, (args.tag,), {}, dry_run=args.dry_run)
+
+
+def _acts_on(args: RollbackArgs) -> ActionRef:
+    return ActionRef(ActionVerb.RUN, ACTION)
 
 
 SPEC = CommandSpec(
@@ -30,6 +41,8 @@ SPEC = CommandSpec(
     usage="/rollback <tag> [--dry-run]",
     args_model=RollbackArgs,
     run=run,
+    needs=RollbackDeps,
     positional=("tag",),
     risk=Risk.HIGH,
+    acts_on=_acts_on,
 )

@@ -3,13 +3,16 @@ same rules as /rollback (roles, argument schema, approval for high risk)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 
-from bot.features.actions.service import find_action, request_action
-from bot.kernel.command import Args, CommandSpec, Risk
+from bot.features.actions.arguments import usage
+from bot.features.actions.service import ActionService
+from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Principal, Request, Risk
 from bot.kernel.errors import UsageError
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
+from bot.pipeline.authorize import Authorizer
 
 USAGE = "/run [<action> [args] [name=value] [--dry-run]]"
 
@@ -21,22 +24,34 @@ class RunArgs(Args):
     dry_run: bool = False
 
 
-async def run(ctx: Context, args: RunArgs) -> Reply:
+@dataclass(frozen=True, slots=True)
+class RunDeps:
+    """The action service, which runs actions, and the authorizer, which lists those
+    the person may run."""
+
+    actions: ActionService
+    authorizer: Authorizer
+
+
+async def run(request: Request, args: RunArgs, deps: RunDeps) -> Reply:
     if args.action is None:
-        return _list_actions(ctx)
+        return _list_actions(deps.authorizer, request.principal)
     named: dict[str, str] = {}
     for key, value in args.named.items():
         if not isinstance(value, str):
             raise UsageError(f"give the argument as {key}=value, not --{key}", USAGE)
         named[key] = value
-    action = find_action(ctx, args.action)
-    return await request_action(ctx, action, args.words, named, dry_run=args.dry_run)
+    return await deps.actions.request_action(
+        request, args.action, args.words, named, dry_run=args.dry_run
+    )
 
 
-def _list_actions(ctx: Context) -> Reply:
-    from bot.features.actions.arguments import usage
+def _acts_on(args: RunArgs) -> ActionRef | None:
+    return None if args.action is None else ActionRef(ActionVerb.RUN, args.action)
 
-    mine = [a for a in ctx.tools.config.actions if not ctx.principal.roles.isdisjoint(a.roles)]
+
+def _list_actions(authorizer: Authorizer, principal: Principal) -> Reply:
+    mine = authorizer.runnable(principal)
     if not mine:
         return Reply(title="There are no actions you may run", status=Status.INFO)
     rows = tuple(
@@ -60,8 +75,10 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=RunArgs,
     run=run,
+    needs=RunDeps,
     positional=("action",),
     rest_words="words",
     extra_options="named",
     risk=Risk.WRITE,
+    acts_on=_acts_on,
 )

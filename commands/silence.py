@@ -3,17 +3,20 @@ while (audited, kind "silence"); see docs/alerts.md#silences."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from pydantic import Field as ModelField
 
-from bot.features.alerts.silences import Matcher, Silence
-from bot.kernel.command import Args, CommandSpec, Risk
+from bot.audit.trail import AuditTrail
+from bot.features.alerts.board import AlertBoard
+from bot.features.alerts.silences import Matcher, Silence, Silences
+from bot.kernel.command import Args, CommandSpec, Request, Risk
 from bot.kernel.durations import format_duration, parse_duration
 from bot.kernel.errors import UsageError
+from bot.kernel.info import BotInfo
 from bot.kernel.reply import Field, Reply, Status
-from bot.pipeline.context import Context
 from bot.pipeline.parse import parse, split_words
 
 USAGE = "/silence <label(=|!=|=~|!~)value>... <duration> [reason]"
@@ -30,19 +33,29 @@ class SilenceArgs(Args):
     named: dict[str, str | bool] | str | bool = ModelField(default_factory=dict)
 
 
-async def run(ctx: Context, _: SilenceArgs) -> Reply:
-    matchers, length, reason = _read(_typed_words(ctx))
-    tools = ctx.tools
+@dataclass(frozen=True, slots=True)
+class SilenceDeps:
+    """The silences, the alerts they would mute, the audit trail, the bot's name."""
+
+    silences: Silences
+    alerts: AlertBoard
+    audit: AuditTrail
+    info: BotInfo
+
+
+async def run(request: Request, _: SilenceArgs, deps: SilenceDeps) -> Reply:
+    matchers, length, reason = _read(_typed_words(request, deps))
     try:
-        silence = await tools.silences.draft(
-            matchers, duration=length, reason=reason, created_by=ctx.principal.name
+        silence = await deps.silences.draft(
+            matchers, duration=length, reason=reason, created_by=request.principal.name
         )
     except ValueError as exc:
         raise UsageError(str(exc), USAGE) from exc
     # Recorded before it takes effect, like /heartbeat pause: a silence loosens the watch.
     # Matchers and reason are free text: redacted like the command's own entry.
-    redactor = tools.audit.redactor
-    await ctx.record_event(
+    redactor = deps.audit.redactor
+    await deps.audit.record_event(
+        request,
         kind="silence",
         command="silence",
         args=redactor.value(
@@ -58,8 +71,8 @@ async def run(ctx: Context, _: SilenceArgs) -> Reply:
             f"silence {silence.id} ({silence.matchers_text}) until {silence.ends_at.isoformat()}"
         ),
     )
-    await tools.silences.create(silence)
-    muted = await _muted_now(ctx, silence)
+    await deps.silences.create(silence)
+    muted = await _muted_now(deps, silence)
     fields = [
         Field("matchers", silence.matchers_text),
         Field("until", _until(silence.ends_at, silence.created_at)),
@@ -75,14 +88,14 @@ async def run(ctx: Context, _: SilenceArgs) -> Reply:
     )
 
 
-def _typed_words(ctx: Context) -> list[str]:
+def _typed_words(request: Request, deps: SilenceDeps) -> list[str]:
     """The arguments as typed. The parser reads ``label=value`` as an option, which would
     lose the case of label names and the order of the words, and takes backslashes as
     escapes, which would spoil regexes: so the message text is split again here."""
     parsed = parse(
-        ctx.message.text,
-        bot_names=frozenset({ctx.tools.config.bot.name}),
-        addressed=ctx.message.addressed,
+        request.message.text,
+        bot_names=frozenset({deps.info.name}),
+        addressed=request.message.addressed,
     )
     if parsed is None:  # cannot happen: the pipeline parsed the same text to get here
         return []
@@ -113,10 +126,10 @@ def _read(words: list[str]) -> tuple[list[Matcher], timedelta, str]:
     return matchers, length, " ".join(rest)
 
 
-async def _muted_now(ctx: Context, silence: Silence) -> int | None:
+async def _muted_now(deps: SilenceDeps, silence: Silence) -> int | None:
     """How many of the alerts firing now the silence mutes; None if that cannot be told."""
     try:
-        firing = await ctx.tools.alerts.firing()
+        firing = await deps.alerts.firing()
     except Exception:
         log.exception("silences.firing_unknown", silence=silence.id)
         return None
@@ -138,6 +151,7 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=SilenceArgs,
     run=run,
+    needs=SilenceDeps,
     rest_words="matchers",
     extra_options="named",
     risk=Risk.WRITE,

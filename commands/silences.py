@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from bot.kernel.command import CommandSpec, NoArgs
+from bot.features.alerts.silences import Silences
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, NoArgs, Request
 from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
 
 _REASON_SHOWN = 60  # characters of the reason in the table
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    active = await ctx.tools.silences.active()
+@dataclass(frozen=True, slots=True)
+class SilencesDeps:
+    """The silences in force and the clock."""
+
+    silences: Silences
+    clock: Clock
+
+
+async def run(request: Request, _: NoArgs, deps: SilencesDeps) -> Reply:
+    active = await deps.silences.active()
     if not active:
         return Reply(title="No active silences", status=Status.OK)
-    now = ctx.tools.clock.now()
+    now = deps.clock.now()
     rows = tuple(
         (
             s.id,
@@ -52,4 +62,5 @@ SPEC = CommandSpec(
     usage="/silences",
     args_model=NoArgs,
     run=run,
+    needs=SilencesDeps,
 )

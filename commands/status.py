@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
-from bot.app.config.models import PolicyMode
-from bot.kernel.command import CommandSpec, NoArgs
+from dataclasses import dataclass
+
+from bot.delivery.adapters import AdapterBoard
+from bot.features.policy.config import PolicyMode
+from bot.features.policy.switch import PolicySwitch
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, NoArgs, Request
 from bot.kernel.durations import format_duration
+from bot.kernel.info import BotInfo
 from bot.kernel.reply import Field, Reply, Status
 from bot.kernel.version import __version__
-from bot.pipeline.context import Context
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    tools = ctx.tools
-    policy = await tools.policy.current()
+@dataclass(frozen=True, slots=True)
+class StatusDeps:
+    """When the bot started and from which config, its adapters, its policy mode and
+    the clock for its uptime."""
+
+    info: BotInfo
+    adapters: AdapterBoard
+    policy: PolicySwitch
+    clock: Clock
+
+
+async def run(request: Request, _: NoArgs, deps: StatusDeps) -> Reply:
+    policy = await deps.policy.current()
     mode = str(policy.mode)
     if policy.mode is PolicyMode.OFF and policy.until is not None:
         mode += f" (until {policy.until:%H:%M} UTC)"
     adapters = ", ".join(
-        f"{name}: {state}" for name, state in sorted((await tools.adapters.refresh()).items())
+        f"{name}: {state}" for name, state in sorted((await deps.adapters.refresh()).items())
     )
     return Reply(
-        title=f"opsbot {__version__} up {format_duration(tools.clock.now() - tools.started_at)}",
+        title=f"opsbot {__version__} up {format_duration(deps.clock.now() - deps.info.started_at)}",
         status=Status.OK,
         fields=(
             Field("version", __version__),
-            Field("started", f"{tools.started_at:%Y-%m-%d %H:%M:%S} UTC"),
+            Field("started", f"{deps.info.started_at:%Y-%m-%d %H:%M:%S} UTC"),
             Field("adapters", adapters or "none"),
             Field("policy", mode),
-            Field("config", tools.config_source),
+            Field("config", deps.info.config_source),
         ),
     )
 
@@ -38,4 +53,5 @@ SPEC = CommandSpec(
     usage="/status",
     args_model=NoArgs,
     run=run,
+    needs=StatusDeps,
 )

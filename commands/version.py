@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from bot.kernel.command import Args, CommandSpec
+from dataclasses import dataclass
+
+from bot.cluster.http_clients import HttpClients
+from bot.features.probes.targets import ServiceTargets
+from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.reply import Reply, Status, Table
-from bot.pipeline.context import Context
-from commands.health import select_services
 
 USAGE = "/version [service]"
 
@@ -14,15 +16,23 @@ class VersionArgs(Args):
     service: str | None = None
 
 
-async def run(ctx: Context, args: VersionArgs) -> Reply:
+@dataclass(frozen=True, slots=True)
+class VersionDeps:
+    """The configured services and the HTTP client that asks them."""
+
+    targets: ServiceTargets
+    http: HttpClients
+
+
+async def run(request: Request, args: VersionArgs, deps: VersionDeps) -> Reply:
     from bot.features.probes import fetch_all_versions
 
-    services = select_services(ctx, args.service, USAGE)
+    services = deps.targets.select(args.service, USAGE)
     with_url = [s for s in services if s.version_url]
     results = await fetch_all_versions(
-        ctx.tools.http.client(),
+        deps.http.client(),
         [(s.name, s.version_url or "", s.timeout.total_seconds()) for s in with_url],
-        request_id=ctx.request_id,
+        request_id=request.request_id,
     )
     by_name = {r.service: r for r in results}
     rows: list[tuple[str, str, str]] = []
@@ -48,5 +58,6 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=VersionArgs,
     run=run,
+    needs=VersionDeps,
     positional=("service",),
 )

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from bot.kernel.command import Access, CommandSpec, NoArgs
+from bot.kernel.command import Access, CommandSpec, NoArgs, NoDeps, Request
 from bot.kernel.reply import Field, Reply
-from bot.pipeline.context import Context
 
 
-async def run(ctx: Context, _: NoArgs) -> Reply:
-    message = ctx.message
+async def run(request: Request, _: NoArgs, __: NoDeps) -> Reply:
+    message = request.message
     return Reply(
-        title=f"You are {ctx.principal.name}",
+        title=f"You are {request.principal.name}",
         fields=(
-            Field("principal", ctx.principal.name),
-            Field("roles", ", ".join(sorted(ctx.principal.roles)) or "none"),
+            Field("principal", request.principal.name),
+            Field("roles", ", ".join(sorted(request.principal.roles)) or "none"),
             Field("platform id", message.qualified_user),
             Field(
-                "channel", ctx.channel or f"{message.qualified_channel} (not a configured channel)"
+                "channel",
+                request.channel or f"{message.qualified_channel} (not a configured channel)",
             ),
         ),
     )
@@ -28,5 +28,6 @@ SPEC = CommandSpec(
     usage="/whoami",
     args_model=NoArgs,
     run=run,
+    needs=NoDeps,
     default_access=Access.ANY_PRINCIPAL,
 )

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.kernel.command import CommandSpec
+from bot.kernel.command import CommandSpec, Request
 from bot.kernel.reply import Reply, Table
-from bot.pipeline.context import Context
-from commands.queue import NOT_CONFIGURED, QueueArgs, age, count, select_queues, summary
+from commands.queue import NOT_CONFIGURED, QueueArgs, QueueDeps, age, count, summary
 
 if TYPE_CHECKING:
-    from bot.features.actions.config import QueueConfig
+    from bot.features.queues.config import QueueConfig
     from bot.features.queues.inspect import Consumer, GroupState, QueueState
     from bot.kernel.severity import Severity
 
@@ -47,14 +46,14 @@ def _ordered(consumers: tuple[Consumer, ...]) -> list[Consumer]:
     return sorted(consumers, key=lambda c: (not c.stalled, -c.idle_s if c.stalled else 0, c.name))
 
 
-async def run(ctx: Context, args: QueueArgs) -> Reply:
+async def run(request: Request, args: QueueArgs, deps: QueueDeps) -> Reply:
     from bot.features.queues.inspect import QueueFailure, inspect_queues
 
-    queues = select_queues(ctx, args.name, USAGE)
+    queues = deps.queues.select(args.name, USAGE)
     if not queues:
         return NOT_CONFIGURED
     configs = {q.name: q for q in queues}
-    reports = await inspect_queues(ctx.tools.redis, queues)
+    reports = await inspect_queues(deps.redis, queues)
     levels = [
         (r.severity, True) if isinstance(r, QueueFailure) else (_workers_level(r), False)
         for r in reports
@@ -103,5 +102,6 @@ SPEC = CommandSpec(
     usage=USAGE,
     args_model=QueueArgs,
     run=run,
+    needs=QueueDeps,
     positional=("name",),
 )

@@ -22,7 +22,7 @@ from bot.app.config.models import Config
 from bot.app.runtime import Bot
 from bot.audit import AuditEntry
 from bot.kernel.adapter import Adapter
-from bot.kernel.command import Access, Args, CommandSpec, NoArgs
+from bot.kernel.command import Access, Args, CommandSpec, NoArgs, NoDeps
 from bot.kernel.render import render_text
 from bot.kernel.reply import Reply
 from commands import COMMANDS
@@ -73,8 +73,12 @@ roles = ["oncall"]
 """
 
 
-def extra_command(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> CommandSpec[Any]:
-    """A command only a test has, that any known person may run."""
+def extra_command(
+    name: str, run: Any, args: type[Args] = NoArgs, **kw: Any
+) -> CommandSpec[Any, Any]:
+    """A command only a test has, that any known person may run (needing no service
+    unless ``needs=`` says)."""
+    kw.setdefault("needs", NoDeps)
     return CommandSpec(
         name=name,
         summary=f"test command {name}",
@@ -86,7 +90,7 @@ def extra_command(name: str, run: Any, args: type[Args] = NoArgs, **kw: Any) -> 
     )
 
 
-AdapterFactory = Callable[[Config, list[CommandSpec[Any]], Any], Adapter]
+AdapterFactory = Callable[[Config, list[CommandSpec[Any, Any]], Any], Adapter]
 
 
 class ManualClock:
@@ -150,7 +154,7 @@ class TestBot:
 async def running_bot(
     config_text: str = BASE_CONFIG,
     *,
-    extra_commands: Sequence[CommandSpec[Any]] = (),
+    extra_commands: Sequence[CommandSpec[Any, Any]] = (),
     clock: Any = None,
     serve_http: bool = False,
     data_dir: Path | None = None,
@@ -172,7 +176,7 @@ async def running_bot(
         console = ConsoleAdapter("alice", "ops", bot.clock)
         await bot.start(serve_http=serve_http)
         await console.start(bot.handle)
-        bot.outbox.register("console", console.post)
+        bot.outbox.register("console", console.post, console.limits)
         bot.adapters.set("console", "connected")
         await bot.attach([make(config, specs, bot.clock) for make in adapters])
         try:

@@ -93,7 +93,7 @@ cleanup() {
     [[ -n $WORK_DIR ]] && rm -rf "$WORK_DIR"
     echo
     if [[ $rc -eq 0 ]]; then
-        log "tests/run.sh: PASSED (ruff, ruff format, mypy, pytest) in ${SECONDS}s"
+        log "tests/run.sh: PASSED (ruff, ruff format, mypy, lint-imports, pytest) in ${SECONDS}s"
     else
         log "tests/run.sh: FAILED at step '$STEP' (exit $rc) after ${SECONDS}s"
     fi
@@ -199,6 +199,10 @@ ruff format --check .
 
 step "mypy"
 mypy
+
+step "lint-imports"
+# The layers and the independence of features and platforms (docs/architecture.md).
+lint-imports --no-cache
 
 # ---------------------------------------------------------------------------
 step "start throwaway redis + postgres"

@@ -12,10 +12,9 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from bot.delivery.outbox import Destination
-from bot.kernel.adapter import MessageHandler
+from bot.kernel.adapter import MessageHandler, PlatformLimits
 from bot.kernel.clock import Clock
-from bot.kernel.message import Message
+from bot.kernel.message import Location, Message
 from bot.kernel.render import render_text
 from bot.kernel.reply import Reply
 
@@ -24,6 +23,7 @@ QUIT_WORDS = frozenset({"/quit", "/exit", "quit", "exit"})
 
 class ConsoleAdapter:
     name = "console"
+    limits = PlatformLimits()  # a terminal: no limit
 
     def __init__(
         self, user: str, channel: str, clock: Clock, *, write: Callable[[str], None] | None = None
@@ -37,7 +37,7 @@ class ConsoleAdapter:
         self._session = secrets.token_hex(4)
         self._event_ids = itertools.count(1)
         # What the bot posted on its own (job progress and results), oldest first.
-        self.posted: deque[tuple[Destination, Reply]] = deque(maxlen=1000)
+        self.posted: deque[tuple[Location, Reply]] = deque(maxlen=1000)
         self._posted_changed = asyncio.Condition()
 
     async def start(self, handler: MessageHandler) -> None:
@@ -52,8 +52,7 @@ class ConsoleAdapter:
         if self._handler is None:
             raise RuntimeError("console adapter is not started")
         message = Message(
-            platform="console",
-            channel_id=channel or self._channel,
+            location=Location(platform="console", channel_id=channel or self._channel),
             user_id=user or self._user,
             text=text,
             event_id=f"console-{self._session}-{next(self._event_ids)}",
@@ -62,7 +61,7 @@ class ConsoleAdapter:
         )
         return await self._handler(message)
 
-    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         """The outbound side: a terminal cannot edit what it printed, so progress updates
         (``key``) are printed as new lines like everything else."""
         self.posted.append((destination, reply))

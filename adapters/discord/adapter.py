@@ -3,8 +3,9 @@
 Translation only; every rule (who may run what, approvals, dedup, audit) is the core's.
 
 In:
-- slash commands (INTERACTION_CREATE, application command): the options are turned back
-  into typed text (``adapters.discord.sync.command_text``); the interaction is deferred
+- slash commands (INTERACTION_CREATE, application command): the typed options go to the
+  core as they are (``Message.invocation``), with the text a person would have typed
+  (``adapters.discord.sync.command_text``) for the audit log; the interaction is deferred
   at once (Discord wants an answer within 3 s), the reply follows as a followup;
 - message commands: ``!health`` (``discord.command_prefix``), ``@opsbot health``, or any
   text in a direct message; answered as a reply to that message;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,13 +43,19 @@ from adapters.discord.sync import (
     token_of,
 )
 from adapters.platforms import DiscordSection
-from bot.app.config.models import Config
-from bot.delivery.outbox import Destination, RetryAfter
-from bot.kernel.adapter import AdapterError, MessageHandler, keyed_slot
+from bot.kernel.adapter import (
+    AdapterError,
+    MessageHandler,
+    PlatformLimits,
+    Rate,
+    RetryAfter,
+    keyed_slot,
+)
 from bot.kernel.clock import Clock
 from bot.kernel.command import CommandSpec
 from bot.kernel.errors import DependencyError
-from bot.kernel.message import Message
+from bot.kernel.failures import report_failure
+from bot.kernel.message import Location, Message, ParsedCommand
 from bot.kernel.reply import Reply
 
 log = structlog.get_logger("opsbot.discord")
@@ -59,13 +67,18 @@ MAX_RATELIMIT_WAIT_S = 30.0
 POSTED_KEYS = 1000  # messages remembered for edits by key (job progress)
 
 
+# Discord: 5 messages per 5 s per channel.
+LIMITS = PlatformLimits(per_channel=Rate(5, 5.0))
+
+
 class DiscordAdapter:
     name = PLATFORM
+    limits = LIMITS
 
     def __init__(
         self,
-        config: Config,
-        commands: Sequence[CommandSpec[Any]],
+        section: DiscordSection | None,
+        commands: Sequence[CommandSpec[Any, Any]],
         clock: Clock,
         *,
         ready_timeout: float = 30.0,
@@ -74,8 +87,7 @@ class DiscordAdapter:
     ) -> None:
         """``guild_ready_timeout``: how long discord.py waits for more GUILD_CREATEs before
         READY counts as complete (its own default; tests lower it)."""
-        self._config = config
-        self._section = config.discord or DiscordSection()
+        self._section = section or DiscordSection()
         self._specs = {spec.name: spec for spec in commands}
         self._clock = clock
         self._ready_timeout = ready_timeout
@@ -92,7 +104,7 @@ class DiscordAdapter:
         """Logs in, connects the gateway in a background task, returns once READY. On
         failure, or no READY within ``ready_timeout``, closes everything and raises
         AdapterError."""
-        token = token_of(self._config)
+        token = token_of(self._section)
         point_at(self._section)
         client = self._new_client()
         self._client, self._handler, self._stopping = client, handler, False
@@ -139,7 +151,7 @@ class DiscordAdapter:
         # discord.py resumes or re-identifies by itself after a drop.
         return "connected" if client.is_ready() and not client.is_closed() else "reconnecting"
 
-    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         key = keyed_slot(destination, key)
         client = self._client
         if client is None or client.is_closed():
@@ -208,8 +220,10 @@ class DiscordAdapter:
 
         @client.event
         async def on_error(event: str, /, *args: Any, **kwargs: Any) -> None:
-            # discord.py calls this inside its except block: the traceback is at hand.
-            log.exception("discord.event_failed", discord_event=event)
+            # discord.py calls this inside its except block: the exception is at hand.
+            exc = sys.exc_info()[1]
+            if exc is not None:
+                report_failure("discord.event", exc, discord_event=event)
 
         return client
 
@@ -224,14 +238,16 @@ class DiscordAdapter:
             return
         with self._tracked():
             incoming = Message(
-                platform=PLATFORM,
-                channel_id=str(message.channel.id),  # a thread's own id inside a thread
+                location=Location(
+                    platform=PLATFORM,
+                    channel_id=str(message.channel.id),
+                    thread_id=str(message.id),
+                    workspace=str(message.guild.id) if message.guild else "",
+                ),
                 user_id=str(message.author.id),
                 text=text,
                 event_id=str(message.id),
                 received_at=self._clock.now(),
-                workspace=str(message.guild.id) if message.guild else "",
-                thread_id=str(message.id),
                 user_name=message.author.name,
                 addressed=True,
                 parent_channel_id=_parent_of(message.channel),
@@ -280,8 +296,13 @@ class DiscordAdapter:
         values: dict[str, OptionValue] = {
             str(o["name"]): o["value"] for o in data.get("options", ()) if "value" in o
         }
-        text = command_text(self._specs.get(name), name, values)
-        reply = await self._handle(interaction, text, thread_id=None)
+        spec = self._specs.get(name)
+        text = command_text(spec, name, values)
+        # Typed options reach the core typed; only /run's free text ("restart web
+        # api") is what the person typed, and is read as typed text.
+        typed = spec is not None and spec.rest_words is None
+        invocation = ParsedCommand(name, options=dict(values), raw_args=text) if typed else None
+        reply = await self._handle(interaction, text, thread_id=None, invocation=invocation)
         if reply is None:
             # Nothing to say (throttled silently): end "thinking…". Not a redelivery: its
             # acknowledgement was refused above, Discord takes one answer per interaction.
@@ -317,24 +338,31 @@ class DiscordAdapter:
         await self._follow_up(interaction, reply, ephemeral=False)
 
     async def _handle(
-        self, interaction: discord.Interaction[discord.Client], text: str, thread_id: str | None
+        self,
+        interaction: discord.Interaction[discord.Client],
+        text: str,
+        thread_id: str | None,
+        invocation: ParsedCommand | None = None,
     ) -> Reply | None:
         handler = self._handler
         if handler is None:  # stopped meanwhile
             return None
         user = interaction.user
         message = Message(
-            platform=PLATFORM,
-            channel_id=str(interaction.channel_id),
+            location=Location(
+                platform=PLATFORM,
+                channel_id=str(interaction.channel_id),
+                thread_id=thread_id,
+                workspace=str(interaction.guild_id) if interaction.guild_id else "",
+            ),
             user_id=str(user.id),
             text=text,
-            event_id=str(interaction.id),  # the same on a redelivery
+            event_id=str(interaction.id),
             received_at=self._clock.now(),
-            workspace=str(interaction.guild_id) if interaction.guild_id else "",
-            thread_id=thread_id,
             user_name=user.name,
             addressed=True,
             parent_channel_id=_parent_of(interaction.channel),
+            invocation=invocation,
         )
         return await handler(message)
 

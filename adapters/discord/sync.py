@@ -33,7 +33,6 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic.fields import FieldInfo
 
 from adapters.platforms import TOKEN_VARIABLES, DiscordSection
-from bot.app.config.models import Config
 from bot.kernel.adapter import AdapterError
 from bot.kernel.command import CommandSpec
 
@@ -87,7 +86,7 @@ class SlashOption:
         return option
 
 
-def slash_options(spec: CommandSpec[Any]) -> list[SlashOption]:
+def slash_options(spec: CommandSpec[Any, Any]) -> list[SlashOption]:
     """The options of ``spec``'s slash command: positional fields first, in order, then
     the named ones, then the free text; required before optional, as Discord demands."""
     fields = spec.args_model.model_fields
@@ -107,7 +106,7 @@ def slash_options(spec: CommandSpec[Any]) -> list[SlashOption]:
     return options[:OPTIONS_LIMIT]
 
 
-def command_payload(spec: CommandSpec[Any]) -> dict[str, Any]:
+def command_payload(spec: CommandSpec[Any, Any]) -> dict[str, Any]:
     return {
         "name": spec.name,
         "type": discord.AppCommandType.chat_input.value,
@@ -117,7 +116,7 @@ def command_payload(spec: CommandSpec[Any]) -> dict[str, Any]:
 
 
 def command_text(
-    spec: CommandSpec[Any] | None, name: str, values: Mapping[str, OptionValue]
+    spec: CommandSpec[Any, Any] | None, name: str, values: Mapping[str, OptionValue]
 ) -> str:
     """The typed form of a slash command invocation: ``/deny k7m2qx 'wrong tag'``.
 
@@ -183,8 +182,7 @@ def new_client(intents: discord.Intents, **options: Any) -> discord.Client:
     return discord.Client(intents=intents, **options)
 
 
-def token_of(config: Config) -> str:
-    section = config.discord
+def token_of(section: DiscordSection | None) -> str:
     token = section.token.get_secret_value().strip() if section and section.token else ""
     if not token:
         raise AdapterError(
@@ -209,11 +207,13 @@ async def login(client: discord.Client, token: str, section: DiscordSection) -> 
         raise AdapterError(f"cannot reach the Discord API at {section.api_url}: {exc}") from exc
 
 
-async def sync_commands(config: Config, commands: Sequence[CommandSpec[Any]]) -> str:
+async def sync_commands(
+    section: DiscordSection | None, commands: Sequence[CommandSpec[Any, Any]]
+) -> str:
     """Register the registry's slash commands: in each of ``discord.sync_guild_ids`` (shown
     at once) or, without any, globally. Returns a one-line summary."""
-    section = config.discord or DiscordSection()
-    token = token_of(config)
+    token = token_of(section)
+    section = section or DiscordSection()
     payload = [command_payload(spec) for spec in commands]
     point_at(section)
     client = new_client(discord.Intents.none())
@@ -246,7 +246,7 @@ async def sync_commands(config: Config, commands: Sequence[CommandSpec[Any]]) ->
     return f"registered {len(payload)} slash commands {where}: {names}"
 
 
-def _option(spec: CommandSpec[Any], name: str, field: FieldInfo) -> SlashOption | None:
+def _option(spec: CommandSpec[Any, Any], name: str, field: FieldInfo) -> SlashOption | None:
     choices: tuple[str | int | float, ...] = ()
     if name == spec.rest_words:
         role, kind = Role.REST_WORDS, discord.AppCommandOptionType.string

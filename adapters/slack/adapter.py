@@ -41,12 +41,11 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.platforms import TOKEN_VARIABLES, SlackSection
 from adapters.slack.render import ACTION_PREFIX, SlackMessage, outcome_blocks, render
-from bot.app.config.models import Config
-from bot.delivery.outbox import Destination
-from bot.kernel.adapter import AdapterError, MessageHandler, keyed_slot
+from bot.kernel.adapter import AdapterError, MessageHandler, PlatformLimits, Rate, keyed_slot
 from bot.kernel.clock import Clock
 from bot.kernel.command import CommandSpec
-from bot.kernel.message import Message
+from bot.kernel.failures import failure_line, report_failure
+from bot.kernel.message import Location, Message
 from bot.kernel.reply import Reply, Status
 
 log = structlog.get_logger("opsbot.slack")
@@ -61,13 +60,18 @@ _API_TIMEOUT = 10
 _T = TypeVar("_T")
 
 
+# Slack: "1 message per second per channel", short bursts tolerated.
+LIMITS = PlatformLimits(per_channel=Rate(1, 1.0))
+
+
 class SlackAdapter:
     name = PLATFORM
+    limits = LIMITS
 
     def __init__(
         self,
-        config: Config,
-        commands: Sequence[CommandSpec[Any]],
+        section: SlackSection | None,
+        commands: Sequence[CommandSpec[Any, Any]],
         clock: Clock,
         *,
         ping_interval: float = 10.0,
@@ -76,7 +80,7 @@ class SlackAdapter:
         """No I/O here: ``start()`` connects. ``ping_interval`` is how often Socket Mode
         checks its websocket (and so how soon it notices a silent drop); ``stop_grace``
         how long ``stop()`` waits for answers in flight before cancelling them."""
-        self._section: SlackSection = config.slack or SlackSection()
+        self._section: SlackSection = section or SlackSection()
         self._commands = tuple(sorted({spec.name for spec in commands}))
         self._clock = clock
         self._ping_interval = ping_interval
@@ -278,8 +282,8 @@ class SlackAdapter:
             await work
         except AdapterError as exc:
             log.warning("slack.answer_failed", event_id=event_id, error=str(exc))
-        except Exception:
-            log.exception("slack.answer_failed", event_id=event_id)
+        except Exception as exc:
+            report_failure("slack.answer", exc, event_id=event_id)
 
     async def _ask(self, message: Message) -> Reply | None:
         handler = self._handler
@@ -287,12 +291,13 @@ class SlackAdapter:
             return None
         try:
             return await handler(message)
-        except Exception:
+        except Exception as exc:
             # The pipeline answers its own failures; this is a bug, not a user error.
-            log.exception("slack.handler_failed", event_id=message.event_id)
+            request_id = report_failure("slack.handler", exc, event_id=message.event_id)
             return Reply(
-                title="opsbot failed to answer this; the operator's log has the details",
+                title=failure_line("Answering this", request_id),
                 status=Status.ERROR,
+                request_id=request_id,
             )
 
     # -- answering ------------------------------------------------------------------
@@ -391,7 +396,7 @@ class SlackAdapter:
             return "connected" if await self._socket.client.is_connected() else "reconnecting"
         return "connected" if self._runner is not None else "stopped"
 
-    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         """chat.postMessage to the destination's channel and thread; a later post with the
         same ``key`` edits that message (chat.update) instead of adding one."""
         key = keyed_slot(destination, key)
@@ -419,7 +424,7 @@ class SlackAdapter:
             while len(self._keyed) > _KEYED_MESSAGES:
                 self._keyed.popitem(last=False)
 
-    async def _post_parts(self, destination: Destination, parts: Sequence[SlackMessage]) -> None:
+    async def _post_parts(self, destination: Location, parts: Sequence[SlackMessage]) -> None:
         client = self._require_client()
         for part in parts:
             await self._api(
@@ -483,14 +488,11 @@ def command_message(body: Mapping[str, Any], now: datetime) -> Message | None:
         log.warning("slack.command_malformed", keys=sorted(body))
         return None
     return Message(
-        platform=PLATFORM,
-        channel_id=channel,
+        location=Location(platform=PLATFORM, channel_id=channel, workspace=_text(body, "team_id")),
         user_id=user,
         text=f"{command} {plain_text(_text(body, 'text'))}".strip(),
-        # Stable across redeliveries of the same invocation.
         event_id=_text(body, "trigger_id") or f"command-{secrets.token_hex(8)}",
         received_at=now,
-        workspace=_text(body, "team_id"),
         user_name=_text(body, "user_name"),
         addressed=True,
     )
@@ -514,15 +516,16 @@ def event_message(
     text = plain_text(strip_mention(_text(event, "text"), bot_user_id))
     thread = _text(event, "thread_ts") or (ts if mention else "")
     return Message(
-        platform=PLATFORM,
-        channel_id=channel,
+        location=Location(
+            platform=PLATFORM,
+            channel_id=channel,
+            thread_id=thread or None,
+            workspace=_text(body, "team_id") or _text(event, "team"),
+        ),
         user_id=user,
         text=text,
-        # The Events API id is the same on every retry of the event.
         event_id=_text(body, "event_id") or f"event-{channel}-{ts}",
         received_at=now,
-        workspace=_text(body, "team_id") or _text(event, "team"),
-        thread_id=thread or None,
         addressed=True,
     )
 
@@ -552,15 +555,16 @@ def button_press(body: Mapping[str, Any], now: datetime) -> ButtonPress | None:
     team = body.get("team")
     thread_ts = _text(original, "thread_ts") or _text(container, "thread_ts") or message_ts
     message = Message(
-        platform=PLATFORM,
-        channel_id=channel,
+        location=Location(
+            platform=PLATFORM,
+            channel_id=channel,
+            thread_id=thread_ts,
+            workspace=_text(team, "id") if isinstance(team, Mapping) else _text(user, "team_id"),
+        ),
         user_id=user_id,
         text=command,
-        # One press is one action_ts: a redelivered press is the same event.
         event_id=f"action-{_text(action, 'action_ts') or _text(body, 'trigger_id')}-{user_id}",
         received_at=now,
-        workspace=_text(team, "id") if isinstance(team, Mapping) else _text(user, "team_id"),
-        thread_id=thread_ts,
         user_name=_text(user, "username") or _text(user, "name"),
         addressed=True,
     )

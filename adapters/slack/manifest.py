@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.platforms import SlackSection
-from bot.app.config.models import Config
 from bot.kernel.command import CommandSpec
 
 BOT_SCOPES = ("app_mentions:read", "chat:write", "commands", "im:history")
@@ -25,12 +24,14 @@ _DESCRIPTION_LIMIT = 140  # display_information.description
 _USAGE_HINT_LIMIT = 1000
 
 
-def manifest(config: Config, commands: Sequence[CommandSpec[Any]]) -> dict[str, Any]:
-    section = config.slack or SlackSection()
+def manifest(
+    section: SlackSection | None, bot_name: str, commands: Sequence[CommandSpec[Any, Any]]
+) -> dict[str, Any]:
+    section = section or SlackSection()
     http_mode = section.mode == "http"
     public = (section.public_url or PUBLIC_HOST_PLACEHOLDER).rstrip("/")
     request_url = f"{public}{section.http_path}"
-    name = config.bot.name
+    name = bot_name
 
     slash_commands: list[dict[str, Any]] = []
     for spec in commands:
@@ -75,7 +76,7 @@ def manifest(config: Config, commands: Sequence[CommandSpec[Any]]) -> dict[str, 
     }
 
 
-def usage_hint(spec: CommandSpec[Any]) -> str:
+def usage_hint(spec: CommandSpec[Any, Any]) -> str:
     """``/rollback <tag> [--dry-run]`` -> ``<tag> [--dry-run]`` (Slack shows the command)."""
     usage = " ".join(spec.usage.split())
     head, _, rest = usage.partition(" ")

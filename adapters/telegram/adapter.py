@@ -65,14 +65,13 @@ from telegram.constants import ChatType, MessageEntityType, ParseMode
 from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
 
-from adapters.platforms import TOKEN_VARIABLES
+from adapters.platforms import TOKEN_VARIABLES, TelegramSection
 from adapters.telegram.commands import (
     apply_commands,
     command_aliases,
     refused_token_error,
     require_token,
     scrub,
-    section_of,
 )
 from adapters.telegram.render import (
     TEXT_LIMIT,
@@ -82,13 +81,12 @@ from adapters.telegram.render import (
     render_html,
     utf16_len,
 )
-from bot.app.config.models import Config
-from bot.delivery.outbox import Destination
-from bot.kernel.adapter import AdapterError, MessageHandler, keyed_slot
+from bot.kernel.adapter import AdapterError, MessageHandler, PlatformLimits, Rate, keyed_slot
 from bot.kernel.clock import Clock
 from bot.kernel.command import CommandSpec
 from bot.kernel.errors import DependencyError
-from bot.kernel.message import Message
+from bot.kernel.failures import report_failure
+from bot.kernel.message import Location, Message
 from bot.kernel.reply import Reply
 
 log = structlog.get_logger("opsbot.telegram")
@@ -132,13 +130,28 @@ def decode_thread(thread_id: str | None) -> tuple[int | None, int | None]:
         return None, None
 
 
+def _is_group_chat(location: Location) -> bool:
+    """Telegram gives group and supergroup chats negative ids."""
+    return location.channel_id.startswith("-")
+
+
+# Telegram Bot API FAQ: 1 msg/s per chat, 20 msg/min per group, 30 msg/s overall.
+LIMITS = PlatformLimits(
+    per_channel=Rate(1, 1.0),
+    per_group=Rate(20, 60.0),
+    overall=Rate(30, 1.0),
+    is_group=_is_group_chat,
+)
+
+
 class TelegramAdapter:
     name = PLATFORM
+    limits = LIMITS
 
     def __init__(
         self,
-        config: Config,
-        commands: Sequence[CommandSpec[Any]],
+        section: TelegramSection | None,
+        commands: Sequence[CommandSpec[Any, Any]],
         clock: Clock,
         *,
         limits: RateLimits | None = None,
@@ -148,7 +161,7 @@ class TelegramAdapter:
         """No I/O here. ``poll_timeout``: seconds one getUpdates long poll may wait.
         ``answer_within``: how long a button press waits for its reply before the press is
         answered anyway (the presser's spinner stops; the reply then comes as a message)."""
-        self._section = section_of(config)
+        self._section = section or TelegramSection()
         self._commands = list(commands)
         self._aliases = command_aliases(commands)
         self._clock = clock
@@ -285,8 +298,8 @@ class TelegramAdapter:
                 await self._on_message(update.message, update.update_id)
         except TelegramError as exc:  # no rights in that chat, chat gone, retries used up
             log.warning("telegram.reply_failed", update_id=update.update_id, error=self._scrub(exc))
-        except Exception:
-            log.exception("telegram.update_failed", update_id=update.update_id)
+        except Exception as exc:
+            report_failure("telegram.update", exc, update_id=update.update_id)
 
     async def _on_message(self, tg: TgMessage, update_id: int) -> None:
         handler = self._handler
@@ -298,13 +311,15 @@ class TelegramAdapter:
             return
         topic = tg.message_thread_id if tg.is_topic_message else None
         message = Message(
-            platform=PLATFORM,
-            channel_id=str(tg.chat.id),
+            location=Location(
+                platform=PLATFORM,
+                channel_id=str(tg.chat.id),
+                thread_id=encode_thread(tg.message_id, topic),
+            ),
             user_id=str(user.id),
             text=text,
             event_id=str(update_id),
             received_at=self._clock.now(),
-            thread_id=encode_thread(tg.message_id, topic),
             user_name=user.username or user.full_name,
             addressed=True,
         )
@@ -341,13 +356,15 @@ class TelegramAdapter:
         topic = _topic(origin)
         user = query.from_user
         message = Message(
-            platform=PLATFORM,
-            channel_id=str(origin.chat.id),
+            location=Location(
+                platform=PLATFORM,
+                channel_id=str(origin.chat.id),
+                thread_id=encode_thread(origin.message_id, topic),
+            ),
             user_id=str(user.id),
             text=command,
             event_id=query.id,
             received_at=self._clock.now(),
-            thread_id=encode_thread(origin.message_id, topic),
             user_name=user.username or user.full_name,
             addressed=True,
         )
@@ -439,7 +456,7 @@ class TelegramAdapter:
             return "stopped"
         return "connected" if app.updater.running else "error: polling or the webhook stopped"
 
-    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         key = keyed_slot(destination, key)
         chat = _chat_id(destination.channel_id)
         reply_to, topic = decode_thread(destination.thread_id)

@@ -17,7 +17,6 @@ from telegram import Bot, BotCommand
 from telegram.error import InvalidToken, TelegramError
 
 from adapters.platforms import TOKEN_VARIABLES, TelegramSection
-from bot.app.config.models import Config
 from bot.kernel.adapter import AdapterError
 from bot.kernel.command import CommandSpec
 
@@ -31,12 +30,12 @@ def telegram_name(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
-def command_aliases(commands: Sequence[CommandSpec[Any]]) -> dict[str, str]:
+def command_aliases(commands: Sequence[CommandSpec[Any, Any]]) -> dict[str, str]:
     """Menu name -> registry name, for the names Telegram made us change."""
     return {telegram_name(s.name): s.name for s in commands if telegram_name(s.name) != s.name}
 
 
-def menu(commands: Sequence[CommandSpec[Any]]) -> list[BotCommand]:
+def menu(commands: Sequence[CommandSpec[Any, Any]]) -> list[BotCommand]:
     """One entry per registry command Telegram can show, in registry order."""
     entries: list[BotCommand] = []
     seen: set[str] = set()
@@ -52,15 +51,11 @@ def menu(commands: Sequence[CommandSpec[Any]]) -> list[BotCommand]:
     return entries[:_MENU_LIMIT]
 
 
-async def apply_commands(bot: Bot, commands: Sequence[CommandSpec[Any]]) -> list[BotCommand]:
+async def apply_commands(bot: Bot, commands: Sequence[CommandSpec[Any, Any]]) -> list[BotCommand]:
     """setMyCommands on an initialized bot; returns what was set."""
     entries = menu(commands)
     await bot.set_my_commands(entries)
     return entries
-
-
-def section_of(config: Config) -> TelegramSection:
-    return config.telegram if config.telegram is not None else TelegramSection()
 
 
 def require_token(section: TelegramSection) -> str:
@@ -83,9 +78,11 @@ def refused_token_error() -> AdapterError:
     )
 
 
-async def set_commands(config: Config, commands: Sequence[CommandSpec[Any]]) -> str:
+async def set_commands(
+    section: TelegramSection | None, commands: Sequence[CommandSpec[Any, Any]]
+) -> str:
     """setMyCommands from the registry; a one-line summary for the CLI."""
-    section = section_of(config)
+    section = section or TelegramSection()
     token = require_token(section)
     bot = Bot(token, base_url=section.api_url, base_file_url=section.file_url)
     try:

@@ -13,20 +13,20 @@ from bot.kernel.command import CommandSpec
 
 
 def build_adapters(
-    config: Config, commands: Sequence[CommandSpec[Any]], clock: Clock
+    config: Config, commands: Sequence[CommandSpec[Any, Any]], clock: Clock
 ) -> list[Adapter]:
     """The adapters whose sections are configured and enabled; nothing connects yet."""
     adapters: list[Adapter] = []
     if config.slack is not None and config.slack.enabled:
         from adapters.slack.adapter import SlackAdapter
 
-        adapters.append(SlackAdapter(config, commands, clock))
+        adapters.append(SlackAdapter(config.slack, commands, clock))
     if config.telegram is not None and config.telegram.enabled:
         from adapters.telegram.adapter import TelegramAdapter
 
-        adapters.append(TelegramAdapter(config, commands, clock))
+        adapters.append(TelegramAdapter(config.telegram, commands, clock))
     if config.discord is not None and config.discord.enabled:
         from adapters.discord.adapter import DiscordAdapter
 
-        adapters.append(DiscordAdapter(config, commands, clock))
+        adapters.append(DiscordAdapter(config.discord, commands, clock))
     return adapters

@@ -121,16 +121,16 @@ async def _platform_step(step: str, config: Config) -> int:
 
         from adapters.slack.manifest import manifest
 
-        print(json.dumps(manifest(config, COMMANDS), indent=2))
+        print(json.dumps(manifest(config.slack, config.bot.name, COMMANDS), indent=2))
         return 0
     if step == "discord-sync":
         from adapters.discord.sync import sync_commands
 
-        print(await sync_commands(config, COMMANDS))
+        print(await sync_commands(config.discord, COMMANDS))
         return 0
     from adapters.telegram.commands import set_commands
 
-    print(await set_commands(config, COMMANDS))
+    print(await set_commands(config.telegram, COMMANDS))
     return 0
 
 
@@ -231,8 +231,8 @@ def _configure_logging(config: Config, *, quiet: bool) -> None:
     level = (
         "warning" if quiet and config.bot.log_level in ("debug", "info") else config.bot.log_level
     )
+    from bot.app.storage import database_url
     from bot.audit.redact import secrets_in_url
-    from bot.audit.trail import database_url
 
     # The database password must not reach a log line, even inside a driver's error text.
     configure_logging(level, config.bot.log_format, secrets=secrets_in_url(database_url(config)))
@@ -287,7 +287,7 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
     await bot.start(serve_http=False if args.no_http else None)
     try:
         await console.start(bot.handle)
-        bot.outbox.register("console", console.post)
+        bot.outbox.register("console", console.post, console.limits)
         bot.adapters.set("console", "connected")
         if args.command is not None:
             reply = await console.send(args.command)

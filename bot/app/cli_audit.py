@@ -22,9 +22,10 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from bot.app.config.models import Config
+from bot.app.storage import database_url
 from bot.audit import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema
 from bot.audit.record import FIELD_NAMES
-from bot.audit.trail import database_url, is_embedded, migrate
+from bot.audit.trail import is_embedded, migrate
 from bot.kernel.durations import parse_duration
 from bot.kernel.errors import DependencyError, UserError
 from bot.storage.migrate import DEPENDENCY, current_revision

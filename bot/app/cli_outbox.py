@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bot.app.config.models import Config
+from bot.app.storage import database_url
 from bot.audit import check_schema
-from bot.audit.trail import database_url
 from bot.delivery.store import OutboxRow, OutboxStore, RowState
 from bot.kernel.durations import format_duration
 from bot.storage.database import StateDatabase

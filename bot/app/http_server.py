@@ -14,11 +14,14 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.kernel.errors import DependencyError
+from bot.kernel.failures import report_failure
 from bot.kernel.metrics import CONTENT_TYPE, Metrics
 from bot.kernel.version import __version__
 
@@ -58,14 +61,33 @@ def build_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return Starlette(
+        middleware=[Middleware(_FailureSink)],
         routes=[
             Route("/health", health),
             Route("/ready", ready),
             Route("/version", version),
             Route("/metrics", metrics_endpoint),
-            *extra_routes,  # POST /alerts, /alerts/alertmanager (bot.alerts)
-        ]
+            *extra_routes,  # POST /alerts, /alerts/alertmanager (bot.features.alerts.intake)
+        ],
     )
+
+
+class _FailureSink(BaseHTTPMiddleware):
+    """An endpoint that fails answers 500 with the request id its log line carries,
+    as a chat command does, instead of a bare "Internal Server Error"."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            request_id = report_failure(f"http {request.method} {request.url.path}", exc)
+            return JSONResponse(
+                {
+                    "error": "internal error; the operator's log has the details",
+                    "request_id": request_id,
+                },
+                status_code=500,
+            )
 
 
 class HttpServer:

@@ -12,27 +12,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from bot.kernel.logcontext import merge_request_context
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
-
-
-# The current request's log fields; the dict belongs to that request (set, then filled in).
-REQUEST_CONTEXT: ContextVar[dict[str, Any] | None] = ContextVar(
-    "opsbot_request_context", default=None
-)
-
-
-def merge_request_context(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    fields = REQUEST_CONTEXT.get()
-    if fields:
-        return {**fields, **event}
-    return event
 
 
 class SecretMasker:

@@ -16,7 +16,9 @@ import structlog
 
 from bot.app.config.models import Config
 from bot.app.http_server import HttpServer, build_app
-from bot.audit.trail import AuditTrail, database_url, open_trail, prepare_database
+from bot.app.services import Services
+from bot.app.storage import database_url, open_trail, prepare_database
+from bot.audit.trail import AuditTrail
 from bot.cluster.dedup import (
     ClaimStore,
     DatabaseClaims,
@@ -26,15 +28,18 @@ from bot.cluster.dedup import (
     RememberingDedup,
     WriterProcessClaims,
 )
+from bot.cluster.http_clients import HttpClients
 from bot.cluster.leader import leadership_for
 from bot.cluster.pauses import RedisPauses
 from bot.cluster.redis_clients import RedisClients
 from bot.cluster.scheduler import Scheduler
+from bot.delivery.adapters import AdapterBoard
 from bot.delivery.outbox import Outbox
 from bot.delivery.store import OutboxStore
 from bot.features.actions.approvals import ApprovalStore
 from bot.features.actions.job_locks import RedisJobLocks
 from bot.features.actions.jobs import JobBoard
+from bot.features.actions.service import ActionService
 from bot.features.alerts.board import AlertBoard, AlertDedup, MemoryAlertDedup, RedisAlertDedup
 from bot.features.alerts.checks import Checks, Measurer
 from bot.features.alerts.config import AlertsSection
@@ -45,15 +50,18 @@ from bot.features.alerts.streaks import LocalStreaks, RedisStreaks
 from bot.features.heartbeats.service import Heartbeats
 from bot.features.policy.store import RedisPolicyStore
 from bot.features.policy.switch import PolicySwitch
+from bot.features.probes.targets import ServiceTargets
+from bot.features.queues.watched import WatchedQueues
 from bot.kernel.adapter import Adapter, AdapterError
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.command import CommandSpec
+from bot.kernel.failures import failure_line, report_failure
+from bot.kernel.info import BotInfo
 from bot.kernel.message import Message
 from bot.kernel.metrics import Metrics
-from bot.kernel.reply import Reply
+from bot.kernel.reply import Reply, Status
 from bot.pipeline.authorize import Authorizer
 from bot.pipeline.catalog import Catalog
-from bot.pipeline.context import AdapterBoard, HttpClients, Toolbox
 from bot.pipeline.dispatch import Dispatcher
 from bot.pipeline.flood import FloodGuard
 from bot.pipeline.identify import Directory
@@ -64,18 +72,17 @@ class Bot:
     def __init__(
         self,
         config: Config,
-        commands: Sequence[CommandSpec[Any]],
+        commands: Sequence[CommandSpec[Any, Any]],
         *,
         clock: Clock | None = None,
         config_source: str = "",
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.info = BotInfo(config.bot.name, config_source, self.clock.now())
         self.audit: AuditTrail = open_trail(config, self.clock)
         self.metrics = Metrics()
-        self.directory = Directory(config)
-        self.authorizer = Authorizer(config, list(commands))
-        self.catalog = Catalog(commands, self.authorizer)
+        self.directory = Directory(config.identities, config.roles, config.channels)
         self.redis_clients = RedisClients()
         self.policy = PolicySwitch(
             config.policy,
@@ -119,6 +126,15 @@ class Bot:
             shared_slots=_shared_job_slots(config, self.redis_clients),
             replica=config.bot.replica_id,
         )
+        self.actions = ActionService(
+            config.actions,
+            approvals=self.approvals,
+            jobs=self.jobs,
+            outbox=self.outbox,
+            audit=self.audit,
+            clock=self.clock,
+            base_dir=_base_dir(config_source),
+        )
         # With Redis, one replica (the lease holder) runs the scheduled work.
         self.leadership = leadership_for(config.state, self.redis_clients, config.bot.replica_id)
         self.scheduler = Scheduler(
@@ -131,7 +147,11 @@ class Bot:
             ),
         )
         self.heartbeats = Heartbeats(
-            config,
+            config.heartbeat,
+            services=config.services,
+            queues=config.queues,
+            channels=config.channels,
+            bot_name=config.bot.name,
             scheduler=self.scheduler,
             outbox=self.outbox,
             metrics=self.metrics,
@@ -139,12 +159,13 @@ class Bot:
             redis=self.redis_clients,
             adapters=self.adapters,
             clock=self.clock,
-            started_at=lambda: self.tools.started_at,
+            started_at=lambda: self.info.started_at,
         )
         self.alert_board = AlertBoard(AlertStore(self.state_db))
         self.alert_dedup = _alert_dedup(config, self.redis_clients)
         self.alert_intake = AlertIntake(
-            config,
+            config.alerts,
+            channels=config.channels,
             board=self.alert_board,
             dedup=self.alert_dedup,
             outbox=self.outbox,
@@ -154,11 +175,13 @@ class Bot:
             metrics=self.metrics,
         )
         self.checks = Checks(
-            config,
+            config.checks,
             scheduler=self.scheduler,
             board=self.alert_board,
             intake=self.alert_intake,
-            measurer=Measurer(config, self.http_clients, self.redis_clients),
+            measurer=Measurer(
+                config.services, config.queues, self.http_clients, self.redis_clients
+            ),
             metrics=self.metrics,
             clock=self.clock,
             streaks=(
@@ -167,29 +190,18 @@ class Bot:
                 else LocalStreaks()
             ),
         )
-        self.tools = Toolbox(
-            config=config,
-            clock=self.clock,
-            policy=self.policy,
-            catalog=self.catalog,
-            http=self.http_clients,
-            redis=self.redis_clients,
-            adapters=self.adapters,
-            audit=self.audit,
-            started_at=self.clock.now(),
-            config_source=config_source,
-            jobs=self.jobs,
-            approvals=self.approvals,
-            outbox=self.outbox,
-            base_dir=_base_dir(config_source),
-            scheduler=self.scheduler,
-            heartbeats=self.heartbeats,
-            alerts=self.alert_board,
-            checks=self.checks,
-            silences=self.silences,
+        self.authorizer = Authorizer(
+            config.policy, commands, actions=self.actions, policy_switch=self.policy
         )
+        self.catalog = Catalog(commands, self.authorizer)
+        self.services = self._services()
         self.dispatcher = Dispatcher(
-            tools=self.tools,
+            bot_name=config.bot.name,
+            command_timeout=config.bot.command_timeout,
+            clock=self.clock,
+            dependencies={
+                spec.name: self.services.provide(spec.needs, command=spec.name) for spec in commands
+            },
             directory=self.directory,
             authorizer=self.authorizer,
             catalog=self.catalog,
@@ -204,10 +216,34 @@ class Bot:
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
         self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
 
+    def _services(self) -> Services:
+        """What commands may ask for, by type (each command's ``needs`` names its own)."""
+        services = Services()
+        services.add(Clock, self.clock)
+        services.add(BotInfo, self.info)
+        services.add(AuditTrail, self.audit)
+        services.add(PolicySwitch, self.policy)
+        services.add(AdapterBoard, self.adapters)
+        services.add(HttpClients, self.http_clients)
+        services.add(RedisClients, self.redis_clients)
+        services.add(ApprovalStore, self.approvals)
+        services.add(JobBoard, self.jobs)
+        services.add(ActionService, self.actions)
+        services.add(Scheduler, self.scheduler)
+        services.add(Heartbeats, self.heartbeats)
+        services.add(AlertBoard, self.alert_board)
+        services.add(Silences, self.silences)
+        services.add(Checks, self.checks)
+        services.add(Authorizer, self.authorizer)
+        services.add(Catalog, self.catalog)
+        services.add(ServiceTargets, ServiceTargets(self.config.services))
+        services.add(WatchedQueues, WatchedQueues(self.config.queues))
+        return services
+
     async def start(self, *, serve_http: bool | None = None, defer_scheduled: bool = False) -> None:
         """Open state, the outbox and the HTTP server; then, unless ``defer_scheduled``,
         :meth:`start_scheduled`."""
-        self.tools.started_at = self.clock.now()
+        self.info.started_at = self.clock.now()
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
         await self.audit.start()
@@ -220,7 +256,7 @@ class Bot:
                 build_app(
                     self.metrics,
                     self.readiness,
-                    alert_routes(self.alert_intake, self.config),
+                    alert_routes(self.alert_intake, self.config.alerts),
                 ),
                 self.config.http.host,
                 self.config.http.port,
@@ -256,7 +292,7 @@ class Bot:
                 _log.exception("adapter.failed", adapter=adapter.name)
                 continue
             self._attached.append(adapter)
-            self.outbox.register(adapter.name, adapter.post)
+            self.outbox.register(adapter.name, adapter.post, adapter.limits)
             self.adapters.set(adapter.name, "connected")
             self.adapters.watch(adapter.name, adapter.state)
             _log.info("adapter.connected", adapter=adapter.name)
@@ -289,7 +325,17 @@ class Bot:
         await self.audit.close()
 
     async def handle(self, message: Message) -> Reply | None:
-        return await self.dispatcher.handle(message)
+        """The handler every adapter calls: it answers, or stays silent, and never raises
+        (an adapter would only log what escaped, and the person would see nothing)."""
+        try:
+            return await self.dispatcher.handle(message)
+        except Exception as exc:
+            request_id = report_failure("pipeline", exc, platform=message.platform)
+            return Reply(
+                title=failure_line("Answering this", request_id),
+                status=Status.ERROR,
+                request_id=request_id,
+            )
 
     async def readiness(self) -> dict[str, str]:
         checks = {"audit": self.audit.state()}

@@ -47,7 +47,7 @@ from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.audit import rows as row_layout
+import bot.audit.rows as row_layout
 from bot.audit.chain import GENESIS_HASH, ChainVerifier, VerifyResult
 from bot.audit.record import AuditEntry, StoredEntry, format_at
 from bot.audit.rows import COLUMNS, insert_sql, linked_rows
@@ -188,7 +188,7 @@ class AuditStore:
         self._clock = clock or SystemClock()
         self._engine: AsyncEngine | None = None
         # SQLite: the one process that writes the file on the hot path (entries, and the
-        # dedup's claims through bot.state.dedup.WriterProcessClaims).
+        # dedup's claims through bot.cluster.dedup.WriterProcessClaims).
         parsed = make_url(url)
         self._sqlite_writer: SqliteWriterProcess | None = (
             SqliteWriterProcess(parsed.database or "")

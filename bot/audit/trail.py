@@ -12,20 +12,22 @@ import contextlib
 import enum
 import functools
 import hashlib
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
-from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from bot.app.config.models import Config
-from bot.audit import AuditEntry, AuditStore, check_schema, upgrade
-from bot.audit.redact import Redactor, secrets_in_url
-from bot.audit.store import is_connection_error
+from bot.audit.record import AuditEntry
+from bot.audit.redact import Redactor
+from bot.audit.store import AuditStore
 from bot.kernel.clock import Clock
+from bot.kernel.command import Request
 from bot.kernel.deadlines import Deadlines
 from bot.kernel.errors import DependencyError
+from bot.storage.migrate import upgrade
 
 log = structlog.get_logger("opsbot.audit")
 
@@ -111,6 +113,47 @@ class AuditTrail:
         )
         await receipt
 
+    async def record_event(
+        self,
+        request: Request,
+        *,
+        kind: str,
+        command: str,
+        args: Mapping[str, Any],
+        status: str,
+        detail: str,
+        stage: str = "event",
+        request_id: str | None = None,
+        approvers: tuple[str, ...] = (),
+        error: str | None = None,
+    ) -> datetime:
+        """Commit an entry for a state change the person of ``request`` made (an approval,
+        an ack, a pause) before it takes effect; returns the time it was recorded at."""
+        now = self._clock.now()
+        message = request.message
+        await self.record_durably(
+            AuditEntry(
+                request_id=request_id or request.request_id,
+                at=now,
+                stage=stage,
+                kind=kind,
+                platform=message.platform,
+                workspace=message.workspace,
+                channel=message.channel_id,
+                thread=message.thread_id,
+                user_id=message.user_id,
+                principal=request.principal.name,
+                command=command,
+                args=args,
+                approvers=approvers,
+                status=status,
+                error=None if error is None else self.redactor.text(error),
+                detail=detail,
+                replica=self.replica,
+            )
+        )
+        return now
+
     def output(self, rendered: str) -> tuple[str, str]:
         """(sha256 of the whole output, its first ``excerpt_chars`` characters)."""
         digest = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
@@ -162,93 +205,20 @@ def _stop_waiting(receipt: asyncio.Future[None], request_id: str) -> None:
         log.warning("audit.reply_not_waiting", request_id=request_id)
 
 
-def database_url(config: Config) -> str:
-    """The configured audit database, or the embedded default: an SQLite file in data_dir."""
-    if config.audit.database_url:
-        return config.audit.database_url
-    return f"sqlite+aiosqlite:///{(config.bot.data_dir / 'audit.db').absolute()}"
-
-
-def spool_path(config: Config) -> Path:
-    return config.audit.spool_path or config.bot.data_dir / "audit-spool.jsonl"
-
-
 def is_embedded(url: str) -> bool:
     return url.startswith("sqlite")
-
-
-async def prepare_database(config: Config) -> None:
-    """Start-up's schema step. The embedded SQLite file is created and migrated here; a
-    configured server is only checked (replicas share it: `opsbot db upgrade` migrates).
-
-    Raises :class:`DependencyError` for an unmigrated, older or newer schema. A server that
-    cannot be reached is not fatal: the bot answers and spools until it is back.
-    """
-    url = database_url(config)
-    _make_dir(spool_path(config).parent, "audit spool")
-    if is_embedded(url):
-        await migrate(url)
-        return
-    try:
-        await check_schema(url)
-    except DependencyError as exc:
-        if exc.original is None or not is_connection_error(exc.original):
-            raise
-        log.warning(
-            "audit.database_unreachable_at_start",
-            error=str(exc.original),
-            hint="answering anyway; audit records wait in the spool until it is back",
-        )
 
 
 async def migrate(url: str) -> None:
     """Bring the database at ``url`` to this opsbot's schema (creating an SQLite file's
     directory first)."""
     if is_embedded(url):
-        _make_dir(Path(make_url(url).database or "").parent, "audit database")
+        make_dir(Path(make_url(url).database or "").parent, "audit database")
     await upgrade(url)
 
 
-def _make_dir(path: Path, what: str) -> None:
+def make_dir(path: Path, what: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DependencyError(what, f"cannot create directory {path}: {exc.strerror}") from exc
-
-
-def configured_secrets(config: Config) -> list[str]:
-    """Secret values in the config besides the database's: Redis passwords, the actions'
-    secret_env, the platform tokens, the alerts token. Whatever echoes one (a script, an
-    error) is masked."""
-    urls = [q.redis_url.get_secret_value() for q in config.queues]
-    if config.state.redis_url is not None:
-        urls.append(config.state.redis_url.get_secret_value())
-    secrets = [password for url in urls for password in secrets_in_url(url)]
-    secrets += [v.get_secret_value() for a in config.actions for v in a.secret_env.values()]
-    for section in (config.slack, config.telegram, config.discord):
-        if section is not None:
-            secrets += [
-                value.get_secret_value()
-                for value in section.__dict__.values()
-                if isinstance(value, SecretStr)
-            ]
-    if config.alerts is not None and config.alerts.token is not None:
-        secrets.append(config.alerts.token.get_secret_value())
-    return secrets
-
-
-def open_trail(config: Config, clock: Clock) -> AuditTrail:
-    """The trail for ``config``; nothing is opened until ``trail.store.start()``."""
-    url = database_url(config)
-    redactor = Redactor.for_config(url, config.audit.redact_patterns, configured_secrets(config))
-    store = AuditStore(url, spool_path=spool_path(config), clock=clock)
-    return AuditTrail(
-        store,
-        redactor,
-        replica=config.bot.replica_id,
-        excerpt_chars=config.audit.excerpt_chars,
-        reply_wait=config.audit.reply_wait,
-        clock=clock,
-        retention=timedelta(days=config.audit.retention_days),
-        retention_every=config.audit.retention_every,
-    )

@@ -50,7 +50,7 @@ from bot.kernel.errors import InternalError
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
-    from bot.features.actions.config import StateSection
+    from bot.cluster.config import StateSection
 
 log = structlog.get_logger("opsbot.leader")
 

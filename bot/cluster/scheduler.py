@@ -34,6 +34,7 @@ from bot.cluster.pauses import RedisPauses
 from bot.cluster.redis_clients import StateRedisUnavailable
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
+from bot.kernel.failures import report_failure
 
 log = structlog.get_logger("opsbot.scheduler")
 
@@ -335,8 +336,8 @@ class Scheduler:
             except asyncio.CancelledError:
                 log.warning("scheduler.job_cancelled", job=job.name)
                 raise
-            except Exception:
-                log.exception("scheduler.job_failed", job=job.name)
+            except Exception as exc:
+                report_failure("scheduler.job", exc, job=job.name)
 
 
 # Set in a scheduled (leader-only) run's task; run_now() runs anywhere and is not fenced.

@@ -7,8 +7,8 @@ How a message travels:
 * ``post()`` writes it to the ``outbox`` table and returns True: from then on it survives
   a restart. A worker per destination (platform, workspace, channel, thread) delivers that
   destination's messages one at a time, in the order they were posted.
-* Before each delivery the worker waits for the destination's rate limits (:data:`LIMITS`)
-  and for any pause a platform asked for.
+* Before each delivery the worker waits for the rate limits the platform's adapter
+  declares (``Adapter.limits``) and for any pause a platform asked for.
 * ``key`` names a message that later posts replace (a job's progress): if a newer message
   with the same key is queued before the older one went out, only the newest is sent. An
   adapter that can edit messages updates the one it posted under that key.
@@ -66,7 +66,7 @@ import contextvars
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -74,9 +74,10 @@ from typing import TYPE_CHECKING
 import structlog
 from aiolimiter import AsyncLimiter
 
+from bot.kernel.adapter import PlatformLimits, Poster, Rate
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError
-from bot.kernel.message import Message
+from bot.kernel.message import Location
 from bot.kernel.metrics import Metrics
 from bot.kernel.reply import Reply, Status
 
@@ -84,66 +85,6 @@ if TYPE_CHECKING:
     from bot.delivery.store import OutboxRow, OutboxStore
 
 log = structlog.get_logger("opsbot.outbound")
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where a conversation happens: a channel, and the thread in it if there is one."""
-
-    platform: str
-    channel_id: str
-    thread_id: str | None = None
-    workspace: str = ""
-
-    @classmethod
-    def of(cls, message: Message) -> Destination:
-        return cls(message.platform, message.channel_id, message.thread_id, message.workspace)
-
-
-Poster = Callable[[Destination, Reply, str | None], Awaitable[None]]
-"""How an adapter posts to its platform: ``(destination, reply, key)``. It raises on
-failure (the outbox retries); :class:`RetryAfter` when the platform asked to wait."""
-
-
-class RetryAfter(Exception):
-    """Raised by a poster when the platform said "retry after N seconds": the outbox
-    pauses that destination for ``retry_after`` seconds, then tries again."""
-
-    def __init__(self, retry_after: float, message: str = "") -> None:
-        super().__init__(message or f"rate limited: retry after {retry_after:g} s")
-        self.retry_after = retry_after
-
-
-# ------------------------------------------------------------------ rate limits
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """At most ``count`` messages per ``seconds`` (a leaky bucket: ``count`` is the burst)."""
-
-    count: float
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class PlatformLimits:
-    per_channel: Rate | None = None  # each channel (a thread shares its channel's limit)
-    per_group: Rate | None = None  # Telegram group chats (negative chat id), on top
-    overall: Rate | None = None  # everything the bot posts on this platform
-
-
-LIMITS: Mapping[str, PlatformLimits] = {
-    # Slack: "1 message per second per channel", short bursts tolerated.
-    "slack": PlatformLimits(per_channel=Rate(1, 1.0)),
-    # Telegram Bot API FAQ: 1 msg/s per chat, 20 msg/min per group, 30 msg/s overall.
-    "telegram": PlatformLimits(
-        per_channel=Rate(1, 1.0), per_group=Rate(20, 60.0), overall=Rate(30, 1.0)
-    ),
-    # Discord: 5 messages per 5 s per channel.
-    "discord": PlatformLimits(per_channel=Rate(5, 5.0)),
-    # A terminal: no limit. So is any platform not named here.
-    "console": PlatformLimits(),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +146,6 @@ class Outbox:
         lease: float = LEASE_S,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
-        limits: Mapping[str, PlatformLimits] = LIMITS,
         retry: RetryPolicy | None = None,
     ) -> None:
         """``store`` None: a queue in memory only (nothing survives a restart).
@@ -220,10 +160,10 @@ class Outbox:
         self._window = lease * (1 - _MARGIN)
         self._clock = clock or SystemClock()
         self._metrics = metrics
-        self._limits = limits
+        self._limits: dict[str, PlatformLimits] = {}
         self.retry = retry or RetryPolicy()
         self._posters: dict[str, Poster] = {}
-        self._lanes: dict[Destination, _Lane] = {}
+        self._lanes: dict[Location, _Lane] = {}
         self._limiters: dict[tuple[str, ...], AsyncLimiter] = {}
         # Held while the rows this outbox holds may change in the database and in memory
         # together (post, claim, renewal): a claim must not take a row that post() has
@@ -241,8 +181,11 @@ class Outbox:
 
     # ------------------------------------------------------------------ adapters
 
-    def register(self, platform: str, poster: Poster) -> None:
+    def register(self, platform: str, poster: Poster, limits: PlatformLimits | None = None) -> None:
+        """Deliver ``platform``'s messages through ``poster``, within the rate limits its
+        adapter declares (none given: no limit, as for a terminal)."""
         self._posters[platform] = poster
+        self._limits[platform] = limits or PlatformLimits()
         for destination, lane in self._lanes.items():
             if destination.platform == platform:
                 lane.wake.set()
@@ -325,7 +268,7 @@ class Outbox:
 
     async def post(
         self,
-        destination: Destination,
+        destination: Location,
         reply: Reply,
         *,
         key: str | None = None,
@@ -383,13 +326,13 @@ class Outbox:
 
     # ------------------------------------------------------------------ delivery
 
-    def _lane(self, destination: Destination) -> _Lane:
+    def _lane(self, destination: Location) -> _Lane:
         lane = self._lanes.get(destination)
         if lane is None:
             lane = self._lanes[destination] = _Lane()
         return lane
 
-    def _kick(self, destination: Destination, lane: _Lane) -> None:
+    def _kick(self, destination: Location, lane: _Lane) -> None:
         lane.wake.set()
         if self._running and lane.task is None and lane.items:
             # A fresh context: the worker must not log under the request that woke it.
@@ -405,7 +348,7 @@ class Outbox:
             for destination, lane in self._lanes.items()
         )
 
-    async def _deliver(self, destination: Destination, lane: _Lane) -> None:
+    async def _deliver(self, destination: Location, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         try:
             while lane.items:
@@ -455,14 +398,14 @@ class Outbox:
             if not lane.items and self._lanes.get(destination) is lane:
                 del self._lanes[destination]
 
-    async def _acquire(self, destination: Destination) -> None:
+    async def _acquire(self, destination: Location) -> None:
         limits = self._limits.get(destination.platform)
         if limits is None:
             return
         channel = (destination.platform, destination.workspace, destination.channel_id)
         if limits.overall is not None:
             await self._limiter((destination.platform,), limits.overall).acquire()
-        if limits.per_group is not None and destination.channel_id.startswith("-"):
+        if limits.per_group is not None and limits.is_group(destination):
             await self._limiter(("group", *channel), limits.per_group).acquire()
         if limits.per_channel is not None:
             await self._limiter(channel, limits.per_channel).acquire()
@@ -474,7 +417,7 @@ class Outbox:
         return limiter
 
     async def _failed(
-        self, destination: Destination, lane: _Lane, batch: Sequence[_Item], exc: Exception
+        self, destination: Location, lane: _Lane, batch: Sequence[_Item], exc: Exception
     ) -> None:
         loop = asyncio.get_running_loop()
         attempts = max(item.attempts for item in batch) + 1
@@ -650,9 +593,9 @@ class Outbox:
 
     def _adopt(self, rows: Sequence[OutboxRow], sent: float) -> None:
         """Queue claimed rows, each in id order among what its destination holds."""
-        touched: dict[Destination, _Lane] = {}
+        touched: dict[Location, _Lane] = {}
         for row in rows:
-            destination = Destination(row.platform, row.channel, row.thread, row.workspace)
+            destination = Location(row.platform, row.channel, row.thread, row.workspace)
             lane = self._lane(destination)
             item = _Item(row.id, row.reply, row.key, row.coalesce, row.attempts, confirmed=sent)
             position = len(lane.items)

@@ -12,20 +12,56 @@ others running.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from bot.delivery.outbox import Destination
 from bot.kernel.errors import OpsbotError
-from bot.kernel.message import Message
+from bot.kernel.message import Location, Message
 from bot.kernel.reply import Reply
 
 MessageHandler = Callable[[Message], Awaitable[Reply | None]]
+
+Poster = Callable[[Location, Reply, str | None], Awaitable[None]]
+"""How an adapter posts to its platform: ``(location, reply, key)``. It raises on
+failure (the outbox retries); :class:`RetryAfter` when the platform asked to wait."""
+
+
+class RetryAfter(Exception):
+    """Raised by a poster when the platform said "retry after N seconds": the outbox
+    pauses that location for ``retry_after`` seconds, then tries again."""
+
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        super().__init__(message or f"rate limited: retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` messages per ``seconds`` (a leaky bucket: ``count`` is the burst)."""
+
+    count: float
+    seconds: float
+
+
+def _never(_: Location) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformLimits:
+    """The rates a platform allows, as its adapter declares them (a platform fact, so it
+    lives with the adapter); the outbox waits for them before each post."""
+
+    per_channel: Rate | None = None  # each channel (a thread shares its channel's limit)
+    per_group: Rate | None = None  # channels ``is_group`` picks out, on top
+    overall: Rate | None = None  # everything the bot posts on this platform
+    is_group: Callable[[Location], bool] = _never
 
 
 class AdapterError(OpsbotError):
     """An adapter could not start or lost its platform; the message is for the operator.
     ``retry_after``: the platform refused for its rate limit and said how many seconds to
-    wait (the outbox pauses the destination that long before trying again)."""
+    wait (the outbox pauses the location that long before trying again)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -34,6 +70,7 @@ class AdapterError(OpsbotError):
 
 class Adapter(Protocol):
     name: str  # the platform name, as in Message.platform and platform ids ("slack")
+    limits: PlatformLimits  # the platform's posting rates, which the outbox keeps to
 
     async def start(self, handler: MessageHandler) -> None:
         """Connect and begin delivering messages; returns once connected."""
@@ -48,15 +85,15 @@ class Adapter(Protocol):
         /status ask, so a connection lost after start-up shows there."""
         ...
 
-    async def post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def post(self, location: Location, reply: Reply, key: str | None) -> None:
         """Send ``reply`` unprompted (job progress, results). ``key`` names a message that
         later posts with the same key replace, where the platform can edit messages."""
         ...
 
 
-def keyed_slot(destination: Destination, key: str | None) -> str | None:
+def keyed_slot(location: Location, key: str | None) -> str | None:
     """Where an adapter remembers the message it posted under ``key``: one per channel
     (and thread), because the outbox posts one key to every channel of an alert route."""
     if key is None:
         return None
-    return f"{destination.workspace}/{destination.channel_id}/{destination.thread_id or ''}/{key}"
+    return f"{location.workspace}/{location.channel_id}/{location.thread_id or ''}/{key}"

@@ -1,9 +1,17 @@
 """The contract every chat command implements: a typed spec and one handler signature.
 
-    async def run(ctx: Context, args: MyArgs) -> Reply
+    @dataclass(frozen=True)
+    class AuditDeps:               # the services this command uses, and nothing else
+        audit: AuditTrail
+        clock: Clock
+
+    async def run(request: Request, args: AuditArgs, deps: AuditDeps) -> Reply
 
 Arguments are declared as a pydantic model; ``positional`` names the fields the
 bare words fill, in order, and ``rest`` the field that takes whatever words remain.
+``needs`` names the dependency class: the application builds one per command from the
+services it declares (``bot.app.services``), so a command's dependencies are readable
+from its signature and a test builds it with only those parts.
 """
 
 from __future__ import annotations
@@ -17,11 +25,59 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bot.kernel.errors import UsageError
+from bot.kernel.message import OptionValue, ParsedCommand
 
 if TYPE_CHECKING:
+    from bot.kernel.message import Message
     from bot.kernel.reply import Reply
-    from bot.pipeline.context import Context
-    from bot.pipeline.parse import ParsedCommand
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A person as the config names them, with their roles expanded."""
+
+    name: str
+    roles: frozenset[str]
+    platform_ids: tuple[str, ...]
+
+
+class ActionVerb(enum.StrEnum):
+    RUN = "run"  # target: the action's name
+    APPROVE = "approve"  # target: the approval request's id
+    DENY = "deny"  # target: the approval request's id
+    CANCEL = "cancel"  # target: the job's id
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRef:
+    """What an action command acts on, for the authorizer to resolve and decide."""
+
+    verb: ActionVerb
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The authorizer's one answer for a request: allowed or not, the rule that decided
+    (a config key path or a built-in rule, recorded in the audit log), why not, and
+    whether a second person must approve before an action runs."""
+
+    allowed: bool
+    rule: str
+    reason: str = ""
+    needs_approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a command handler is told about the request: who asked, where, the id every
+    audit entry, log line and reply of this request carries, and what was decided."""
+
+    request_id: str
+    message: Message
+    principal: Principal
+    channel: str | None  # the configured channel name, None outside configured channels
+    decision: Decision
 
 
 class Risk(enum.StrEnum):
@@ -48,15 +104,22 @@ class NoArgs(Args):
 
 
 ArgsT = TypeVar("ArgsT", bound=Args)
+DepsT = TypeVar("DepsT")
 
 
 @dataclass(frozen=True, slots=True)
-class CommandSpec(Generic[ArgsT]):
+class NoDeps:
+    """For a command that needs no service (``/whoami``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec(Generic[ArgsT, DepsT]):
     name: str
     summary: str
     usage: str
     args_model: type[ArgsT]
-    run: Callable[[Context, ArgsT], Awaitable[Reply]]
+    run: Callable[[Request, ArgsT, DepsT], Awaitable[Reply]]
+    needs: type[DepsT]
     positional: tuple[str, ...] = ()
     rest: str | None = None
     risk: Risk = Risk.READ
@@ -68,6 +131,9 @@ class CommandSpec(Generic[ArgsT]):
     # model does not declare. Both for /run, whose arguments depend on the action.
     rest_words: str | None = None
     extra_options: str | None = None
+    # For action commands: what the bound arguments act on, so the authorizer decides the
+    # action's roles, approver roles, the requester rule and the need for approval too.
+    acts_on: Callable[[ArgsT], ActionRef | None] | None = None
 
     def bind(self, parsed: ParsedCommand) -> ArgsT:
         """Fill the args model from the parsed words; any mismatch is a UsageError."""
@@ -88,7 +154,7 @@ class CommandSpec(Generic[ArgsT]):
             else:
                 values[self.rest] = " ".join(words)
         fields = self.args_model.model_fields
-        extra: dict[str, str | bool] = {}
+        extra: dict[str, OptionValue] = {}
         for key, value in parsed.options.items():
             if self.extra_options is not None and key not in fields:
                 extra[key] = value

@@ -1,13 +1,30 @@
-"""Shared building blocks of the config models."""
+"""Shared building blocks of the config models, which each layer and feature keeps with
+itself (``bot.app.config.models.Config`` puts them together)."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    StringConstraints,
+)
 
 from bot.kernel.durations import parse_duration
+from bot.kernel.platform_ids import check_channel_id, check_user_id
+
+
+class Strict(BaseModel):
+    """A config model: unknown keys are refused (a typo in an allow-list must stop the
+    bot, not silently grant or deny: errbot#711, #1606), and it cannot change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _duration(value: Any) -> Any:
@@ -26,3 +43,30 @@ def _positive(value: timedelta) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from exc
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"'{value}' is not an http:// or https:// URL")
+    return value
+
+
+def _redis_url(value: SecretStr) -> SecretStr:
+    if not re.match(r"^(redis|rediss|unix)://", value.get_secret_value()):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
+UserId = Annotated[str, AfterValidator(check_user_id)]
+ChannelId = Annotated[str, AfterValidator(check_channel_id)]
+Pattern = Annotated[str, AfterValidator(_regex)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]

@@ -1,26 +1,37 @@
-"""Authorization: deny by default, decided before dispatch, and always explainable.
+"""Authorization: the one place that decides who may run what, before anything runs.
 
-A decision names the rule that matched (a config key path or a built-in rule), so
-the audit log can answer "why was this allowed?" after an incident.
+Deny by default. One :class:`Decision` per request, made in two steps the pipeline takes
+in order: the command's rule (roles, channels) as soon as the command is known, then,
+once the arguments are read, the argument rules and, for an action command, the action's
+own rules: its roles (/rollback, /run, /cancel), its approver roles and the requester
+rule (/approve, /deny), and whether a second person must approve (high risk while the
+policy mode is strict). A decision names the rule that matched (a config key path or a
+built-in rule), so the audit log can answer "why was this allowed?" after an incident.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.app.config.models import Config
-from bot.app.config.references import ANY_ROLE
-from bot.kernel.command import Access, CommandSpec
-from bot.pipeline.identify import Principal
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    rule: str
-    reason: str = ""
+from bot.features.actions.config import ActionConfig
+from bot.features.actions.service import ActionService
+from bot.features.policy.config import PolicyMode, PolicySection
+from bot.features.policy.switch import PolicySwitch
+from bot.kernel.command import (
+    Access,
+    ActionRef,
+    ActionVerb,
+    Args,
+    CommandSpec,
+    Decision,
+    Principal,
+    Risk,
+)
+from bot.kernel.errors import UsageError, UserError
+from bot.pipeline.config import ANY_ROLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +51,26 @@ class _CommandRule:
 
 
 UNKNOWN_USER_RULE = "deny:unknown-user"
+REQUESTER_MAY_NOT_APPROVE = "approval:requester-may-not-approve"
 _ANYTHING = re.compile(".*", re.DOTALL)
 
 
 class Authorizer:
-    def __init__(self, config: Config, specs: list[CommandSpec[Any]]) -> None:
-        admin_roles = frozenset(config.policy.admin_roles)
+    def __init__(
+        self,
+        policy: PolicySection,
+        specs: Sequence[CommandSpec[Any, Any]],
+        *,
+        actions: ActionService | None = None,
+        policy_switch: PolicySwitch | None = None,
+    ) -> None:
+        """``actions`` and ``policy_switch`` let the authorizer decide action commands
+        (without them, every action command is denied)."""
+        self._actions = actions
+        self._switch = policy_switch
+        admin_roles = frozenset(policy.admin_roles)
         self._rules: dict[str, _CommandRule] = {}
+        self._fixed_actions: dict[str, str] = {}
         for spec in specs:
             builtin = tuple(
                 _ArgRule(
@@ -54,7 +78,7 @@ class Authorizer:
                 )
                 for arg in spec.admin_args
             )
-            configured = config.policy.commands.get(spec.name)
+            configured = policy.commands.get(spec.name)
             if configured is not None:
                 path = f"policy.commands.{spec.name}"
                 roles = None if ANY_ROLE in configured.roles else frozenset(configured.roles)
@@ -69,6 +93,11 @@ class Authorizer:
                 self._rules[spec.name] = _CommandRule(
                     "builtin:any-principal", None, frozenset(), builtin
                 )
+            fixed = _fixed_action(spec)
+            if fixed is not None:
+                self._fixed_actions[spec.name] = fixed
+
+    # ------------------------------------------------------------------ the decision
 
     def decide(
         self,
@@ -77,7 +106,7 @@ class Authorizer:
         command: str,
         args: dict[str, Any] | None = None,
     ) -> Decision:
-        """Decide for a command; with ``args`` None only the command-level rule is checked."""
+        """The command's rule; with ``args``, its argument rules too."""
         if principal is None:
             return Decision(False, UNKNOWN_USER_RULE, "I don't know you")
         rule = self._rules.get(command)
@@ -108,12 +137,141 @@ class Authorizer:
             matched = arg_rule.path
         return Decision(True, matched)
 
+    async def decide_request(
+        self,
+        principal: Principal,
+        channel: str | None,
+        spec: CommandSpec[Any, Any],
+        args: Args,
+        dumped: dict[str, Any] | None,
+    ) -> Decision:
+        """The final decision, once the arguments are read: the command's rules, then, for
+        an action command, the action's. Raises UsageError or UserError when what the
+        command names does not exist (an unknown action or approval request)."""
+        decision = self.decide(principal, channel, spec.name, dumped)
+        if not decision.allowed or spec.acts_on is None:
+            return decision
+        ref = spec.acts_on(args)
+        if ref is None:
+            return decision
+        return await self._decide_action(principal, ref)
+
+    async def _decide_action(self, principal: Principal, ref: ActionRef) -> Decision:
+        actions = self._actions
+        if actions is None:
+            return Decision(False, "deny:no-actions", "this bot runs no actions")
+        if ref.verb is ActionVerb.RUN:
+            action = actions.action(ref.target)
+            if action is None:
+                mine = sorted(a.name for a in self.runnable(principal))
+                known = ", ".join(mine) if mine else "none you may run"
+                raise UsageError(f"no action '{ref.target}' is configured (actions: {known})")
+            decision = self.action_decision(principal, action)
+            if decision.allowed and action.risk is Risk.HIGH and await self._strict():
+                return Decision(True, decision.rule, needs_approval=True)
+            return decision
+        if ref.verb is ActionVerb.CANCEL:
+            job = actions.jobs.get(ref.target.strip().lower())
+            if job is None:  # on another replica, or none: the command finds out which
+                return Decision(True, "builtin:cancel-elsewhere")
+            return self.action_decision(principal, job.prepared.action, verb="cancel", of=job.id)
+        approval_id = ref.target.strip().lower()
+        approval = await actions.approvals.get(approval_id)
+        if approval is None:
+            raise UsageError(f"no approval request '{approval_id}'; /approvals lists those waiting")
+        action = actions.action(approval.action)
+        if action is None:
+            raise UserError(
+                f"action '{approval.action}' is no longer configured; request {approval.id} "
+                "cannot run"
+            )
+        approve = ref.verb is ActionVerb.APPROVE
+        own = approval.requester == principal.name
+        if own and approve:
+            return Decision(
+                False,
+                REQUESTER_MAY_NOT_APPROVE,
+                "you requested this; another person with an approver role must approve it",
+            )
+        if own:
+            return Decision(True, "approval:requester-withdraws")
+        path = f"actions.{action.name}.approver_roles"
+        if principal.roles.isdisjoint(action.approver_roles):
+            verb = "approve" if approve else "deny"
+            return Decision(
+                False,
+                path,
+                f"to {verb} /{action.name} you need role "
+                f"{_quoted_one_of(action.approver_roles)}{_have(principal)}",
+            )
+        return Decision(True, path)
+
+    def action_decision(
+        self, principal: Principal, action: ActionConfig, *, verb: str = "run", of: str = ""
+    ) -> Decision:
+        """May ``principal`` run (or, ``verb="cancel"``, stop job ``of`` of) ``action``?
+        Whoever may run an action may stop it: at 3 a.m. the requester may be asleep."""
+        path = f"actions.{action.name}.roles"
+        if principal.roles.isdisjoint(action.roles):
+            if verb == "cancel":
+                reason = f"cancelling {of} needs a role that may run '{action.name}'"
+            else:
+                reason = (
+                    f"action '{action.name}' needs role {_quoted_one_of(action.roles)}"
+                    f"{_have(principal)}"
+                )
+            return Decision(False, path, reason)
+        return Decision(True, path)
+
+    # ------------------------------------------------------------------ what to show
+
+    def runnable(self, principal: Principal) -> list[ActionConfig]:
+        """The actions ``principal`` may run (/run lists them, an unknown one names them)."""
+        if self._actions is None:
+            return []
+        return [a for a in self._actions.actions if self.action_decision(principal, a).allowed]
+
+    def visible(
+        self, principal: Principal | None, channel: str | None, spec: CommandSpec[Any, Any]
+    ) -> bool:
+        """Whether /help shows ``spec`` to this person here: its command rule allows them,
+        and, for a command bound to one action (/rollback), so does the action's."""
+        if not self.decide(principal, channel, spec.name).allowed:
+            return False
+        fixed = self._fixed_actions.get(spec.name)
+        if fixed is None or principal is None or self._actions is None:
+            return True
+        action = self._actions.action(fixed)
+        return action is not None and self.action_decision(principal, action).allowed
+
+    async def _strict(self) -> bool:
+        if self._switch is None:
+            return True
+        return (await self._switch.current()).mode is PolicyMode.STRICT
+
+
+def _fixed_action(spec: CommandSpec[Any, Any]) -> str | None:
+    """The action a command always runs (/rollback), found by asking its ``acts_on`` with
+    the arguments' defaults; None for commands whose action is an argument."""
+    if spec.acts_on is None:
+        return None
+    try:
+        ref = spec.acts_on(spec.args_model.model_construct())
+    except Exception:  # an argument without a default: the action depends on the arguments
+        return None
+    return ref.target if ref is not None and ref.verb is ActionVerb.RUN else None
+
 
 def _one_of(names: frozenset[str], prefix: str = "") -> str:
     ordered = sorted(names)
     if len(ordered) == 1:
         return f"{prefix}{ordered[0]}"
     return "one of " + ", ".join(f"{prefix}{n}" for n in ordered)
+
+
+def _quoted_one_of(roles: Sequence[str]) -> str:
+    names = sorted(roles)
+    return f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(f"'{r}'" for r in names)
 
 
 def _have(principal: Principal) -> str:

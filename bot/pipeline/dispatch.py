@@ -14,50 +14,34 @@ id, the log gets the detail.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from bot.app.logs import REQUEST_CONTEXT
 from bot.audit import AuditEntry
 from bot.audit.redact import Redactor
 from bot.audit.trail import ALLOWED, STARTED, AuditTrail, Outcome
 from bot.cluster.dedup import EventDedup
-from bot.kernel.command import CommandSpec, Risk
+from bot.kernel.clock import Clock
+from bot.kernel.command import CommandSpec, Decision, Request, Risk
 from bot.kernel.deadlines import Deadlines
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import Denied, DependencyError, UnknownCommand, UsageError, UserError
+from bot.kernel.failures import new_request_id, report_failure
+from bot.kernel.logcontext import REQUEST_CONTEXT
 from bot.kernel.message import Message
 from bot.kernel.metrics import Metrics
 from bot.kernel.render import render_text
 from bot.kernel.reply import Reply, Status
 from bot.pipeline.authorize import UNKNOWN_USER_RULE, Authorizer
 from bot.pipeline.catalog import Catalog
-from bot.pipeline.context import Context, Toolbox
 from bot.pipeline.flood import Admission, FloodGuard
-from bot.pipeline.identify import Directory, Principal
+from bot.pipeline.identify import Directory
 from bot.pipeline.parse import parse
-
-_ids = random.Random()  # noqa: S311  (ids, not secrets; seeded from os.urandom at import)
-
-
-def new_request_id() -> str:
-    """12 hex digits: the time in seconds (its low 16 bits), then 32 random bits.
-
-    Unique, not secret: a seeded PRNG is 10x cheaper than os.urandom per message. The time
-    first keeps the audit log's request_id index growing at one end, as its rows do,
-    instead of at random places all over it: random ids cost the audit writer about a
-    tenth more per command at 90,000 rows, and more as the table outgrows the cache
-    (bench/audit.py). Two ids of the same second clash with odds of 1 in 4 billion per
-    pair; ids of different seconds differ in the time (within 18 hours) or the random
-    bits.
-    """
-    return f"{int(time.time()) & 0xFFFF:04x}{_ids.getrandbits(32):08x}"
-
 
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
@@ -89,7 +73,10 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        tools: Toolbox,
+        bot_name: str,
+        command_timeout: timedelta,
+        clock: Clock,
+        dependencies: Mapping[str, object],
         directory: Directory,
         authorizer: Authorizer,
         catalog: Catalog,
@@ -98,7 +85,8 @@ class Dispatcher:
         metrics: Metrics,
         dedup: EventDedup,
     ) -> None:
-        self._tools = tools
+        self._dependencies = dependencies
+        self._command_timeout = command_timeout
         self._directory = directory
         self._authorizer = authorizer
         self._catalog = catalog
@@ -106,11 +94,11 @@ class Dispatcher:
         self._audit = audit
         self._redactor: Redactor = audit.redactor
         self._replica = audit.replica
-        self._clock = tools.clock
+        self._clock = clock
         self._metrics = metrics
         self._dedup = dedup
-        self._bot_names = frozenset({tools.config.bot.name})
-        self._timeout = tools.config.bot.command_timeout.total_seconds()
+        self._bot_names = frozenset({bot_name})
+        self._timeout = command_timeout.total_seconds()
         self._deadlines = Deadlines()
         # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
         # so logging must be configured before the bot is built.
@@ -136,12 +124,12 @@ class Dispatcher:
                 inv.outcome, inv.error = Outcome.TIMEOUT, "timed out"
                 reply = Reply(
                     title=f"/{inv.command} did not finish within "
-                    f"{format_duration(self._tools.config.bot.command_timeout)}",
+                    f"{format_duration(self._command_timeout)}",
                     status=Status.ERROR,
                 )
             except Exception as exc:
                 inv.outcome, inv.error = Outcome.ERROR, f"{type(exc).__name__}: {exc}"
-                self._log.exception("command.crashed", command=inv.command)
+                report_failure("command", exc, command=inv.command)
                 reply = Reply(title=_internal_title(inv.command, exc), status=Status.ERROR)
             except asyncio.CancelledError:
                 # Shutting down mid-command: say so in the trail, then let the cancel go on.
@@ -163,7 +151,9 @@ class Dispatcher:
     async def _process(
         self, message: Message, request_id: str, inv: _Invocation, log_context: dict[str, Any]
     ) -> Reply | None:
-        parsed = parse(message.text, bot_names=self._bot_names, addressed=message.addressed)
+        parsed = message.invocation or parse(
+            message.text, bot_names=self._bot_names, addressed=message.addressed
+        )
         if parsed is None:
             return None
         inv.command = parsed.name
@@ -197,16 +187,21 @@ class Dispatcher:
                 parsed.name, self._catalog.suggest(parsed.name, principal, channel)
             )
         inv.known_command = True
-        self._authorize(principal, channel, spec, None, inv)
+        self._record_decision(self._authorizer.decide(principal, channel, spec.name), inv)
         if parsed.options.get("help") is True and "help" not in spec.args_model.model_fields:
             return Reply(title=f"/{spec.name}: {spec.summary}", text=f"Usage: {spec.usage}")
         if parsed.problem is not None:
             raise UsageError(parsed.problem, spec.usage)
         args = spec.bind(parsed)
+        dumped: dict[str, Any] | None = None
         if parsed.positionals or parsed.options:
-            inv.args = args.model_dump(mode="json", exclude_defaults=True)
-            self._authorize(principal, channel, spec, inv.args, inv)
-            inv.args = self._redactor.value(inv.args)
+            dumped = inv.args = args.model_dump(mode="json", exclude_defaults=True)
+        # The one decision: the command's rules again with its arguments, and the rules
+        # of the action it acts on. The audit's "decided" entry records this answer.
+        decision = await self._authorizer.decide_request(principal, channel, spec, args, dumped)
+        self._record_decision(decision, inv)
+        if dumped is not None:
+            inv.args = self._redactor.value(dumped)
         if spec.risk is not Risk.READ and not await self._dedup.first_delivery(
             message.platform, message.event_id, self._clock.now()
         ):
@@ -215,21 +210,13 @@ class Dispatcher:
             inv.outcome = Outcome.DUPLICATE
             return None
         await self._record_start(message, request_id, inv, spec)
-        ctx = Context(request_id, message, principal, channel, self._tools)
+        request = Request(request_id, message, principal, channel, decision)
         log_context["command"] = spec.name
         log_context["principal"] = principal.name
         async with self._deadlines.limit(self._timeout):
-            return await spec.run(ctx, args)
+            return await spec.run(request, args, self._dependencies[spec.name])
 
-    def _authorize(
-        self,
-        principal: Principal,
-        channel: str | None,
-        spec: CommandSpec[Any],
-        args: dict[str, Any] | None,
-        inv: _Invocation,
-    ) -> None:
-        decision = self._authorizer.decide(principal, channel, spec.name, args)
+    def _record_decision(self, decision: Decision, inv: _Invocation) -> None:
         inv.rule = decision.rule
         inv.decision = "allowed" if decision.allowed else "denied"
         if not decision.allowed:
@@ -250,7 +237,7 @@ class Dispatcher:
         return Reply(title=str(exc), status=Status.ERROR)
 
     async def _record_start(
-        self, message: Message, request_id: str, inv: _Invocation, spec: CommandSpec[Any]
+        self, message: Message, request_id: str, inv: _Invocation, spec: CommandSpec[Any, Any]
     ) -> None:
         decided = self._entry("decided", message, request_id, inv, message.received_at, ALLOWED)
         started = self._entry("started", message, request_id, inv, self._clock.now(), STARTED)

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
-from bot.app.config.models import Config
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    name: str
-    roles: frozenset[str]
-    platform_ids: tuple[str, ...]
+from bot.delivery.config import ChannelGroup
+from bot.kernel.command import Principal
+from bot.pipeline.config import Identity, Role
 
 
 class Directory:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        identities: Mapping[str, Identity],
+        roles: Mapping[str, Role],
+        channels: Mapping[str, ChannelGroup],
+    ) -> None:
         self._by_platform_id: dict[str, Principal] = {}
-        for name, identity in config.identities.items():
+        for name, identity in identities.items():
             principal = Principal(
                 name=name,
-                roles=_expand(identity.roles, config),
+                roles=_expand(identity.roles, roles),
                 platform_ids=tuple(identity.ids),
             )
             for platform_id in identity.ids:
                 self._by_platform_id[platform_id] = principal
         self._channel_names = {
-            channel_id: name for name, group in config.channels.items() for channel_id in group.ids
+            channel_id: name for name, group in channels.items() for channel_id in group.ids
         }
 
     def principal_for(self, qualified_user_id: str) -> Principal | None:
@@ -40,7 +40,7 @@ class Directory:
         return name
 
 
-def _expand(roles: list[str], config: Config) -> frozenset[str]:
+def _expand(roles: list[str], definitions: Mapping[str, Role]) -> frozenset[str]:
     """A role's ``includes`` are granted with it, transitively."""
     granted: set[str] = set()
     stack = list(roles)
@@ -49,7 +49,7 @@ def _expand(roles: list[str], config: Config) -> frozenset[str]:
         if role in granted:
             continue
         granted.add(role)
-        definition = config.roles.get(role)
+        definition = definitions.get(role)
         if definition is not None:
             stack.extend(definition.includes)
     return frozenset(granted)

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
 
 from bot.kernel.errors import UsageError
+from bot.kernel.message import OptionValue, ParsedCommand
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 _SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
 _NEEDS_SHLEX = frozenset("\"'\\")
 MAX_TEXT = 4000
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedCommand:
-    name: str
-    positionals: tuple[str, ...] = ()
-    options: dict[str, str | bool] = field(default_factory=dict)
-    raw_args: str = ""
-    # Why the arguments could not be read (an unbalanced quote, say). Reported by the
-    # pipeline only after the sender is identified and the command resolved, so a
-    # stranger's malformed text is throttled and denied like any other.
-    problem: str | None = None
 
 
 def parse(text: str, *, bot_names: frozenset[str], addressed: bool) -> ParsedCommand | None:
@@ -81,7 +69,7 @@ def split_words(text: str, *, backslash_escapes: bool = True) -> list[str]:
 def _split_arguments(name: str, rest: str) -> ParsedCommand:
     tokens = split_words(rest)
     positionals: list[str] = []
-    options: dict[str, str | bool] = {}
+    options: dict[str, OptionValue] = {}
     only_positionals = False
     for word in tokens:
         if only_positionals:
@@ -99,7 +87,7 @@ def _split_arguments(name: str, rest: str) -> ParsedCommand:
     return ParsedCommand(name, tuple(positionals), options, rest)
 
 
-def _set_option(options: dict[str, str | bool], key: str, value: str | bool) -> None:
+def _set_option(options: dict[str, OptionValue], key: str, value: str | bool) -> None:
     if not _KEY.fullmatch(key):
         raise UsageError(f"'{key}' is not a valid option name")
     normalized = key.replace("-", "_").lower()

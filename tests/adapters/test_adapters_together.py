@@ -18,15 +18,17 @@ ROUNDS = 5  # /whoami per platform, all in flight together
 
 
 def _slack(config: Any, commands: Any, clock: Any) -> SlackAdapter:
-    return SlackAdapter(config, commands, clock, ping_interval=0.3, stop_grace=2.0)
+    return SlackAdapter(config.slack, commands, clock, ping_interval=0.3, stop_grace=2.0)
 
 
 def _telegram(config: Any, commands: Any, clock: Any) -> TelegramAdapter:
-    return TelegramAdapter(config, commands, clock, poll_timeout=1)
+    return TelegramAdapter(config.telegram, commands, clock, poll_timeout=1)
 
 
 def _discord(config: Any, commands: Any, clock: Any) -> DiscordAdapter:
-    return DiscordAdapter(config, commands, clock, guild_ready_timeout=0.05, ready_timeout=10)
+    return DiscordAdapter(
+        config.discord, commands, clock, guild_ready_timeout=0.05, ready_timeout=10
+    )
 
 
 async def test_three_platforms_in_one_process_answer_concurrently() -> None:

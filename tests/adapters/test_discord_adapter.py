@@ -44,8 +44,10 @@ DM_CHANNEL = "200000000000000077"
 EPHEMERAL = 64
 
 
-def discord_adapter(config: Config, specs: list[CommandSpec[Any]], clock: Clock) -> DiscordAdapter:
-    return DiscordAdapter(config, specs, clock, guild_ready_timeout=0.05, ready_timeout=10)
+def discord_adapter(
+    config: Config, specs: list[CommandSpec[Any, Any]], clock: Clock
+) -> DiscordAdapter:
+    return DiscordAdapter(config.discord, specs, clock, guild_ready_timeout=0.05, ready_timeout=10)
 
 
 @pytest.fixture
@@ -319,8 +321,12 @@ async def test_gateway_trouble_at_start_is_an_adapter_error(
 ) -> None:
     setattr(fake, trouble, True)
 
-    def impatient(config: Config, specs: list[CommandSpec[Any]], clock: Clock) -> DiscordAdapter:
-        return DiscordAdapter(config, specs, clock, guild_ready_timeout=0.05, ready_timeout=0.5)
+    def impatient(
+        config: Config, specs: list[CommandSpec[Any, Any]], clock: Clock
+    ) -> DiscordAdapter:
+        return DiscordAdapter(
+            config.discord, specs, clock, guild_ready_timeout=0.05, ready_timeout=0.5
+        )
 
     async with running_bot(BASE_CONFIG + fake.config(), adapters=[impatient]) as tb:
         state = tb.bot.adapters.states["discord"]
@@ -331,7 +337,7 @@ async def test_gateway_trouble_at_start_is_an_adapter_error(
 async def test_discord_sync_puts_every_command_with_typed_options(fake: FakeDiscord) -> None:
     text = BASE_CONFIG + fake.config(extra=f'sync_guild_ids = ["{fake.guild_id}"]\n')
     config = parse_config(text, "test", {}, [s.name for s in COMMANDS])
-    summary = await sync_commands(config, COMMANDS)
+    summary = await sync_commands(config.discord, COMMANDS)
     put = await fake.wait_call(
         "PUT", f"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands"
     )

@@ -19,8 +19,8 @@ from adapters.slack.adapter import SlackAdapter, plain_text, strip_mention
 from adapters.slack.manifest import manifest
 from adapters.slack.render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
 from bot.app.config import parse_config
-from bot.delivery.outbox import Destination
 from bot.kernel.command import CommandSpec
+from bot.kernel.message import Location
 from bot.kernel.reply import Button, Reply, Status
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config
@@ -39,14 +39,14 @@ NAMES = [spec.name for spec in COMMANDS]
 async def slack_bot(
     config_text: str = BASE_CONFIG,
     *,
-    extra_commands: Sequence[CommandSpec[Any]] = (),
+    extra_commands: Sequence[CommandSpec[Any, Any]] = (),
     **slack_options: Any,
 ) -> AsyncIterator[tuple[TestBot, FakeSlack, list[SlackAdapter]]]:
     """The real bot with the Slack adapter attached to a fresh fake Slack."""
     made: list[SlackAdapter] = []
 
     def factory(config: Any, commands: Any, clock: Any) -> SlackAdapter:
-        adapter = SlackAdapter(config, commands, clock, ping_interval=0.3, stop_grace=2.0)
+        adapter = SlackAdapter(config.slack, commands, clock, ping_interval=0.3, stop_grace=2.0)
         made.append(adapter)
         return adapter
 
@@ -317,7 +317,7 @@ async def test_reconnects_after_the_websocket_is_dropped() -> None:
 
 
 async def test_stop_finishes_answers_in_flight_then_disconnects() -> None:
-    async def nap(ctx: Any, args: Any) -> Reply:
+    async def nap(request: Any, args: Any, deps: Any) -> Reply:
         await asyncio.sleep(0.5)
         return Reply(title="rested", status=Status.OK)
 
@@ -372,7 +372,7 @@ async def test_bolts_oauth_environment_is_refused(monkeypatch: pytest.MonkeyPatc
 
 
 def _plain(config: Any, commands: Any, clock: Any) -> SlackAdapter:
-    return SlackAdapter(config, commands, clock)
+    return SlackAdapter(config.slack, commands, clock)
 
 
 # -- posts the bot makes on its own -------------------------------------------------------
@@ -391,7 +391,7 @@ async def test_job_progress_and_result_are_posted_in_the_thread(scripts: Scripts
 
 async def test_post_with_a_key_edits_the_message_it_posted_before() -> None:
     async with slack_bot() as (_, slack, [adapter]):
-        where = Destination("slack", OPS, "1700000000.000200")
+        where = Location("slack", OPS, "1700000000.000200")
         await adapter.post(where, Reply(title="deploy: 10%"), "job-progress:j1")
         await adapter.post(where, Reply(title="other"), None)
         await adapter.post(where, Reply(title="deploy: 90%"), "job-progress:j1")
@@ -410,7 +410,7 @@ async def test_one_key_posted_to_two_channels_edits_each_channels_own_message() 
     """An alert goes to every channel of its route under one key; its resolution must
     edit the message in each channel, not move one channel's message to the other."""
     async with slack_bot() as (_, slack, [adapter]):
-        ops, incident = Destination("slack", OPS), Destination("slack", "C0INC0001")
+        ops, incident = Location("slack", OPS), Location("slack", "C0INC0001")
         for where in (ops, incident):
             await adapter.post(where, Reply(title="FIRING: DiskFull"), "alert:g1:ab12")
         for where in (ops, incident):
@@ -464,7 +464,7 @@ def test_mentions_and_slack_markup_become_plain_text() -> None:
 
 def test_manifest_has_every_command_and_only_needed_scopes() -> None:
     config = parse_config(BASE_CONFIG, "t", {}, NAMES)
-    socket = manifest(config, COMMANDS)
+    socket = manifest(config.slack, config.bot.name, COMMANDS)
     commands = {c["command"]: c for c in socket["features"]["slash_commands"]}
     assert set(commands) == {f"/{spec.name}" for spec in COMMANDS}
     assert commands["/rollback"]["usage_hint"] == "<tag> [--dry-run]"
@@ -485,7 +485,7 @@ def test_manifest_has_every_command_and_only_needed_scopes() -> None:
     http_config = parse_config(
         BASE_CONFIG + "[slack]\nmode = 'http'\nhttp_path = '/hooks/slack'\n", "t", {}, NAMES
     )
-    http = manifest(http_config, COMMANDS)
+    http = manifest(http_config.slack, http_config.bot.name, COMMANDS)
     assert http["settings"]["socket_mode_enabled"] is False
     assert http["settings"]["interactivity"]["request_url"].endswith("/hooks/slack")
     assert all(c["url"].endswith("/hooks/slack") for c in http["features"]["slash_commands"])

@@ -18,9 +18,8 @@ from adapters.telegram.commands import set_commands, telegram_name
 from adapters.telegram.render import TEXT_LIMIT, render_html, utf16_len
 from bot.app.config import parse_config
 from bot.kernel.adapter import AdapterError
-from bot.kernel.command import Args, CommandSpec
+from bot.kernel.command import Args, CommandSpec, NoDeps, Request
 from bot.kernel.reply import Reply, Status
-from bot.pipeline.context import Context
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config
 from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot
@@ -45,7 +44,7 @@ async def tg() -> AsyncIterator[FakeTelegram]:
 
 def telegram(**kw: Any) -> Callable[..., TelegramAdapter]:
     return lambda config, commands, clock: TelegramAdapter(
-        config, commands, clock, poll_timeout=1, **kw
+        config.telegram, commands, clock, poll_timeout=1, **kw
     )
 
 
@@ -176,7 +175,7 @@ async def test_output_with_html_characters_is_escaped(tg: FakeTelegram, scripts:
 async def test_a_long_reply_is_split_and_nothing_is_lost(tg: FakeTelegram) -> None:
     lines = tuple(f"line {i:05d} <&> {'x' * 60}" for i in range(200))
 
-    async def long(ctx: Context, args: Args) -> Reply:
+    async def long(ctx: Request, args: Args, _deps: NoDeps) -> Reply:
         return Reply(title="Long output", status=Status.OK, code="\n".join(lines))
 
     async with telegram_bot(tg, extra_commands=[extra_command("long", long)]):
@@ -354,7 +353,7 @@ async def test_webhook_needs_the_secret_token(tg: FakeTelegram, scripts: Scripts
 async def test_stop_finishes_the_replies_in_hand(tg: FakeTelegram) -> None:
     started = asyncio.Event()
 
-    async def slow(ctx: Context, args: Args) -> Reply:
+    async def slow(ctx: Request, args: Args, _deps: NoDeps) -> Reply:
         started.set()
         await asyncio.sleep(0.3)
         return Reply(title="slow done", status=Status.OK)
@@ -388,7 +387,7 @@ async def test_refused_token_is_reported_without_the_token(tg: FakeTelegram) -> 
 
 
 async def test_set_my_commands_lists_every_registry_command(tg: FakeTelegram) -> None:
-    async def ok(ctx: Context, args: Args) -> Reply:
+    async def ok(ctx: Request, args: Args, _deps: NoDeps) -> Reply:
         return Reply(title="dashed ran", status=Status.OK)
 
     dashed = extra_command("slow-thing", ok)
@@ -401,17 +400,17 @@ async def test_set_my_commands_lists_every_registry_command(tg: FakeTelegram) ->
         update = tg.command("/slow_thing", user_id=ALICE)  # tapped in the menu
         assert "dashed ran" in (await tg.wait_call("sendMessage", replying_to=update)).text
 
-    specs: list[CommandSpec[Any]] = list(COMMANDS)
+    specs: list[CommandSpec[Any, Any]] = list(COMMANDS)
     config = parse_config(BASE_CONFIG + tg.config(), "test", {}, [s.name for s in specs])
     tg.commands = []
-    summary = await set_commands(config, specs)
+    summary = await set_commands(config.telegram, specs)
     assert summary.startswith(
         f"Telegram command menu of @{BOT_USERNAME} set: {len(specs)} commands"
     )
     assert len(tg.commands) == len(specs)
     no_token = parse_config(BASE_CONFIG + "\n[telegram]\n", "test", {}, [s.name for s in specs])
     with pytest.raises(AdapterError, match="OPSBOT_TELEGRAM_TOKEN"):
-        await set_commands(no_token, specs)
+        await set_commands(no_token.telegram, specs)
 
 
 async def test_job_progress_edits_one_message(tg: FakeTelegram, scripts: Scripts) -> None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from structlog.testing import capture_logs
 
 from bot.app.http_server import HttpServer, build_app
 from bot.kernel.errors import DependencyError
@@ -74,3 +80,27 @@ async def test_a_busy_port_is_a_clear_start_up_error() -> None:
 
 async def _ready() -> dict[str, str]:
     return {}
+
+
+async def test_an_endpoint_that_fails_answers_with_the_request_id_its_log_line_carries() -> None:
+    async def boom(_: Request) -> Response:
+        raise RuntimeError("secret internals")
+
+    app = build_app(Metrics(), _ready, [Route("/boom", boom, methods=["POST"])])
+    server = HttpServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.bound_port}") as c:
+                answer = await c.post("/boom")
+    finally:
+        await server.stop()
+    assert answer.status_code == 500
+    body = answer.json()
+    assert "secret internals" not in answer.text
+    assert re.fullmatch(r"[0-9a-f]{12}", body["request_id"])
+    failures = [e for e in logs if e["event"] == "failure"]
+    assert [(e["where"], e["request_id"]) for e in failures] == [
+        ("http POST /boom", body["request_id"])
+    ]
+    assert "secret internals" in failures[0]["error"]

@@ -55,7 +55,7 @@ from datetime import timedelta
 import bot.features.heartbeats.config
 
 # The test cannot wait 5 minutes between heartbeats: allow one a minute.
-bot.config.heartbeat.MIN_INTERVAL = timedelta(minutes=1)
+bot.features.heartbeats.config.MIN_INTERVAL = timedelta(minutes=1)
 
 from bot.app.cli import main
 

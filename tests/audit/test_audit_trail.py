@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ import httpx
 import pytest
 
 from bot.audit import AuditEntry, upgrade
-from bot.kernel.command import Args, NoArgs, Risk
-from bot.kernel.message import Message
+from bot.audit.trail import AuditTrail
+from bot.kernel.command import Args, NoArgs, NoDeps, Request, Risk
+from bot.kernel.message import Location, Message
 from bot.kernel.render import render_text
 from bot.kernel.reply import Field, Reply, Status
-from bot.pipeline.context import Context
 from tests.auditlog_helpers import TcpProxy, pg_database, wait_until, with_port
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, extra_command, running_bot
 from tests.httpfakes import refused_url
@@ -32,7 +33,7 @@ class EchoArgs(Args):
     count: int = 1
 
 
-async def _echo(_: Context, args: EchoArgs) -> Reply:
+async def _echo(_: Request, args: EchoArgs, _deps: NoDeps) -> Reply:
     return Reply(title=f"echo {args.words}", status=Status.OK, fields=(Field("n", "1"),))
 
 
@@ -40,8 +41,13 @@ async def _echo(_: Context, args: EchoArgs) -> Reply:
 SEEN_BY_TOUCH: list[list[tuple[str, str]]] = []
 
 
-async def _touch(ctx: Context, _: NoArgs) -> Reply:
-    url = ctx.tools.audit.store.url
+@dataclass(frozen=True)
+class TouchDeps:
+    audit: AuditTrail
+
+
+async def _touch(request: Request, _: NoArgs, deps: TouchDeps) -> Reply:
+    url = deps.audit.store.url
     path = url.removeprefix("sqlite+aiosqlite:///")
 
     def committed() -> list[tuple[str, str]]:
@@ -49,7 +55,7 @@ async def _touch(ctx: Context, _: NoArgs) -> Reply:
         with sqlite3.connect(path) as db:
             rows = db.execute(
                 "SELECT stage, status FROM audit_log WHERE request_id = ? ORDER BY seq",
-                (ctx.request_id,),
+                (request.request_id,),
             )
             return [(str(stage), str(status)) for stage, status in rows]
 
@@ -57,7 +63,7 @@ async def _touch(ctx: Context, _: NoArgs) -> Reply:
     return Reply(title="touched", status=Status.OK)
 
 
-async def _leak(_: Context, __: NoArgs) -> Reply:
+async def _leak(_: Request, __: NoArgs, _deps: NoDeps) -> Reply:
     return Reply(
         title=f"token is {SLACK_TOKEN}",
         status=Status.ERROR,
@@ -68,7 +74,7 @@ async def _leak(_: Context, __: NoArgs) -> Reply:
 
 EXTRA = [
     extra_command("echo", _echo, EchoArgs, rest="words"),
-    extra_command("touch", _touch, risk=Risk.WRITE),
+    extra_command("touch", _touch, risk=Risk.WRITE, needs=TouchDeps),
     extra_command("leak", _leak),
 ]
 
@@ -90,14 +96,16 @@ async def test_a_command_that_runs_leaves_decided_started_finished_with_every_fi
     tb: TestBot,
 ) -> None:
     message = Message(
-        platform="slack",
-        channel_id="C0INCIDENT",
+        location=Location(
+            platform="slack",
+            channel_id="C0INCIDENT",
+            thread_id="1700000000.000100",
+            workspace="T0ACME",
+        ),
         user_id="U0ALICE01",
         text="/echo hello --count=2",
         event_id="Ev1",
         received_at=tb.bot.clock.now(),
-        workspace="T0ACME",
-        thread_id="1700000000.000100",
         addressed=True,
     )
     reply = await tb.bot.handle(message)

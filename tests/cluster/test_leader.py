@@ -25,9 +25,9 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from bot.cluster.config import StateSection
 from bot.cluster.leader import LeaderLease, LostLeadership, SoleLeader, leadership_for
 from bot.cluster.redis_clients import RedisClients
-from bot.features.actions.config import StateSection
 from tests.infra import redis_url
 
 T = TypeVar("T")

@@ -21,11 +21,11 @@ from adapters.slack.adapter import SlackAdapter
 from adapters.telegram.adapter import TelegramAdapter
 from bot.app.config import parse_config
 from bot.audit.trail import migrate
-from bot.delivery.outbox import Destination, Outbox
+from bot.delivery.outbox import Outbox
 from bot.delivery.store import OutboxStore, RowState
 from bot.kernel.adapter import Adapter
 from bot.kernel.clock import SystemClock
-from bot.kernel.message import Message
+from bot.kernel.message import Location, Message
 from bot.kernel.reply import Reply
 from bot.storage.database import StateDatabase
 from commands import COMMANDS
@@ -65,9 +65,11 @@ async def fakes_and_outbox(
         config = parse_config(text, "test", {}, [spec.name for spec in COMMANDS])
         clock = SystemClock()
         adapters: list[Adapter] = [
-            SlackAdapter(config, COMMANDS, clock, stop_grace=1.0),
-            TelegramAdapter(config, COMMANDS, clock),
-            DiscordAdapter(config, COMMANDS, clock, guild_ready_timeout=0.05, ready_timeout=10),
+            SlackAdapter(config.slack, COMMANDS, clock, stop_grace=1.0),
+            TelegramAdapter(config.telegram, COMMANDS, clock),
+            DiscordAdapter(
+                config.discord, COMMANDS, clock, guild_ready_timeout=0.05, ready_timeout=10
+            ),
         ]
         started: list[Adapter] = []
         try:
@@ -75,7 +77,7 @@ async def fakes_and_outbox(
                 for adapter in adapters:
                     await adapter.start(_no_commands)
                     started.append(adapter)
-                    outbox.register(adapter.name, adapter.post)
+                    outbox.register(adapter.name, adapter.post, adapter.limits)
             await outbox.start()
             yield outbox, store, slack, telegram, discord
         finally:
@@ -128,7 +130,7 @@ async def test_every_alert_arrives_once_in_order_within_the_platform_limits(
         for n in range(PER_CHANNEL * 3):
             for platform, channels, workspace, _ in targets:
                 channel = channels[n % 3]
-                destination = Destination(platform, channel, workspace=workspace)
+                destination = Location(platform, channel, workspace=workspace)
                 assert await outbox.post(destination, Reply(title=f"FANOUT-{n}"))
                 expected.setdefault(platform, {}).setdefault(channel, []).append(n)
         assert await outbox.drain(30.0)
@@ -248,10 +250,10 @@ async def test_a_429_the_libraries_gave_up_on_pauses_the_destination_as_told(
             slack.fail_next("chat.postMessage", 429, {"Retry-After": "2"})
         discord.fail_next("POST", r"/channels/\d+/messages", retry_after=2.0, times=5)
         await outbox.post(
-            Destination("slack", SLACK_CHANNELS[0], None, TEAM_ID), Reply(title="FANOUT-1")
+            Location("slack", SLACK_CHANNELS[0], None, TEAM_ID), Reply(title="FANOUT-1")
         )
         await outbox.post(
-            Destination("discord", DISCORD_CHANNELS[0], None, GUILD_ID), Reply(title="FANOUT-2")
+            Location("discord", DISCORD_CHANNELS[0], None, GUILD_ID), Reply(title="FANOUT-2")
         )
         assert await outbox.drain(30.0)
         slack_calls = [c for c in slack.calls if c.method == "chat.postMessage"]
@@ -273,8 +275,8 @@ async def test_a_long_discord_rate_limit_pauses_the_channel_not_the_post(tmp_pat
         slow, other = DISCORD_CHANNELS[0], DISCORD_CHANNELS[1]
         discord.fail_next("POST", rf"/channels/{slow}/messages", retry_after=45.0)
         with capture_logs() as logs:
-            await outbox.post(Destination("discord", slow, None, GUILD_ID), Reply(title="A"))
-            await outbox.post(Destination("discord", other, None, GUILD_ID), Reply(title="B"))
+            await outbox.post(Location("discord", slow, None, GUILD_ID), Reply(title="A"))
+            await outbox.post(Location("discord", other, None, GUILD_ID), Reply(title="B"))
             await discord.wait_call("POST", f"/channels/{slow}/messages", status=429)
             await discord.wait_call("POST", f"/channels/{other}/messages")
             assert await outbox.drain(1.0) is False  # A waits out its 45 s

@@ -8,9 +8,12 @@ import itertools
 import time
 from pathlib import Path
 
-from bot.delivery.outbox import Destination, RetryAfter, RetryPolicy
+from adapters.slack.adapter import LIMITS as SLACK_LIMITS
+from bot.delivery.outbox import RetryPolicy
 from bot.delivery.store import reply_from_json, reply_to_json
+from bot.kernel.adapter import RetryAfter
 from bot.kernel.errors import DependencyError
+from bot.kernel.message import Location
 from bot.kernel.reply import Button, Field, Reply, Status, Table
 from tests.botharness import BASE_CONFIG, TestBot, running_bot
 from tests.processes import clean_env, run_opsbot
@@ -23,13 +26,13 @@ class Poster:
     ``failures`` exceptions are raised, in turn, before deliveries succeed."""
 
     def __init__(self, failures: list[Exception] | None = None, *, always_fail: bool = False):
-        self.got: list[tuple[float, Destination, Reply, str | None]] = []
+        self.got: list[tuple[float, Location, Reply, str | None]] = []
         self.calls = 0
         self.failures = list(failures or [])
         self.always_fail = always_fail
         self.arrived = asyncio.Event()
 
-    async def __call__(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def __call__(self, destination: Location, reply: Reply, key: str | None) -> None:
         self.calls += 1
         if self.always_fail:
             raise ConnectionError("platform down")
@@ -53,7 +56,7 @@ def _fast(tb: TestBot) -> None:
     tb.bot.outbox.retry = FAST
 
 
-async def _queued(tb: TestBot, dest: Destination, *titles: str, **kw: object) -> None:
+async def _queued(tb: TestBot, dest: Location, *titles: str, **kw: object) -> None:
     for title in titles:
         assert await tb.bot.outbox.post(dest, Reply(title=title), **kw)  # type: ignore[arg-type]
 
@@ -62,7 +65,7 @@ async def test_messages_for_one_destination_arrive_in_order() -> None:
     async with running_bot() as tb:
         poster = Poster()
         tb.bot.outbox.register("fake", poster)
-        a, b = Destination("fake", "C1"), Destination("fake", "C2", thread_id="t1")
+        a, b = Location("fake", "C1"), Location("fake", "C2", thread_id="t1")
         for n in range(5):
             await _queued(tb, a, f"a{n}")
             await _queued(tb, b, f"b{n}")
@@ -75,9 +78,9 @@ async def test_messages_for_one_destination_arrive_in_order() -> None:
 async def test_slack_channel_gets_at_most_one_message_a_second() -> None:
     async with running_bot() as tb:
         poster = Poster()
-        tb.bot.outbox.register("slack", poster)  # the table's limits go by platform name
-        channel = Destination("slack", "C0OPS0001", workspace="T1")
-        other = Destination("slack", "C0OTHER01", workspace="T1")
+        tb.bot.outbox.register("slack", poster, SLACK_LIMITS)  # the Slack adapter's own limits
+        channel = Location("slack", "C0OPS0001", workspace="T1")
+        other = Location("slack", "C0OTHER01", workspace="T1")
         await _queued(tb, channel, "one", "two", "three")
         await _queued(tb, other, "elsewhere")
         await poster.wait_for(4)
@@ -95,7 +98,7 @@ async def test_a_failing_post_is_retried_until_it_succeeds() -> None:
         _fast(tb)
         poster = Poster([ConnectionError("reset"), TimeoutError("slow")])
         tb.bot.outbox.register("fake", poster)
-        await _queued(tb, Destination("fake", "C1"), "deploy finished", "next")
+        await _queued(tb, Location("fake", "C1"), "deploy finished", "next")
         await poster.wait_for(2)
         assert poster.titles == ["deploy finished", "next"]
         assert poster.calls == 4
@@ -113,7 +116,7 @@ async def test_retry_after_pauses_the_destination_that_long() -> None:
         poster = Poster([wrapped])
         tb.bot.outbox.register("fake", poster)
         started = time.monotonic()
-        await _queued(tb, Destination("fake", "C1"), "rate limited")
+        await _queued(tb, Location("fake", "C1"), "rate limited")
         await poster.wait_for(1)
         assert poster.titles == ["rate limited"]
         assert poster.got[0][0] - started >= 1.15
@@ -124,7 +127,7 @@ async def test_a_message_that_never_goes_through_becomes_a_dead_letter(tmp_path:
         _fast(tb)
         poster = Poster(always_fail=True)
         tb.bot.outbox.register("fake", poster)
-        await _queued(tb, Destination("fake", "C9"), "rollback done")
+        await _queued(tb, Location("fake", "C9"), "rollback done")
         assert await tb.bot.outbox.drain(10)
         assert poster.calls == FAST.attempts
         assert tb.bot.outbox.queued == 0
@@ -148,7 +151,7 @@ async def test_a_message_that_never_goes_through_becomes_a_dead_letter(tmp_path:
 async def test_progress_updates_under_one_key_collapse_to_the_newest() -> None:
     async with running_bot() as tb:
         poster = Poster()
-        dest = Destination("fake", "C1")
+        dest = Location("fake", "C1")
         # No poster yet (the adapter is starting): everything waits, nothing is lost.
         await _queued(tb, dest, "progress 10%", key="job-progress:j1")
         await _queued(tb, dest, "progress 50%", key="job-progress:j1")
@@ -166,7 +169,7 @@ async def test_progress_updates_under_one_key_collapse_to_the_newest() -> None:
 async def test_an_alert_storm_goes_out_as_one_message() -> None:
     async with running_bot() as tb:
         poster = Poster()
-        dest = Destination("fake", "C1")
+        dest = Location("fake", "C1")
         await _queued(tb, dest, "before")
         for n in range(4):
             reply = Reply(
@@ -184,7 +187,7 @@ async def test_an_alert_storm_goes_out_as_one_message() -> None:
 
 
 async def test_queued_messages_survive_a_restart(tmp_path: Path) -> None:
-    dest = Destination("fake", "C1", thread_id="1700000000.0001", workspace="T1")
+    dest = Location("fake", "C1", thread_id="1700000000.0001", workspace="T1")
     rich = Reply(
         title="deploy v9 finished",
         status=Status.OK,
@@ -217,7 +220,7 @@ async def test_queued_messages_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_console_job_results_still_arrive_through_the_queue() -> None:
     async with running_bot() as tb:
-        dest = Destination("console", "ops")
+        dest = Location("console", "ops")
         assert await tb.bot.outbox.post(dest, Reply(title="approval granted"))
         assert "approval granted" in await tb.posted("approval granted")
 

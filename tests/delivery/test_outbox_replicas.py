@@ -17,15 +17,17 @@ import sqlalchemy as sa
 
 from bot.app.cli_outbox import format_row
 from bot.audit import upgrade
-from bot.delivery.outbox import Destination, Outbox, Poster, RetryPolicy
+from bot.delivery.outbox import Outbox, RetryPolicy
 from bot.delivery.store import OutboxRow, OutboxStore, RowState
+from bot.kernel.adapter import Poster
+from bot.kernel.message import Location
 from bot.kernel.reply import Reply
 from bot.storage.database import StateDatabase
 from bot.storage.state_schema import outbox as outbox_table
 from tests.auditlog_helpers import pg_database
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05, no_poster_poll=0.1)
-DESTINATIONS = [Destination("fake", f"C{n}") for n in range(3)]
+DESTINATIONS = [Location("fake", f"C{n}") for n in range(3)]
 QUIET = 1.5  # seconds to watch for a delivery that must not happen
 
 
@@ -46,11 +48,11 @@ class Deliveries:
     """What the platform received, from every replica: (replica, destination, title)."""
 
     def __init__(self) -> None:
-        self.got: list[tuple[str, Destination, str]] = []
+        self.got: list[tuple[str, Location, str]] = []
         self._arrived = asyncio.Event()
 
     def poster(self, owner: str) -> Poster:
-        async def post(destination: Destination, reply: Reply, key: str | None) -> None:
+        async def post(destination: Location, reply: Reply, key: str | None) -> None:
             await asyncio.sleep(0.005)  # a post takes a moment: others run meanwhile
             self.got.append((owner, destination, reply.title))
             self._arrived.set()

@@ -13,11 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app.logs import configure_logging
-from bot.kernel.command import Args, NoArgs, Risk
+from bot.kernel.command import Args, NoArgs, NoDeps, Request, Risk
 from bot.kernel.errors import DependencyError
 from bot.kernel.render import render_text, split_message
 from bot.kernel.reply import Reply, Status
-from bot.pipeline.context import Context
 from bot.pipeline.parse import parse
 from tests.botharness import BASE_CONFIG, TestBot, extra_command, running_bot
 
@@ -31,24 +30,24 @@ class EchoArgs(Args):
     dry_run: bool = False
 
 
-async def _echo(_: Context, args: EchoArgs) -> Reply:
+async def _echo(_: Request, args: EchoArgs, _deps: NoDeps) -> Reply:
     return Reply(title="echo", text=json.dumps(args.model_dump(), sort_keys=True))
 
 
-async def _crash(_: Context, __: NoArgs) -> Reply:
+async def _crash(_: Request, __: NoArgs, _deps: NoDeps) -> Reply:
     raise KeyError("secret internals")
 
 
-async def _unreachable(_: Context, __: NoArgs) -> Reply:
+async def _unreachable(_: Request, __: NoArgs, _deps: NoDeps) -> Reply:
     raise DependencyError("payments-db", "connection reset")
 
 
-async def _slow(_: Context, __: NoArgs) -> Reply:
+async def _slow(_: Request, __: NoArgs, _deps: NoDeps) -> Reply:
     await asyncio.sleep(30)
     return Reply(title="never")
 
 
-async def _long(_: Context, __: NoArgs) -> Reply:
+async def _long(_: Request, __: NoArgs, _deps: NoDeps) -> Reply:
     return Reply(title="long", code="\n".join(f"line {i:05d}" for i in range(3000)))
 
 
@@ -193,7 +192,8 @@ async def test_a_crash_is_one_line_with_the_request_id_and_the_log_has_detail() 
         assert out == f"{expected}  · request {reply.request_id}"
         assert "secret internals" not in out
         lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-        crash = next(line for line in lines if line["event"] == "command.crashed")
+        crash = next(line for line in lines if line["event"] == "failure")
+        assert crash["where"] == "command"
         assert crash["request_id"] == reply.request_id
         assert "secret internals" in crash["exception"]
         done = next(line for line in lines if line["event"] == "command.done")

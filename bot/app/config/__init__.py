@@ -2,7 +2,9 @@
 
 from bot.app.config.env import ENV_VARS, read_environment
 from bot.app.config.load import DEFAULT_SOURCE, load_config, parse_config
-from bot.app.config.models import Config, PolicyMode, Service
+from bot.app.config.models import Config
+from bot.features.policy.config import PolicyMode
+from bot.features.probes.config import Service
 
 __all__ = [
     "DEFAULT_SOURCE",

@@ -7,7 +7,6 @@ not silently grant or deny (errbot#711, #1606).
 from __future__ import annotations
 
 import enum
-import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -15,44 +14,22 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
 )
 
 from adapters.platforms import DiscordSection, SlackSection, TelegramSection
-from bot.features.actions.config import ActionConfig, JobsSection, QueueConfig, StateSection
+from bot.cluster.config import StateSection
+from bot.delivery.config import ChannelGroup
+from bot.features.actions.config import ActionConfig, JobsSection
 from bot.features.alerts.check_config import CheckConfig
 from bot.features.alerts.config import AlertsSection
 from bot.features.heartbeats.config import HeartbeatConfig
-from bot.kernel.platform_ids import check_channel_id, check_user_id
-from bot.kernel.settings import Duration, Name
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from exc
-    return value
-
-
-def _http_url(value: str) -> str:
-    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-        raise ValueError(f"'{value}' is not an http:// or https:// URL")
-    return value
-
-
-UserId = Annotated[str, AfterValidator(check_user_id)]
-ChannelId = Annotated[str, AfterValidator(check_channel_id)]
-Pattern = Annotated[str, AfterValidator(_regex)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+from bot.features.policy.config import PolicySection
+from bot.features.probes.config import Service
+from bot.features.queues.config import QueueConfig
+from bot.kernel.settings import Duration, Name, Pattern, Strict
+from bot.pipeline.config import FloodSection, Identity, Role
 
 
 class LogFormat(enum.StrEnum):
@@ -81,76 +58,6 @@ class HttpSection(Strict):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class FloodSection(Strict):
-    """Per-person command budget: a burst of ``max_commands``, refilled over ``per``."""
-
-    max_commands: int = Field(default=15, ge=1)
-    per: Duration = timedelta(seconds=10)
-
-
-class Role(Strict):
-    description: str = ""
-    includes: list[Name] = []
-
-
-class Identity(Strict):
-    ids: Annotated[list[UserId], Field(min_length=1)]
-    roles: list[Name] = []
-
-
-class ChannelGroup(Strict):
-    ids: Annotated[list[ChannelId], Field(min_length=1)]
-
-
-class ResponseShape(enum.StrEnum):
-    AUTO = "auto"
-    HTTP = "http"
-    JSON = "json"
-
-
-class Service(Strict):
-    name: Name
-    health_url: HttpUrl
-    version_url: HttpUrl | None = None
-    timeout: Duration = timedelta(seconds=3)
-    shape: ResponseShape = ResponseShape.AUTO
-
-
-class ArgumentRule(Strict):
-    """Extra roles needed when an argument has a certain value."""
-
-    name: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
-    pattern: Pattern = ".*"
-    roles: Annotated[list[Name], Field(min_length=1)]
-
-
-class CommandPolicy(Strict):
-    roles: Annotated[list[str], Field(min_length=1)]
-    channels: list[Name] = []
-    args: list[ArgumentRule] = []
-
-
-class PolicyMode(enum.StrEnum):
-    STRICT = "strict"
-    OFF = "off"
-
-
-class PolicySection(Strict):
-    mode: PolicyMode = PolicyMode.STRICT
-    off_ttl: Duration | None = None
-    max_off_ttl: Duration = timedelta(hours=4)
-    admin_roles: Annotated[list[Name], Field(min_length=1)] = ["admin"]
-    commands: dict[Name, CommandPolicy] = {}
-
-    @model_validator(mode="after")
-    def _off_needs_ttl(self) -> PolicySection:
-        if self.mode is PolicyMode.OFF and self.off_ttl is None:
-            raise ValueError("off_ttl is required when mode is 'off' (the window must end)")
-        if self.off_ttl is not None and self.off_ttl > self.max_off_ttl:
-            raise ValueError(f"off_ttl is longer than max_off_ttl ({self.max_off_ttl})")
-        return self
-
-
 def _database_url(value: str) -> str:
     if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
         raise ValueError(
@@ -177,9 +84,6 @@ class AuditSection(Strict):
 class ConsoleSection(Strict):
     principal: Name | None = None
     channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
-
-
-__all__ = ["Duration", "Name"]  # re-exported: the primitives live in types.py
 
 
 class Config(Strict):

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from bot.delivery.outbox import Destination
+from bot.kernel.message import Location
 from bot.storage.database import StateDatabase
 from bot.storage.state_schema import approvals
 
@@ -44,7 +44,7 @@ class Approval:
     argv: tuple[str, ...]
     requester: str
     requester_id: str  # their platform user id, in the destination's platform
-    destination: Destination
+    destination: Location
     created_at: datetime
     expires_at: datetime
     state: ApprovalState
@@ -71,7 +71,7 @@ class ApprovalStore:
         argv: Sequence[str],
         requester: str,
         requester_id: str,
-        destination: Destination,
+        destination: Location,
         now: datetime,
         expires_at: datetime,
     ) -> Approval:
@@ -203,7 +203,7 @@ def _approval(row: RowMapping) -> Approval:
         argv=tuple(orjson.loads(row["argv"])),
         requester=row["requester"],
         requester_id=row["requester_id"],
-        destination=Destination(row["platform"], row["channel"], row["thread"], row["workspace"]),
+        destination=Location(row["platform"], row["channel"], row["thread"], row["workspace"]),
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         state=ApprovalState(row["state"]),

@@ -26,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shlex
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.audit.redact import Redactor
 from bot.features.actions.config import ActionConfig, ArgSchema
+from bot.features.actions.prepared import PreparedAction
 from bot.features.actions.process import RunStatus, capture
 from bot.kernel.errors import DependencyError, InternalError, UsageError
 
@@ -50,27 +49,6 @@ _LISTER_MAX_BYTES = 1024 * 1024
 # A lister only reads; it gets little time to wind down after SIGTERM.
 _LISTER_GRACE_S = 1.0
 _CHOICES_SHOWN = 20
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedAction:
-    """An action with checked values, ready to run exactly as shown to people."""
-
-    action: ActionConfig
-    # Checked values by argument name, in declaration order, defaults filled in;
-    # optional arguments without a default that were not given are absent.
-    values: dict[str, str]
-    # argv[0] absolute; an element whose placeholder names an absent optional argument
-    # is left out.
-    argv: tuple[str, ...]
-    working_dir: Path
-    # The whole environment of the process, secrets included: kept out of the repr.
-    env: dict[str, str] = field(repr=False)
-
-    def describe(self) -> str:
-        """``rollback tag=v1.2`` for chat and the audit trail."""
-        parts = [f"{name}={shlex.quote(value)}" for name, value in self.values.items()]
-        return " ".join([self.action.name, *parts])
 
 
 def show_value(value: str) -> str:

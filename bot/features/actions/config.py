@@ -1,7 +1,5 @@
-"""Config for the operational commands: Redis stream queues, allow-listed actions, jobs.
-
-Kept apart from ``models.py`` so the core config stays readable; ``Config`` includes them.
-"""
+"""Config of the actions feature: allow-listed actions (script, argument schema, roles,
+approvers, risk) and jobs."""
 
 from __future__ import annotations
 
@@ -11,9 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     StringConstraints,
@@ -22,74 +17,9 @@ from pydantic import (
 )
 
 from bot.kernel.command import Risk
-from bot.kernel.settings import Duration, Name
+from bot.kernel.settings import Duration, Name, Strict
 
 ArgName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,31}$")]
-
-
-def _redis_url(value: SecretStr) -> SecretStr:
-    if not re.match(r"^(redis|rediss|unix)://", value.get_secret_value()):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return value
-
-
-RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Level(Strict):
-    """A figure is ``warn`` above ``warn`` and ``critical`` above ``critical``."""
-
-    warn: float = Field(ge=0)
-    critical: float = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Level:
-        if self.critical < self.warn:
-            raise ValueError("critical must be at least warn")
-        return self
-
-
-class FloorLevel(Strict):
-    """A figure is ``warn`` below ``warn`` and ``critical`` at or below ``critical``."""
-
-    warn: int = Field(ge=0)
-    critical: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloorLevel:
-        if self.critical >= self.warn:
-            raise ValueError("critical must be below warn")
-        return self
-
-
-class QueueThresholds(Strict):
-    length: Level = Level(warn=100, critical=500)
-    pending: Level = Level(warn=100, critical=500)
-    lag: Level = Level(warn=100, critical=500)
-    # Seconds the oldest pending entry has waited for an acknowledgement.
-    oldest_pending_idle: Level = Level(warn=60, critical=300)
-    dead_letter: Level = Level(warn=0, critical=100)
-    workers: FloorLevel = FloorLevel(warn=2, critical=0)
-
-
-class QueueConfig(Strict):
-    """One Redis stream the bot reports on (``/queue``, ``/workers``)."""
-
-    name: Name
-    redis_url: RedisUrl  # a secret: it may carry a password
-    stream: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    # The consumer group the workers read with; None reports every group of the stream.
-    group: str | None = None
-    dead_letter_stream: str | None = None
-    thresholds: QueueThresholds = QueueThresholds()
-    # A consumer idle longer than this counts as stalled.
-    stalled_after: Duration = timedelta(minutes=5)
-    # Per Redis call: an unreachable server must not hold the answer up.
-    timeout: Duration = timedelta(seconds=1)
 
 
 class ArgSchema(Strict):
@@ -199,27 +129,3 @@ class JobsSection(Strict):
     shutdown_grace: Duration = timedelta(seconds=30)
     # How many finished jobs /jobs remembers.
     keep_finished: int = Field(default=50, ge=0, le=10_000)
-
-
-class StateSection(Strict):
-    # None: event dedup and approvals live in the audit database. With Redis (several
-    # replicas), event dedup uses it.
-    redis_url: RedisUrl | None = None
-    # A platform may redeliver an event for this long; its id is remembered that long.
-    dedup_window: Duration = timedelta(hours=24)
-    # With Redis, one replica leads leader-only work (heartbeats) under a lease this long,
-    # renewed this often. A leader that cannot renew stands down at 4/5 of the lease, before
-    # Redis lets the lease go, so another replica takes over within about one lease.
-    # A running job's slots (max_concurrent, lock groups), which every replica shares, are
-    # held and renewed the same way: a dead replica's slots free themselves after a lease.
-    leader_lease: Duration = timedelta(seconds=15)
-    leader_renew_every: Duration = timedelta(seconds=5)
-
-    @model_validator(mode="after")
-    def _renewed_in_time(self) -> StateSection:
-        if self.leader_renew_every * 2 > self.leader_lease:
-            raise ValueError(
-                "leader_renew_every must be at most half of leader_lease, so one late "
-                "renewal does not cost the lease"
-            )
-        return self

@@ -27,7 +27,7 @@ from bot.audit import AuditEntry
 from bot.audit.redact import Redactor
 from bot.audit.trail import ALLOWED, STARTED, AuditTrail
 from bot.cluster.redis_clients import StateRedisUnavailable
-from bot.delivery.outbox import Destination, Outbox
+from bot.delivery.outbox import Outbox
 from bot.features.actions.config import JobsSection
 from bot.features.actions.job_locks import (
     Conflict,
@@ -39,11 +39,12 @@ from bot.features.actions.job_locks import (
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import UserError
+from bot.kernel.message import Location
 from bot.kernel.reply import Field, Reply, Status
 
 if TYPE_CHECKING:
     # Imported where used: a bot without actions never loads the runner.
-    from bot.features.actions.arguments import PreparedAction
+    from bot.features.actions.prepared import PreparedAction
     from bot.features.actions.process import ActionProcess, RunResult, RunStatus
 
 log = structlog.get_logger("opsbot.jobs")
@@ -67,7 +68,7 @@ class Requester:
     principal: str
     platform: str
     user_id: str
-    destination: Destination
+    destination: Location
     request_id: str  # of the chat command that started the job (/rollback or /approve)
     approved_by: str | None = None
     rule: str = ""

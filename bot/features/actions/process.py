@@ -36,7 +36,7 @@ from bot.audit.redact import Redactor
 from bot.kernel.errors import DependencyError, InternalError
 
 if TYPE_CHECKING:
-    from bot.features.actions.arguments import PreparedAction
+    from bot.features.actions.prepared import PreparedAction
 
 log = structlog.get_logger("opsbot.actions")
 

@@ -1,190 +1,228 @@
-"""Running allow-listed actions from chat: role check, argument validation, the two-person
-rule for high-risk actions, then a job. /rollback, /run, /approve and /deny are thin
-commands over these functions, so every way in follows the same rules.
+"""Running allow-listed actions from chat: argument validation, then a job, or a request
+for a second person's approval. /rollback, /run, /approve and /deny are thin commands over
+:class:`ActionService`, so every way in follows the same rules.
+
+Who may run, approve or deny an action, and whether it needs approval, is decided before
+this runs, by the pipeline's authorizer (``request.decision``); this module keeps to what
+the action and its approval request say.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from bot.app.config.models import PolicyMode
-from bot.delivery.outbox import Destination
-from bot.features.actions.approvals import Approval, ApprovalState
-from bot.features.actions.arguments import PreparedAction, prepare
+from bot.audit.trail import AuditTrail
+from bot.delivery.outbox import Outbox
+from bot.features.actions.approvals import Approval, ApprovalState, ApprovalStore
+from bot.features.actions.arguments import prepare
 from bot.features.actions.config import ActionConfig
-from bot.features.actions.jobs import Requester
-from bot.kernel.command import Risk
+from bot.features.actions.jobs import JobBoard, Requester
+from bot.features.actions.prepared import PreparedAction
+from bot.kernel.clock import Clock
+from bot.kernel.command import Request, Risk
 from bot.kernel.durations import format_duration
-from bot.kernel.errors import Denied, UsageError, UserError
+from bot.kernel.errors import UsageError, UserError
 from bot.kernel.reply import Button, Field, Reply, Status
-from bot.pipeline.context import Context
 
 
-def find_action(ctx: Context, name: str) -> ActionConfig:
-    action = ctx.tools.config.action(name)
-    if action is None:
-        mine = sorted(a.name for a in ctx.tools.config.actions if _may_run(ctx, a))
-        known = ", ".join(mine) if mine else "none you may run"
-        raise UsageError(f"no action '{name}' is configured (actions: {known})")
-    if not _may_run(ctx, action):
-        raise Denied(
-            f"action '{name}' needs role {_one_of(action.roles)} "
-            f"(you have: {', '.join(sorted(ctx.principal.roles)) or 'none'})",
-            f"actions.{name}.roles",
-        )
-    return action
+class ActionService:
+    def __init__(
+        self,
+        actions: Sequence[ActionConfig],
+        *,
+        approvals: ApprovalStore,
+        jobs: JobBoard,
+        outbox: Outbox,
+        audit: AuditTrail,
+        clock: Clock,
+        base_dir: Path,
+    ) -> None:
+        """``base_dir``: relative action paths are resolved against it (the config file's
+        directory)."""
+        self.actions = tuple(actions)
+        self._by_name = {action.name: action for action in actions}
+        self.approvals = approvals
+        self.jobs = jobs
+        self._outbox = outbox
+        self._audit = audit
+        self._clock = clock
+        self._base_dir = base_dir
 
+    def action(self, name: str) -> ActionConfig | None:
+        return self._by_name.get(name)
 
-async def request_action(
-    ctx: Context,
-    action: ActionConfig,
-    positionals: Sequence[str],
-    named: Mapping[str, str],
-    *,
-    dry_run: bool = False,
-) -> Reply:
-    """/rollback v1.2, /run restart-web api: validate, then run, or ask for approval."""
-    prepared = await prepare(action, positionals, named, base_dir=ctx.tools.base_dir)
-    needs_approval = action.risk is Risk.HIGH and await _strict(ctx)
-    if dry_run:
-        return _dry_run(ctx, prepared, needs_approval)
-    if needs_approval:
-        return await _ask_for_approval(ctx, prepared)
-    jobs = ctx.tools.jobs
-    job = await jobs.start(prepared, _requester(ctx, f"actions.{action.name}.roles"))
-    return await jobs.answer(job)
+    async def request_action(
+        self,
+        request: Request,
+        name: str,
+        positionals: Sequence[str],
+        named: Mapping[str, str],
+        *,
+        dry_run: bool = False,
+    ) -> Reply:
+        """/rollback v1.2, /run restart-web api: validate, then run, or ask for approval."""
+        action = self._by_name.get(name)
+        if action is None:  # the authorizer resolved it; the config cannot change since
+            raise UsageError(f"no action '{name}' is configured")
+        prepared = await prepare(action, positionals, named, base_dir=self._base_dir)
+        needs_approval = request.decision.needs_approval
+        if dry_run:
+            return _dry_run(prepared, needs_approval)
+        if needs_approval:
+            return await self._ask_for_approval(request, prepared)
+        job = await self.jobs.start(prepared, _requester(request, request.decision.rule))
+        return await self.jobs.answer(job)
 
-
-async def decide(ctx: Context, approval_id: str, *, approve: bool, reason: str | None) -> Reply:
-    """/approve <id> and /deny <id> [reason]."""
-    store = ctx.tools.approvals
-    approval_id = approval_id.strip().lower()
-    approval = await store.get(approval_id)
-    if approval is None:
-        raise UsageError(f"no approval request '{approval_id}'; /approvals lists those waiting")
-    action = ctx.tools.config.action(approval.action)
-    verb = "approve" if approve else "deny"
-    if approval.requester == ctx.principal.name and approve:
-        raise Denied(
-            "you requested this; another person with an approver role must approve it",
-            "approval:requester-may-not-approve",
-        )
-    if action is None:
-        raise UserError(
-            f"action '{approval.action}' is no longer configured; request {approval.id} cannot run"
-        )
-    # The requester may withdraw (deny) their own request; anyone else needs the role.
-    if approval.requester != ctx.principal.name and ctx.principal.roles.isdisjoint(
-        action.approver_roles
-    ):
-        raise Denied(
-            f"to {verb} /{action.name} you need role {_one_of(action.approver_roles)} "
-            f"(you have: {', '.join(sorted(ctx.principal.roles)) or 'none'})",
-            f"actions.{action.name}.approver_roles",
-        )
-    now = ctx.tools.clock.now()
-    await _explain_if_not_pending(ctx, approval)
-    prepared: PreparedAction | None = None
-    if approve:
-        # Bound to the exact request: the same values must still pass today's rules and
-        # make the same argv the requester was shown.
-        prepared = await prepare(action, (), approval.args, base_dir=ctx.tools.base_dir)
-        if prepared.argv != approval.argv:
+    async def decide(
+        self, request: Request, approval_id: str, *, approve: bool, reason: str | None
+    ) -> Reply:
+        """/approve <id> and /deny <id> [reason], once the authorizer allowed this person."""
+        store = self.approvals
+        approval_id = approval_id.strip().lower()
+        approval = await store.get(approval_id)
+        if approval is None:
+            raise UsageError(f"no approval request '{approval_id}'; /approvals lists those waiting")
+        action = self._by_name.get(approval.action)
+        if action is None:
             raise UserError(
-                f"the definition of action '{action.name}' changed since request "
-                f"{approval.id} was made; it cannot run: request it again"
+                f"action '{approval.action}' is no longer configured; request {approval.id} "
+                "cannot run"
             )
-    decided = await ctx.tools.approvals.decide(
-        approval.id, by=ctx.principal.name, approve=approve, now=now, reason=reason
-    )
-    if not decided:
-        fresh = await store.get(approval.id)
-        await _explain_if_not_pending(ctx, fresh or approval)
-        raise UserError(f"request {approval.id} could not be decided; try /approve again")
-    await _record(ctx, approval, "approved" if approve else "denied", reason=reason)
-    if not approve:
-        title = f"Request {approval.id} ({_describe(approval)}) denied by {ctx.principal.name}"
-        # INFO, not a warning: the deny worked (a pressed Deny button then closes).
-        reply = Reply(title=title, status=Status.INFO, text=f"Reason: {reason}" if reason else "")
-        await _tell_requester(ctx, approval, reply)
-        return reply
-    assert prepared is not None
-    requester = Requester(
-        principal=approval.requester,
-        platform=approval.destination.platform,
-        user_id=approval.requester_id,
-        destination=approval.destination,
-        request_id=ctx.request_id,
-        approved_by=ctx.principal.name,
-        rule=f"approval:{approval.id}",
-    )
-    job = await ctx.tools.jobs.start(prepared, requester)
-    await _tell_requester(
-        ctx,
-        approval,
-        Reply(
-            title=f"Request {approval.id} ({_describe(approval)}) approved by "
-            f"{ctx.principal.name}; running as job {job.id}",
-            status=Status.INFO,
-        ),
-    )
-    return await ctx.tools.jobs.answer(job)
-
-
-async def _explain_if_not_pending(ctx: Context, approval: Approval) -> None:
-    now = ctx.tools.clock.now()
-    state = approval.state_at(now)
-    if state is ApprovalState.PENDING:
-        return
-    if state is ApprovalState.EXPIRED:
-        if await ctx.tools.approvals.expire(approval.id, now=now):
-            await _record(ctx, approval, "expired")
-        raise UserError(
-            f"request {approval.id} ({_describe(approval)}) expired at "
-            f"{approval.expires_at:%H:%M} UTC; ask {approval.requester} to request it again"
+        now = self._clock.now()
+        await self._explain_if_not_pending(request, approval)
+        prepared: PreparedAction | None = None
+        if approve:
+            # Bound to the exact request: the same values must still pass today's rules and
+            # make the same argv the requester was shown.
+            prepared = await prepare(action, (), approval.args, base_dir=self._base_dir)
+            if prepared.argv != approval.argv:
+                raise UserError(
+                    f"the definition of action '{action.name}' changed since request "
+                    f"{approval.id} was made; it cannot run: request it again"
+                )
+        decided = await store.decide(
+            approval.id, by=request.principal.name, approve=approve, now=now, reason=reason
         )
-    raise UserError(
-        f"request {approval.id} ({_describe(approval)}) was already {state.value} by "
-        f"{approval.decided_by}; an approval is used once"
-    )
+        if not decided:
+            fresh = await store.get(approval.id)
+            await self._explain_if_not_pending(request, fresh or approval)
+            raise UserError(f"request {approval.id} could not be decided; try /approve again")
+        await self._record(request, approval, "approved" if approve else "denied", reason=reason)
+        who = request.principal.name
+        if not approve:
+            title = f"Request {approval.id} ({_describe(approval)}) denied by {who}"
+            # INFO, not a warning: the deny worked (a pressed Deny button then closes).
+            reply = Reply(
+                title=title, status=Status.INFO, text=f"Reason: {reason}" if reason else ""
+            )
+            await self._tell_requester(request, approval, reply)
+            return reply
+        assert prepared is not None
+        requester = Requester(
+            principal=approval.requester,
+            platform=approval.destination.platform,
+            user_id=approval.requester_id,
+            destination=approval.destination,
+            request_id=request.request_id,
+            approved_by=who,
+            rule=f"approval:{approval.id}",
+        )
+        job = await self.jobs.start(prepared, requester)
+        await self._tell_requester(
+            request,
+            approval,
+            Reply(
+                title=f"Request {approval.id} ({_describe(approval)}) approved by "
+                f"{who}; running as job {job.id}",
+                status=Status.INFO,
+            ),
+        )
+        return await self.jobs.answer(job)
+
+    async def _explain_if_not_pending(self, request: Request, approval: Approval) -> None:
+        now = self._clock.now()
+        state = approval.state_at(now)
+        if state is ApprovalState.PENDING:
+            return
+        if state is ApprovalState.EXPIRED:
+            if await self.approvals.expire(approval.id, now=now):
+                await self._record(request, approval, "expired")
+            raise UserError(
+                f"request {approval.id} ({_describe(approval)}) expired at "
+                f"{approval.expires_at:%H:%M} UTC; ask {approval.requester} to request it again"
+            )
+        raise UserError(
+            f"request {approval.id} ({_describe(approval)}) was already {state.value} by "
+            f"{approval.decided_by}; an approval is used once"
+        )
+
+    async def _ask_for_approval(self, request: Request, prepared: PreparedAction) -> Reply:
+        action = prepared.action
+        now = self._clock.now()
+        approval = await self.approvals.create(
+            request_id=request.request_id,
+            action=action.name,
+            args=prepared.values,
+            argv=prepared.argv,
+            requester=request.principal.name,
+            requester_id=request.message.user_id,
+            destination=request.message.location,
+            now=now,
+            expires_at=now + action.approval_ttl,
+        )
+        await self._record(request, approval, "requested")
+        return Reply(
+            title=f"Approval needed: {prepared.describe()} (request {approval.id})",
+            status=Status.INFO,
+            text=(
+                f"Another person with role {_one_of(action.approver_roles)} approves with "
+                f"/approve {approval.id} or refuses with /deny {approval.id} [reason]."
+            ),
+            fields=(
+                Field("requested by", request.principal.name),
+                Field("expires in", format_duration(action.approval_ttl)),
+                Field("argv", " ".join(shlex.quote(a) for a in prepared.argv)),
+            ),
+            buttons=(
+                Button("Approve", f"/approve {approval.id}", "primary"),
+                Button("Deny", f"/deny {approval.id}", "danger"),
+            ),
+        )
+
+    async def _tell_requester(self, request: Request, approval: Approval, reply: Reply) -> None:
+        """The requester waits in the conversation where they asked; tell them there too
+        (unless this is that conversation: a button pressed under the request)."""
+        here = request.message.location
+        there = approval.destination
+        if (there.platform, there.workspace, there.channel_id) != (
+            here.platform,
+            here.workspace,
+            here.channel_id,
+        ):
+            await self._outbox.post(there, reply)
+
+    async def _record(
+        self, request: Request, approval: Approval, status: str, reason: str | None = None
+    ) -> None:
+        approved_by = (request.principal.name,) if status == "approved" else ()
+        await self._audit.record_event(
+            request,
+            stage="approval",
+            kind="approval",
+            request_id=approval.request_id,
+            command=approval.action,
+            args=approval.args,
+            approvers=approved_by,
+            status=status,
+            error=reason,
+            detail=f"approval {approval.id} requested by {approval.requester}, "
+            f"expires {approval.expires_at.isoformat()}",
+        )
 
 
-async def _ask_for_approval(ctx: Context, prepared: PreparedAction) -> Reply:
-    action = prepared.action
-    now = ctx.tools.clock.now()
-    approval = await ctx.tools.approvals.create(
-        request_id=ctx.request_id,
-        action=action.name,
-        args=prepared.values,
-        argv=prepared.argv,
-        requester=ctx.principal.name,
-        requester_id=ctx.message.user_id,
-        destination=Destination.of(ctx.message),
-        now=now,
-        expires_at=now + action.approval_ttl,
-    )
-    await _record(ctx, approval, "requested")
-    return Reply(
-        title=f"Approval needed: {prepared.describe()} (request {approval.id})",
-        status=Status.INFO,
-        text=(
-            f"Another person with role {_one_of(action.approver_roles)} approves with "
-            f"/approve {approval.id} or refuses with /deny {approval.id} [reason]."
-        ),
-        fields=(
-            Field("requested by", ctx.principal.name),
-            Field("expires in", format_duration(action.approval_ttl)),
-            Field("argv", " ".join(shlex.quote(a) for a in prepared.argv)),
-        ),
-        buttons=(
-            Button("Approve", f"/approve {approval.id}", "primary"),
-            Button("Deny", f"/deny {approval.id}", "danger"),
-        ),
-    )
-
-
-def _dry_run(ctx: Context, prepared: PreparedAction, needs_approval: bool) -> Reply:
+def _dry_run(prepared: PreparedAction, needs_approval: bool) -> Reply:
     action = prepared.action
     if needs_approval:
         approval = f"another person with role {_one_of(action.approver_roles)}"
@@ -208,57 +246,20 @@ def _dry_run(ctx: Context, prepared: PreparedAction, needs_approval: bool) -> Re
     )
 
 
-async def _strict(ctx: Context) -> bool:
-    return (await ctx.tools.policy.current()).mode is PolicyMode.STRICT
-
-
-def _requester(ctx: Context, rule: str) -> Requester:
+def _requester(request: Request, rule: str) -> Requester:
     return Requester(
-        principal=ctx.principal.name,
-        platform=ctx.message.platform,
-        user_id=ctx.message.user_id,
-        destination=Destination.of(ctx.message),
-        request_id=ctx.request_id,
+        principal=request.principal.name,
+        platform=request.message.platform,
+        user_id=request.message.user_id,
+        destination=request.message.location,
+        request_id=request.request_id,
         rule=rule,
-    )
-
-
-async def _tell_requester(ctx: Context, approval: Approval, reply: Reply) -> None:
-    """The requester waits in the conversation where they asked; tell them there too
-    (unless this is that conversation: a button pressed under the request)."""
-    here = Destination.of(ctx.message)
-    there = approval.destination
-    if (there.platform, there.workspace, there.channel_id) != (
-        here.platform,
-        here.workspace,
-        here.channel_id,
-    ):
-        await ctx.tools.outbox.post(there, reply)
-
-
-async def _record(ctx: Context, approval: Approval, status: str, reason: str | None = None) -> None:
-    approved_by = (ctx.principal.name,) if status == "approved" else ()
-    await ctx.record_event(
-        stage="approval",
-        kind="approval",
-        request_id=approval.request_id,
-        command=approval.action,
-        args=approval.args,
-        approvers=approved_by,
-        status=status,
-        error=reason,
-        detail=f"approval {approval.id} requested by {approval.requester}, "
-        f"expires {approval.expires_at.isoformat()}",
     )
 
 
 def _describe(approval: Approval) -> str:
     values = " ".join(f"{k}={v}" for k, v in approval.args.items())
     return f"{approval.action} {values}".strip()
-
-
-def _may_run(ctx: Context, action: ActionConfig) -> bool:
-    return not ctx.principal.roles.isdisjoint(action.roles)
 
 
 def _one_of(roles: Sequence[str]) -> str:

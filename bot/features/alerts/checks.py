@@ -35,22 +35,23 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bot.app.config.models import Config
 from bot.cluster.scheduler import Every, Scheduler
 from bot.features.alerts.board import ActiveAlert, AlertBoard
 from bot.features.alerts.check_config import CheckConfig, CheckKind, OnError
 from bot.features.alerts.intake import short_id
 from bot.features.alerts.streaks import LocalStreaks
+from bot.features.probes.config import Service
+from bot.features.queues.config import QueueConfig
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.reply import Field, Reply, Status
 from bot.kernel.severity import Severity, above, below
 
 if TYPE_CHECKING:
+    from bot.cluster.http_clients import HttpClients
     from bot.cluster.redis_clients import RedisClients
     from bot.features.alerts.intake import AlertIntake
     from bot.kernel.metrics import Metrics
-    from bot.pipeline.context import HttpClients
 
 log = structlog.get_logger("opsbot.checks")
 
@@ -77,8 +78,15 @@ class CheckFailed(Exception):
 class Measurer:
     """Reads what a check looks at, with the bot's shared HTTP and Redis clients."""
 
-    def __init__(self, config: Config, http: HttpClients, redis: RedisClients) -> None:
-        self._config = config
+    def __init__(
+        self,
+        services: Sequence[Service],
+        queues: Sequence[QueueConfig],
+        http: HttpClients,
+        redis: RedisClients,
+    ) -> None:
+        self._services = {service.name: service for service in services}
+        self._queues = {queue.name: queue for queue in queues}
         self._http = http
         self._redis = redis
 
@@ -94,7 +102,7 @@ class Measurer:
     async def _health(self, check: CheckConfig) -> Reading:
         from bot.features.probes import HealthState, ProbeTarget, ResponseShape, probe_health
 
-        service = self._config.service(check.service or "")
+        service = self._services.get(check.service or "")
         assert service is not None  # the config's references are checked at load
         result = await probe_health(
             self._http.client(),
@@ -145,7 +153,7 @@ class Measurer:
     async def _queue_figure(self, check: CheckConfig) -> float:
         from bot.features.queues.inspect import QueueFailure, inspect_queue
 
-        queue = self._config.queue(check.queue or "")
+        queue = self._queues.get(check.queue or "")
         assert queue is not None  # the config's references are checked at load
         report = await inspect_queue(self._redis, queue)
         if isinstance(report, QueueFailure):
@@ -219,7 +227,7 @@ class CheckView:
 class Checks:
     def __init__(
         self,
-        config: Config,
+        checks: Sequence[CheckConfig],
         *,
         scheduler: Scheduler,
         board: AlertBoard,
@@ -231,7 +239,7 @@ class Checks:
     ) -> None:
         """Adds one scheduler job per check (``check:<name>``); no I/O. ``streaks``: where
         the counts of bad runs live (shared by replicas: ``RedisStreaks``)."""
-        self._checks = {check.name: check for check in config.checks}
+        self._checks = {check.name: check for check in checks}
         self._scheduler = scheduler
         self._board = board
         self._intake = intake
@@ -241,7 +249,7 @@ class Checks:
         self._streaks = streaks if streaks is not None else LocalStreaks()
         self._last: dict[str, tuple[datetime, Reading]] = {}
         self._locks = {name: asyncio.Lock() for name in self._checks}
-        for check in config.checks:
+        for check in checks:
             scheduler.add(
                 job_name(check.name), partial(self.run, check.name), Every(check.interval)
             )

@@ -37,17 +37,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.app.config.models import Config
-from bot.delivery.channels import channel_destinations, serves
-from bot.delivery.outbox import Destination, Outbox
+from bot.delivery.channels import channel_destinations
+from bot.delivery.config import ChannelGroup
+from bot.delivery.outbox import Outbox
 from bot.features.alerts.board import ActiveAlert, AlertBoard, AlertDedup
+from bot.features.alerts.config import AlertsSection
 from bot.kernel.clock import Clock
+from bot.kernel.message import Location
 from bot.kernel.reply import Field as ReplyField
 from bot.kernel.reply import Reply, Status
 
 if TYPE_CHECKING:
+    from bot.delivery.adapters import AdapterBoard
     from bot.kernel.metrics import Metrics
-    from bot.pipeline.context import AdapterBoard
 
 log = structlog.get_logger("opsbot.alerts")
 
@@ -199,8 +201,9 @@ class AlertIntake:
 
     def __init__(
         self,
-        config: Config,
+        section: AlertsSection | None,
         *,
+        channels: Mapping[str, ChannelGroup],
         board: AlertBoard,
         dedup: AlertDedup,
         outbox: Outbox,
@@ -209,7 +212,8 @@ class AlertIntake:
         silences: Muter | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._config = config
+        self._section = section
+        self._channels = channels
         self.board = board
         self._dedup = dedup
         self._outbox = outbox
@@ -221,7 +225,7 @@ class AlertIntake:
 
     def channels_for(self, labels: Mapping[str, str]) -> list[str]:
         """The first route whose matchers all equal the labels, else the defaults."""
-        section = self._config.alerts
+        section = self._section
         if section is None:
             return []
         for route in section.routes:
@@ -343,8 +347,8 @@ class AlertIntake:
         channels; False when there is none."""
         targets = [
             d
-            for d in channel_destinations(self._config, channels)
-            if serves(self._adapters, d.platform)
+            for d in channel_destinations(self._channels, channels)
+            if self._adapters.serves(d.platform)
         ]
         if not targets:
             log.warning("alerts.no_destination", alert=what, channels=list(channels))
@@ -354,7 +358,7 @@ class AlertIntake:
                 await self._post(destination, reply, reply_key)
         return True
 
-    async def _post(self, destination: Destination, reply: Reply, key: str | None) -> None:
+    async def _post(self, destination: Location, reply: Reply, key: str | None) -> None:
         if not await self._outbox.post(destination, reply, key=key, coalesce=True):
             log.error(
                 "alerts.post_failed",
@@ -421,14 +425,14 @@ class BadRequest(Exception):
         self.message = message
 
 
-def alert_routes(intake: AlertIntake, config: Config) -> list[Route]:
+def alert_routes(intake: AlertIntake, section: AlertsSection | None) -> list[Route]:
     """``POST /alerts/alertmanager`` and ``POST /alerts`` for the bot's HTTP server."""
 
     async def alertmanager(request: Request) -> Response:
-        return await _accept(request, config, intake, AlertmanagerWebhook, _am_groups)
+        return await _accept(request, section, intake, AlertmanagerWebhook, _am_groups)
 
     async def generic(request: Request) -> Response:
-        return await _accept(request, config, intake, GenericDelivery, _generic_groups)
+        return await _accept(request, section, intake, GenericDelivery, _generic_groups)
 
     return [
         Route("/alerts/alertmanager", alertmanager, methods=["POST"]),
@@ -448,12 +452,11 @@ def _generic_groups(payload: BaseModel) -> list[AlertGroup]:
 
 async def _accept(
     request: Request,
-    config: Config,
+    section: AlertsSection | None,
     intake: AlertIntake,
     model: type[BaseModel],
     to_groups: Callable[[BaseModel], list[AlertGroup]],
 ) -> Response:
-    section = config.alerts
     if section is None or section.token is None:
         return _error(503, NOT_CONFIGURED)
     if not _authorized(request, section.token.get_secret_value()):

@@ -21,30 +21,32 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from bot.app.config.models import Config, Service
 from bot.cluster.scheduler import Cron, Every, Schedule, Scheduler
-from bot.delivery.channels import channel_destinations, serves
-from bot.delivery.outbox import Destination
-from bot.features.actions.config import QueueConfig
+from bot.delivery.channels import channel_destinations
+from bot.delivery.config import ChannelGroup
 from bot.features.heartbeats.config import HeartbeatConfig
+from bot.features.probes.config import Service
+from bot.features.queues.config import QueueConfig
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
+from bot.kernel.message import Location
 from bot.kernel.metrics import Metrics
 from bot.kernel.reply import Field, Reply, Status
 from bot.kernel.version import __version__
 
 if TYPE_CHECKING:
+    from bot.cluster.http_clients import HttpClients
     from bot.cluster.redis_clients import RedisClients
+    from bot.delivery.adapters import AdapterBoard
     from bot.features.probes import HealthResult
     from bot.features.queues.inspect import QueueReport
-    from bot.pipeline.context import AdapterBoard, HttpClients
 
 log = structlog.get_logger("opsbot.heartbeat")
 
@@ -57,14 +59,18 @@ _NO_SAMPLE = "·"
 class Poster(Protocol):
     """Where heartbeats are posted: the bot's :class:`~bot.delivery.outbox.Outbox`."""
 
-    async def post(self, destination: Destination, reply: Reply) -> bool: ...
+    async def post(self, destination: Location, reply: Reply) -> bool: ...
 
 
 class Heartbeats:
     def __init__(
         self,
-        config: Config,
+        beats: Sequence[HeartbeatConfig],
         *,
+        services: Sequence[Service],
+        queues: Sequence[QueueConfig],
+        channels: Mapping[str, ChannelGroup],
+        bot_name: str,
         scheduler: Scheduler,
         outbox: Poster,
         metrics: Metrics,
@@ -76,7 +82,10 @@ class Heartbeats:
         retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         """Adds one scheduler job per configured heartbeat; no I/O."""
-        self._config = config
+        self._services = tuple(services)
+        self._queues = tuple(queues)
+        self._channels = channels
+        self._bot_name = bot_name
         self._scheduler = scheduler
         self.outbox = outbox
         self._metrics = metrics
@@ -86,10 +95,10 @@ class Heartbeats:
         self._clock = clock
         self._started_at = started_at
         self.retry_delays = tuple(retry_delays)
-        self._beats = {beat.name: beat for beat in config.heartbeat}
+        self._beats = {beat.name: beat for beat in beats}
         self._samples: dict[tuple[str, str], deque[int | None]] = {}
         self._last_success: dict[str, datetime] = {}
-        for beat in config.heartbeat:
+        for beat in beats:
             scheduler.add(beat.name, partial(self.beat, beat.name), schedule_of(beat))
 
     # ------------------------------------------------------------------ what /heartbeat reads
@@ -104,9 +113,9 @@ class Heartbeats:
     def last_success(self, name: str) -> datetime | None:
         return self._last_success.get(name)
 
-    def destinations(self, beat: HeartbeatConfig) -> list[Destination]:
+    def destinations(self, beat: HeartbeatConfig) -> list[Location]:
         """Every platform id of the heartbeat's channels, in config order, once each."""
-        return channel_destinations(self._config, beat.channels)
+        return channel_destinations(self._channels, beat.channels)
 
     # ------------------------------------------------------------------ one heartbeat
 
@@ -115,7 +124,7 @@ class Heartbeats:
         it (then the dead man's switch gauge moves)."""
         beat = self._beats[name]
         reply = await self.compose(beat)
-        targets: list[Destination] = []
+        targets: list[Location] = []
         for destination in self.destinations(beat):
             if self._serves(destination.platform):
                 targets.append(destination)
@@ -150,10 +159,9 @@ class Heartbeats:
         from bot.features.queues.inspect import QueueFailure
         from bot.kernel.severity import Severity
 
-        config = self._config
         request_id = f"hb-{secrets.token_hex(5)}"  # probes send it as X-Request-ID
-        services = config.services if beat.health or beat.failing else []
-        queues = config.queues if beat.queues or beat.failing else []
+        services = self._services if beat.health or beat.failing else ()
+        queues = self._queues if beat.queues or beat.failing else ()
         health, reports = await asyncio.gather(
             self._probe(services, request_id), self._inspect(queues)
         )
@@ -177,7 +185,7 @@ class Heartbeats:
         if beat.failing:
             items = _failing(health, reports)
             fields.append(Field("failing", "; ".join(items) if items else "nothing"))
-        name = config.bot.name
+        name = self._bot_name
         if beat.version_uptime:
             uptime = format_duration(self._clock.now() - self._started_at())
             title = f"💓 {name} {__version__} up {uptime}"
@@ -188,9 +196,9 @@ class Heartbeats:
     # ------------------------------------------------------------------ internals
 
     def _serves(self, platform: str) -> bool:
-        return serves(self._adapters, platform)
+        return self._adapters.serves(platform)
 
-    async def _post(self, name: str, destination: Destination, reply: Reply) -> bool:
+    async def _post(self, name: str, destination: Location, reply: Reply) -> bool:
         where = log.bind(
             heartbeat=name, platform=destination.platform, channel=destination.channel_id
         )

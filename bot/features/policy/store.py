@@ -11,19 +11,29 @@ entry, so the expiry is recorded once.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from bot.app.config.models import PolicyMode
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
+from bot.features.policy.config import PolicyMode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from bot.cluster.redis_clients import RedisClients
-    from bot.features.policy.switch import PolicyState
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    mode: PolicyMode
+    until: datetime | None = None
+    changed_by: str = "config"
+    reason: str = ""
+    changed_at: datetime | None = None
+
 
 KEY = "opsbot:policy"
 # KEYS[1]: the policy key; ARGV[1]: the state expected there; ARGV[2]: its replacement.
@@ -99,7 +109,6 @@ def encode(state: PolicyState) -> str:
 
 
 def decode(text: str) -> PolicyState:
-    from bot.features.policy.switch import PolicyState
 
     data = json.loads(text)
     return PolicyState(

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
-from bot.app.config.models import PolicyMode, PolicySection
 from bot.audit import AuditEntry
 from bot.audit.trail import AuditTrail
 from bot.cluster.redis_clients import StateRedisUnavailable
-from bot.features.policy.store import RedisPolicyStore, encode
+from bot.features.policy.config import PolicyMode, PolicySection
+from bot.features.policy.store import PolicyState, RedisPolicyStore, encode
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import UsageError, UserError
@@ -32,15 +31,6 @@ log = structlog.get_logger(__name__)
 
 # The trail said "off" first; when no replica could apply it, the trail says that too.
 _NOT_APPLIED = "not applied: Redis unreachable; the mode stays strict"
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyState:
-    mode: PolicyMode
-    until: datetime | None = None
-    changed_by: str = "config"
-    reason: str = ""
-    changed_at: datetime | None = None
 
 
 class PolicySwitch:

@@ -23,7 +23,7 @@ import redis.exceptions as redis_errors
 import structlog
 from pydantic import SecretStr
 
-from bot.features.actions.config import FloorLevel, Level, QueueConfig, QueueThresholds
+from bot.features.queues.config import FloorLevel, Level, QueueConfig, QueueThresholds
 from bot.kernel.errors import exception_causes
 from bot.kernel.severity import Severity
 from bot.kernel.severity import above as _above

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from bot.audit.redact import Redactor
-from bot.features.actions.arguments import DEFAULT_PATH, PreparedAction, prepare, show_value, usage
+from bot.features.actions.arguments import DEFAULT_PATH, prepare, show_value, usage
 from bot.features.actions.config import ActionConfig
+from bot.features.actions.prepared import PreparedAction
 from bot.features.actions.process import ActionProcess, RunResult, RunStatus
 from bot.kernel.errors import DependencyError, UsageError
 

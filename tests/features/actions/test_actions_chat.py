@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.kernel.message import Message
+from bot.kernel.message import Location, Message
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import ManualClock, running_bot
 from tests.infra import STATE_REDIS_DOWN
@@ -201,8 +201,7 @@ async def test_redelivered_event_runs_the_action_once(scripts: Scripts) -> None:
     async with running_bot(actions_config(scripts)) as tb:
         tb_bot = tb.bot
         message = Message(
-            platform="console",
-            channel_id="ops",
+            location=Location(platform="console", channel_id="ops"),
             user_id="bob",
             text="/run slow-deploy v4.2",
             event_id="Ev0RETRIED",

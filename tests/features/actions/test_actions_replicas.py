@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.features.policy.store import KEY as POLICY_KEY
-from bot.kernel.message import Message
+from bot.kernel.message import Location, Message
 from tests.actionkit import Scripts, actions_config, approval_id, pid_in, process_alive
 from tests.botharness import running_bot
 from tests.infra import redis_url, state_redis
@@ -67,8 +67,7 @@ async def test_redis_dedup_spans_replicas(scripts: Scripts, tmp_path: Path) -> N
 
 def _message(event_id: str, text: str) -> Message:
     return Message(
-        platform="console",
-        channel_id="ops",
+        location=Location(platform="console", channel_id="ops"),
         user_id="bob",
         text=text,
         event_id=event_id,

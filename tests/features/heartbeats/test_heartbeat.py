@@ -21,9 +21,10 @@ from structlog.testing import capture_logs
 
 from bot.app.cli import EXIT_CONFIG, main
 from bot.cluster.scheduler import Cron, Every, Scheduler, crontab_trigger, next_fire_time
-from bot.delivery.outbox import Destination, Outbox
+from bot.delivery.outbox import Outbox
 from bot.features.heartbeats.service import sparkline
 from bot.kernel.clock import SystemClock
+from bot.kernel.message import Location
 from bot.kernel.reply import Reply
 from bot.kernel.version import __version__
 from tests.botharness import BASE_CONFIG, ManualClock, TestBot, running_bot
@@ -68,7 +69,7 @@ class FlakyOutbox:
         self.failures = failures
         self.calls = 0
 
-    async def post(self, destination: Destination, reply: Reply) -> bool:
+    async def post(self, destination: Location, reply: Reply) -> bool:
         self.calls += 1
         if self.calls <= self.failures:
             return False
@@ -195,7 +196,7 @@ health_url = "{refused_url("/healthz")}"
 
             # Every platform id of #ops, but only the platforms this process serves: the
             # console here; slack, telegram and discord have no adapter running.
-            assert [d for d, _ in tb.console.posted] == [Destination("console", "ops")]
+            assert [d for d, _ in tb.console.posted] == [Location("console", "ops")]
 
             await tb.bot.scheduler.join()
             assert gauge(tb, "ops") == clock.now().timestamp()
@@ -433,9 +434,10 @@ async def test_scheduler_runs_jobs_by_apscheduler_and_survives_a_failing_one() -
             await asyncio.wait_for(enough.wait(), 5)
         finally:
             await scheduler.stop()
-    failed = [e for e in logs if e["event"] == "scheduler.job_failed"]
-    assert [e["job"] for e in failed] == ["tick"]
-    assert failed[0]["exc_info"] is True
+    failed = [e for e in logs if e["event"] == "failure"]
+    assert [(e["where"], e["job"]) for e in failed] == [("scheduler.job", "tick")]
+    assert isinstance(failed[0]["exc_info"], RuntimeError)
+    assert len(failed[0]["request_id"]) == 12  # the id a person could quote
     assert calls >= 3
     assert scheduler.next_run("tick") is None
     assert not scheduler.job("tick").running

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.cluster.redis_clients import RedisClients
-from bot.features.actions.config import FloorLevel, Level, QueueConfig
+from bot.features.queues.config import FloorLevel, Level, QueueConfig
 from bot.features.queues.inspect import (
     QueueFailure,
     QueueState,

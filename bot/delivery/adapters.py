@@ -1,0 +1,39 @@
+"""The board of chat adapters: each one's state as /status and /ready report it, and
+which platforms can be posted to now."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class AdapterBoard:
+    """Each adapter's state as /status and /ready report it."""
+
+    states: dict[str, str] = field(default_factory=dict)
+    _probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
+
+    def set(self, adapter: str, state: str) -> None:
+        self.states[adapter] = state
+
+    def watch(self, adapter: str, probe: Callable[[], Awaitable[str]]) -> None:
+        """Ask ``probe`` for the adapter's state whenever the states are read."""
+        self._probes[adapter] = probe
+
+    def unwatch(self, adapter: str) -> None:
+        self._probes.pop(adapter, None)
+
+    async def refresh(self) -> dict[str, str]:
+        for adapter, probe in list(self._probes.items()):
+            try:
+                self.states[adapter] = await probe()
+            except Exception as exc:
+                self.states[adapter] = f"error: {type(exc).__name__}: {exc}"
+        return dict(self.states)
+
+    def serves(self, platform: str) -> bool:
+        """Is an adapter for ``platform`` running here (an id on a platform this process
+        does not serve is skipped, not queued forever)."""
+        state = self.states.get(platform)
+        return state is not None and not state.startswith(("error", "starting"))
