@@ -467,3 +467,18 @@ async def test_channel_rules_hold_in_a_threads_parent_channel(fake: FakeDiscord)
         assert "Policy mode" in reply.text, reply.text
         entries = [e for e in await tb.commands_audited() if e.command == "policy"]
         assert [(e.status, e.rule) for e in entries] == [("ok", "policy.commands.policy")]
+
+
+async def test_slash_command_options_reach_the_core_as_typed_not_reparsed(
+    fake: FakeDiscord,
+) -> None:
+    # Typed as text, typographic quotes count as plain ones (phones substitute them);
+    # a slash command's option is already a value, and must arrive exactly as given.
+    async with discord_bot(fake) as tb:
+        value = "“status” --all"
+        interaction = await fake.slash("help", {"command": value}, user=ALICE)
+        reply = await fake.wait_call("POST", followups(fake, interaction))
+        [embed] = reply.embeds
+        assert embed["title"].startswith(f"❓ no command /{value.lower()} that you may run here")
+        [entry] = [e for e in await tb.commands_audited() if e.command == "help"]
+        assert dict(entry.args) == {"command": value}
