@@ -1,5 +1,9 @@
 """Secrets out of audit records and replies: known secret values and token shapes become ***.
 
+Also what no database or chat platform can take: a lone UTF-16 surrogate (any Python str
+may carry one: ``"\\ud800"``) and NUL become their escapes (``\\ud800``, ``\\x00``), so every
+text that leaves through here can be stored, hashed and posted.
+
 Runs on every command, so the common case (nothing to hide) is one regex search per
 string. A pattern with a group named ``secret`` hides only that group, so
 ``password=hunter2`` keeps saying which thing was hidden.
@@ -84,6 +88,7 @@ class Redactor:
         return redacted
 
     def _redact(self, value: str) -> str:
+        value = storable(value)
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
@@ -142,6 +147,20 @@ class Redactor:
             code=code,
             request_id=reply.request_id if request_id is None else request_id,
         )
+
+
+def storable(value: str) -> str:
+    """``value`` with lone surrogates and NUL escaped; ``value`` itself when it has none
+    (nearly always: one C-speed check)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def secrets_in_url(url: str | None) -> list[str]:

@@ -27,6 +27,7 @@ from bot.kernel.clock import Clock
 from bot.kernel.command import Request
 from bot.kernel.deadlines import Deadlines
 from bot.kernel.errors import DependencyError
+from bot.kernel.message import Location
 from bot.storage.migrate import upgrade
 
 log = structlog.get_logger("opsbot.audit")
@@ -113,6 +114,64 @@ class AuditTrail:
         )
         await receipt
 
+    def entry(
+        self,
+        *,
+        request_id: str,
+        at: datetime,
+        stage: str,
+        kind: str,
+        location: Location | None = None,
+        user_id: str = "",
+        principal: str | None = None,
+        command: str | None = None,
+        raw_text: str = "",
+        args: Mapping[str, Any] | None = None,
+        decision: str | None = None,
+        rule: str | None = None,
+        approvers: tuple[str, ...] = (),
+        status: str = "",
+        exit_code: int | None = None,
+        duration_ms: float | None = None,
+        output_digest: str | None = None,
+        output_excerpt: str | None = None,
+        error: str | None = None,
+        detail: str = "",
+    ) -> AuditEntry:
+        """The one producer of audit entries (commands, events, approvals, jobs, policy):
+        stamped with this replica, every text field through one redaction (secrets masked,
+        surrogates and NUL escaped) and bounded, so any str is recorded and none raises.
+        ``output_digest`` and ``output_excerpt``: what the person was shown (:meth:`output`)."""
+        text = self.redactor.text
+        return AuditEntry(
+            request_id=request_id,
+            at=at,
+            stage=stage,
+            kind=kind,
+            platform=location.platform if location else "",
+            workspace=text(location.workspace) if location else "",
+            channel=text(location.channel_id) if location else "",
+            thread=None
+            if location is None or location.thread_id is None
+            else text(location.thread_id),
+            user_id=text(user_id),
+            principal=principal,
+            command=command,
+            raw_text=_bounded(text(raw_text), MAX_RAW_TEXT),
+            args=self.redactor.value(args) if args else {},
+            decision=decision,
+            rule=rule,
+            approvers=approvers,
+            status=status,
+            exit_code=exit_code,
+            duration_ms=duration_ms,
+            output_digest=output_digest,
+            output_excerpt=None if output_excerpt is None else text(output_excerpt),
+            error=None if error is None else _bounded(text(error), MAX_DETAIL),
+            detail=_bounded(text(detail), MAX_DETAIL),
+            replica=self.replica,
+        )
+
     async def record_event(
         self,
         request: Request,
@@ -132,24 +191,20 @@ class AuditTrail:
         now = self._clock.now()
         message = request.message
         await self.record_durably(
-            AuditEntry(
+            self.entry(
                 request_id=request_id or request.request_id,
                 at=now,
                 stage=stage,
                 kind=kind,
-                platform=message.platform,
-                workspace=message.workspace,
-                channel=message.channel_id,
-                thread=message.thread_id,
+                location=message.location,
                 user_id=message.user_id,
                 principal=request.principal.name,
                 command=command,
                 args=args,
                 approvers=approvers,
                 status=status,
-                error=None if error is None else self.redactor.text(error),
+                error=error,
                 detail=detail,
-                replica=self.replica,
             )
         )
         return now
@@ -197,6 +252,16 @@ class AuditTrail:
                 log.warning("audit.closed_interrupted", commands=closed)
             self._first_close_tried.set()
             return
+
+
+MAX_RAW_TEXT = 4000  # characters of what was typed (longer is not a command: parse.MAX_TEXT)
+MAX_DETAIL = 2000  # characters of an error or a detail
+
+
+def _bounded(value: str, limit: int) -> str:
+    if len(value) <= limit:
+        return value
+    return f"{value[: limit - 30]}… ({len(value)} characters in all)"
 
 
 def _stop_waiting(receipt: asyncio.Future[None], request_id: str) -> None:

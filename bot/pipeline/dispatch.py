@@ -264,16 +264,12 @@ class Dispatcher:
         duration_ms: float | None = None,
         output: tuple[str, str] | None = None,
     ) -> AuditEntry:
-        digest, excerpt = output if output is not None else (None, None)
-        return AuditEntry(
+        return self._audit.entry(
             request_id=request_id,
             at=at,
             stage=stage,
             kind="command",
-            platform=message.platform,
-            workspace=message.workspace,
-            channel=message.channel_id,
-            thread=message.thread_id,
+            location=message.location,
             user_id=message.user_id,
             principal=inv.principal,
             command=inv.command,
@@ -283,10 +279,9 @@ class Dispatcher:
             rule=inv.rule,
             status=status,
             duration_ms=duration_ms,
-            output_digest=digest,
-            output_excerpt=excerpt,
-            error=None if inv.error is None else self._redactor.text(inv.error),
-            replica=self._replica,
+            output_digest=None if output is None else output[0],
+            output_excerpt=None if output is None else output[1],
+            error=inv.error,
         )
 
     async def _finish(

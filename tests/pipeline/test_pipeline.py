@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from bot.app.logs import configure_logging
 from bot.kernel.command import Args, NoArgs, NoDeps, Request, Risk
 from bot.kernel.errors import DependencyError
+from bot.kernel.message import Location, Message
 from bot.kernel.render import render_text, split_message
 from bot.kernel.reply import Reply, Status
 from bot.pipeline.parse import parse
@@ -289,3 +290,50 @@ def test_split_cuts_overlong_lines_without_losing_characters() -> None:
     chunks = split_message(text, 100)
     body = "".join(chunk.split("\n", 1)[1] if i else chunk for i, chunk in enumerate(chunks))
     assert body.replace("\n", "") == text.replace("\n", "")
+
+
+# Any Python str, lone UTF-16 surrogates included (st.characters() leaves them out).
+ANY_CHARACTER = st.one_of(
+    st.characters(min_codepoint=0, max_codepoint=0x10FFFF),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.sampled_from(["\x00", "/", " ", "=", "-", '"', "“", "\u202e", "\U0001f600"]),
+)
+# Joined from characters: st.text() drops lone surrogates whatever its alphabet says.
+ANY_TEXT = st.lists(ANY_CHARACTER, max_size=120).map("".join)
+ANY_MESSAGE = st.one_of(
+    ANY_TEXT,
+    st.builds(
+        lambda name, rest: f"/{name} {rest}",
+        st.sampled_from(["echo", "help", "whoami", "audit", "policy", "nosuch"]),
+        ANY_TEXT,
+    ),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ANY_MESSAGE, min_size=1, max_size=40))
+def test_any_str_gets_a_reply_and_an_audit_record_never_an_exception(texts: list[str]) -> None:
+    async def scenario() -> None:
+        async with running_bot(extra_commands=EXTRA) as tb:
+            answered: list[str] = []
+            for text in texts:
+                reply = await tb.bot.handle(
+                    Message(
+                        location=Location("console", "ops"),
+                        user_id="bob",
+                        text=text,
+                        event_id=f"ev-{len(answered)}-{id(text)}",
+                        received_at=tb.bot.clock.now(),
+                        addressed=False,
+                    )
+                )
+                if reply is None:
+                    continue
+                assert reply.request_id
+                assert "failed inside" not in render_text(reply), text
+                render_text(reply).encode("utf-8")  # a platform can take it
+                answered.append(reply.request_id)
+            audited = {e.request_id for e in await tb.commands_audited()}
+            assert set(answered) <= audited  # every answer left its record
+
+    asyncio.run(scenario())

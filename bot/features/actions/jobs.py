@@ -476,15 +476,12 @@ class JobBoard:
         detail = f"job {job.id}"
         if job.stopped_by:
             detail += f", cancelled by {job.stopped_by}"
-        return AuditEntry(
+        return self._audit.entry(
             request_id=job.audit_id,
             at=self._clock.now(),
             stage=stage,
             kind="job",
-            platform=requester.platform,
-            workspace=requester.destination.workspace,
-            channel=requester.destination.channel_id,
-            thread=requester.destination.thread_id,
+            location=requester.destination,
             user_id=requester.user_id,
             principal=requester.principal,
             command=job.action,
@@ -499,7 +496,6 @@ class JobBoard:
             output_digest=digest,
             output_excerpt=excerpt,
             detail=detail,
-            replica=self._audit.replica,
         )
 
 

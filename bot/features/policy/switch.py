@@ -155,15 +155,14 @@ class PolicySwitch:
         if detail is None:
             until = f" until {state.until.isoformat()}" if state.until else ""
             detail = f"mode {state.mode}{until}; {state.reason}".rstrip("; ")
-        return AuditEntry(
+        return self._audit.entry(
             kind="policy",
             stage="event",
             request_id=request_id or f"timer-{secrets.token_hex(6)}",
             at=self._clock.now(),
             status=outcome,
             principal=state.changed_by,
-            detail=self._audit.redactor.text(detail),
-            replica=self._audit.replica,
+            detail=detail,
         )
 
     async def _record_quietly(self, entry: AuditEntry) -> None:
