@@ -11,6 +11,7 @@ import contextlib
 import csv
 import os
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -246,15 +247,50 @@ def _csv_record(row: StoredEntry) -> dict[str, Any]:
 @contextlib.contextmanager
 def _replace_on_success(path: Path) -> Iterator[TextIO]:
     """A text file that appears at ``path`` only once it is complete: an export that fails
-    half-way must not leave a file that looks like a whole one."""
-    partial = path.with_name(f".{path.name}.partial")
+    half-way must not leave a file that looks like a whole one. Only a regular file (or a
+    new one) is written: a symlink, FIFO, device or directory at ``path`` is refused,
+    whoever runs this (as root, renaming over a device node would replace it)."""
+    _refuse_unless_regular(path)
     try:
-        out = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    partial = Path(name)
     try:
-        with out:
+        with open(fd, "w", encoding="utf-8", newline="") as out:
             yield out
+            out.flush()
+            os.fsync(out.fileno())
+        _refuse_unless_regular(path)  # it may have changed while the export ran
         os.replace(partial, path)
+    except OSError as exc:
+        # A full disk, a quota, the directory gone: one line, and no partial file left.
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _refuse_unless_regular(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a symlink"
+        if stat.S_ISLNK(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a directory"
+        if stat.S_ISDIR(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise UserError(
+        f"refusing to write {path}: it is {kind}; --output writes a regular file "
+        "(leave it out to write to stdout)"
+    )

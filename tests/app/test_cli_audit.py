@@ -8,9 +8,11 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import queue
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -268,3 +270,56 @@ def test_since_is_a_duration_back_from_now_or_an_iso_time() -> None:
     assert parse_since("2026-11-20T12:00:00+02:00", now) == datetime(2026, 11, 20, 10, tzinfo=UTC)
     with pytest.raises(ValueError, match="neither a duration"):
         parse_since("yesterday", now)
+
+
+def _export_to(config: str, output: Path) -> CompletedProcess:
+    return opsbot("audit", "export", "--since", "1h", "--output", str(output), "--config", config)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device", "directory"])
+def test_export_writes_only_a_regular_file(written_log: str, tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    if kind == "symlink":
+        target.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root (CI runs as root)")
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    before = target.lstat()
+    export = _export_to(written_log, target)
+    assert export.returncode == 70
+    assert export.stderr.startswith(f"opsbot: refusing to write {target}: it is a")
+    assert len(export.stderr.splitlines()) == 1
+    after = target.lstat()
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)  # untouched
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    written_log: str, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:  # until the disk is full
+                filler.write(b"x" * 1024)
+        export = _export_to(written_log, disk / "audit.jsonl")
+        assert export.returncode == 70, export.stderr
+        assert (
+            export.stderr
+            == f"opsbot: cannot write {disk / 'audit.jsonl'}: No space left on device\n"
+        )
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
