@@ -92,11 +92,30 @@ class ChainVerifier:
         self._prev_hash = row.hash
         return True
 
-    def finish(self, head_seq: int | None = None, head_hash: str | None = None) -> VerifyResult:
-        """The verdict; with the chain head's position, rows cut from the end are caught too."""
+    def finish(
+        self,
+        head_seq: int | None = None,
+        head_hash: str | None = None,
+        *,
+        head_missing: bool = False,
+    ) -> VerifyResult:
+        """The verdict; with the chain head's position, rows cut from the end are caught
+        too, and so are rows past the head (fed in as well: everything the table holds)."""
+        last = self._next_seq - 1
+        if self._problem is None and head_missing:
+            self._fail(
+                last + 1,
+                "the chain head row is missing (audit_chain_head emptied by hand?): "
+                f"the chain itself ends at seq {last}",
+            )
         if self._problem is None and head_seq is not None:
-            last = self._next_seq - 1
-            if head_seq != last:
+            if last > head_seq:
+                self._fail(
+                    head_seq + 1,
+                    f"seq {head_seq + 1}: row(s) past the chain head (at seq {head_seq}), "
+                    "which opsbot did not write",
+                )
+            elif head_seq != last:
                 self._fail(
                     last + 1,
                     f"the chain head is at seq {head_seq} but the last row is seq {last} "

@@ -543,17 +543,24 @@ class AuditStore:
     # ------------------------------------------------------------------ reading
 
     async def verify(self) -> VerifyResult:
-        """Walk the chain from the anchor and report the first broken link."""
+        """Walk every row the table holds, from the anchor, and report the first problem:
+        a broken link, a gap, a row past the chain head, a missing or inconsistent head."""
         engine = self._require_engine()
         async with engine.connect() as conn:
-            head_seq, head_hash = await _read_head(conn)
+            head = (
+                await conn.execute(
+                    sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
+                        audit_chain_head.c.id == HEAD_ID
+                    )
+                )
+            ).first()
             anchor = (
                 await conn.execute(sa.select(audit_anchor.c.seq, audit_anchor.c.hash))
             ).first()
         verifier = ChainVerifier(*(anchor if anchor is not None else (0, GENESIS_HASH)))
         after: int | None = None
         while not verifier.failed:
-            query = sa.select(audit_log).where(audit_log.c.seq <= head_seq)
+            query = sa.select(audit_log)
             if after is not None:
                 query = query.where(audit_log.c.seq > after)
             async with engine.connect() as conn:
@@ -569,7 +576,9 @@ class AuditStore:
                 break
             after = rows[-1]["seq"]
             await asyncio.sleep(0)  # hashing is CPU work: let the loop breathe between pages
-        return verifier.finish(head_seq, head_hash)
+        if head is None:
+            return verifier.finish(head_missing=True)
+        return verifier.finish(int(head[0]), str(head[1]))
 
     async def query(
         self,

@@ -27,7 +27,8 @@ from bot.audit import (
     head_revision,
     upgrade,
 )
-from bot.audit.chain import link
+from bot.audit.chain import hash_of, link
+from bot.audit.record import FIELD_NAMES
 from bot.kernel.errors import DependencyError
 from tests.auditlog_helpers import (
     BASE_TIME,
@@ -187,7 +188,9 @@ async def test_append_is_queued_and_close_writes_everything(db: Db, tmp_path: Pa
     assert await db.request_ids() == [f"req-{i:04d}" for i in range(100)]
 
 
-@pytest.mark.parametrize("tamper", ["edit", "delete", "reorder", "relink", "truncate"])
+@pytest.mark.parametrize(
+    "tamper", ["edit", "delete", "reorder", "relink", "truncate", "past-head", "head-deleted"]
+)
 async def test_verify_finds_tampering(db: Db, store: AuditStore, tamper: str) -> None:
     await asyncio.gather(*(store.append_durably(entry(i)) for i in range(1, 11)))
     assert (await store.verify()).ok
@@ -207,9 +210,24 @@ async def test_verify_finds_tampering(db: Db, store: AuditStore, tamper: str) ->
         # A forged row slipped in: its own hash is right, its link to seq 5 is not.
         await db.execute(f"UPDATE audit_log SET prev_hash = '{'f' * 64}' WHERE seq = 6")
         expected = (6, "seq 6: prev_hash does not match the hash of the previous row")
-    else:
+    elif tamper == "truncate":
         await db.execute("DELETE FROM audit_log WHERE seq >= 9")
         expected = (9, "the chain head is at seq 10 but the last row is seq 8")
+    elif tamper == "past-head":
+        # A forged row after the head, linked and hashed the way opsbot would: the walk
+        # accepts it, and only the head says it was never written by opsbot.
+        last = [row async for row in store.export(datetime(1970, 1, 1, tzinfo=UTC))][-1]
+        fields = ", ".join(FIELD_NAMES)
+        await db.execute(
+            f"INSERT INTO audit_log (seq, prev_hash, hash, {fields}) "
+            f"SELECT 11, :prev, :hash, {fields} FROM audit_log WHERE seq = 10",
+            prev=last.hash,
+            hash=hash_of(last.hash, 11, last.entry.canonical()),
+        )
+        expected = (11, "seq 11: row(s) past the chain head (at seq 10)")
+    else:
+        await db.execute("DELETE FROM audit_chain_head")
+        expected = (11, "the chain head row is missing")
     result = await store.verify()
     assert not result.ok
     assert result.seq == expected[0]
