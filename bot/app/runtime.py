@@ -304,6 +304,7 @@ class Bot:
         # Jobs first: their results are posted through the adapters, and their last
         # audit entries need the trail still open.
         await self.jobs.drain()
+        await self.dispatcher.close()  # the counts of floods still being counted
         # Then what they posted: delivered within the grace while the adapters are up;
         # the rest stays queued in the database for the next start.
         await self.outbox.stop(grace=OUTBOX_GRACE_S)

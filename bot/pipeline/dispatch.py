@@ -42,6 +42,9 @@ from bot.pipeline.catalog import Catalog
 from bot.pipeline.flood import Admission, FloodGuard
 from bot.pipeline.identify import Directory
 from bot.pipeline.parse import parse
+from bot.pipeline.quiet import Quieted, QuietLedger
+
+FLOOD_RULE = "flood:throttled"
 
 _OUTCOME_OF_STATUS = {
     Status.OK: Outcome.OK,
@@ -67,6 +70,8 @@ class _Invocation:
     error: str | None = None
     raw_text: str = ""  # redacted
     started: bool = False  # a "started" entry was written: the last one is "finished"
+    quiet: bool = False  # one of a flood: counted (bot.pipeline.quiet), not recorded alone
+    closed: list[Quieted] = field(default_factory=list)  # flood windows to record now
 
 
 class Dispatcher:
@@ -100,6 +105,8 @@ class Dispatcher:
         self._bot_names = frozenset({bot_name})
         self._timeout = command_timeout.total_seconds()
         self._deadlines = Deadlines()
+        # A flood window lasts as long as the flood guard takes to refill a whole burst.
+        self._quiet = QuietLedger(window_s=flood.window_seconds)
         # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
         # so logging must be configured before the bot is built.
         self._log = structlog.get_logger("opsbot.pipeline").bind()
@@ -115,6 +122,8 @@ class Dispatcher:
             "user": message.user_id,
         }
         token = REQUEST_CONTEXT.set(log_context)
+        if self._quiet:
+            inv.closed.extend(self._quiet.expired(time.monotonic()))
         try:
             try:
                 reply = await self._process(message, request_id, inv, log_context)
@@ -137,6 +146,8 @@ class Dispatcher:
                     inv.outcome, inv.error = Outcome.INTERRUPTED, "cancelled by shutdown"
                     await self._finish(message, request_id, inv, None, started, wait=False)
                 raise
+            if inv.closed:
+                await self._record_quieted(inv.closed)
             if inv.command is None:
                 return None
             if reply is not None:
@@ -161,6 +172,7 @@ class Dispatcher:
         admission = await self._flood.admit(message.qualified_user)
         if admission is not Admission.ADMIT:
             inv.outcome = Outcome.THROTTLED
+            self._count_or_open(Outcome.THROTTLED, message, inv)
             if admission is Admission.THROTTLE_SILENTLY:
                 return None
             refill = self._flood.refill_seconds
@@ -172,6 +184,7 @@ class Dispatcher:
             )
         principal = self._directory.principal_for(message.qualified_user)
         if principal is None:
+            self._count_or_open(Outcome.DENIED, message, inv)
             raise Denied(
                 f"I don't know you ({message.qualified_user}); ask an admin to add this id "
                 "under 'identities' in the opsbot config",
@@ -215,6 +228,52 @@ class Dispatcher:
         log_context["principal"] = principal.name
         async with self._deadlines.limit(self._timeout):
             return await spec.run(request, args, self._dependencies[spec.name])
+
+    def _count_or_open(self, outcome: Outcome, message: Message, inv: _Invocation) -> None:
+        inv.quiet, closed = self._quiet.count_or_open(
+            str(outcome),
+            message.qualified_user,
+            message.location,
+            message.user_id,
+            message.received_at,
+            time.monotonic(),
+        )
+        inv.closed.extend(closed)
+
+    async def _record_quieted(self, windows: list[Quieted]) -> None:
+        """One entry per closed flood window: how many messages it counted, from whom."""
+        entries = []
+        for window in windows:
+            first, last = window.first_at, window.last_at
+            assert first is not None  # a window with a count has seen a message
+            assert last is not None
+            what = "throttled" if window.kind == Outcome.THROTTLED else "from an unknown sender"
+            entries.append(
+                self._audit.entry(
+                    request_id=new_request_id(),
+                    at=last,
+                    stage="decided",
+                    kind="command",
+                    location=window.location,
+                    user_id=window.user_id,
+                    decision="denied",
+                    rule=FLOOD_RULE if window.kind == Outcome.THROTTLED else UNKNOWN_USER_RULE,
+                    status=window.kind,
+                    detail=f"{window.count} more message(s) {what}, "
+                    f"{first:%Y-%m-%d %H:%M:%S} to {last:%H:%M:%S} UTC, counted, not recorded "
+                    "one by one",
+                )
+            )
+        try:
+            await self._audit.record(*entries)
+        except Exception:
+            self._log.exception("audit.record_failed", command=None)
+
+    async def close(self) -> None:
+        """Record the flood windows still open (at shutdown)."""
+        closed = self._quiet.close_all()
+        if closed:
+            await self._record_quieted(closed)
 
     def _record_decision(self, decision: Decision, inv: _Invocation) -> None:
         inv.rule = decision.rule
@@ -303,6 +362,8 @@ class Dispatcher:
         elif inv.error is not None and inv.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
             # A reply that reports a down service is an answer; only crashes count here.
             self._metrics.errors.labels(label).inc()
+        if inv.quiet:
+            return  # one of a flood: its window's entry counts it
         entry = self._entry(
             "finished" if inv.started else "decided",
             message,

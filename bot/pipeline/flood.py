@@ -48,6 +48,11 @@ class FloodGuard:
         return Admission.THROTTLE_WITH_NOTICE
 
     @property
+    def window_seconds(self) -> float:
+        """Time for the whole budget to come back."""
+        return self._per
+
+    @property
     def refill_seconds(self) -> float:
         """Time for one command's worth of budget to come back."""
         return self._per / self._max
