@@ -312,3 +312,23 @@ async def test_a_silenced_alert_is_listed_but_neither_it_nor_its_resolution_is_p
     assert "2 alert(s) firing, 0 acknowledged, 1 silenced" in listing
     row = next(line for line in listing.splitlines() if "DiskFull" in line)
     assert re.search(r"silenced \([a-z0-9]{6}\)$", row.rstrip()), row
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,  # nested deeper than any real payload
+        b'{"alerts": [{"labels": {"n": ' + b"9" * 5000 + b"}}]}",  # a 5,000-digit number
+        b'{"alerts": [{"labels": {"alertname": "\\ud800"}, "status": "firing"}]}',  # lone
+        b'{"alerts": [{"labels": {"alertname": "\xff\xfe"}}]}',  # not UTF-8
+    ],
+    ids=["deep", "huge-number", "lone-surrogate", "not-utf8"],
+)
+async def test_a_malformed_body_with_a_valid_token_is_400_not_500(body: bytes) -> None:
+    roomy = ALERTS.replace("max_body_bytes = 2048", "max_body_bytes = 65536")
+    async with alerting_bot(BASE_CONFIG + roomy) as (tb, client):
+        for path in ("/alerts/alertmanager", "/alerts"):
+            reply = await client.post(path, content=body, headers=AUTH)
+            assert reply.status_code == 400, (path, reply.text)
+            assert reply.json()["error"].startswith("the body is not valid JSON: ")
+        assert await settled(tb) == []
