@@ -16,7 +16,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from bot.kernel.durations import parse_duration
+from bot.kernel.durations import MAX_DURATION, parse_duration
 from bot.kernel.platform_ids import check_channel_id, check_user_id
 
 
@@ -31,6 +31,8 @@ def _duration(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_DURATION.total_seconds():  # NaN fails this too
+            raise ValueError(f"must be between 0 and {MAX_DURATION.days} days (in seconds)")
         return timedelta(seconds=value)
     return value
 
