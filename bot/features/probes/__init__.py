@@ -1,4 +1,5 @@
-"""Platform-neutral HTTP probes behind the `/health` and `/version` chat commands."""
+"""Probes: platform-neutral HTTP health and version probes behind `/health`, `/version`,
+heartbeats and health checks, and the `[[services]]` they ask (`config`, `targets`)."""
 
 from bot.features.probes.health import (
     HealthResult,
