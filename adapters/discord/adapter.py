@@ -33,6 +33,7 @@ import aiohttp
 import discord
 import structlog
 
+from adapters.discord.config import DiscordSection
 from adapters.discord.render import Outgoing, command_of, render, with_outcome
 from adapters.discord.sync import (
     OptionValue,
@@ -42,7 +43,6 @@ from adapters.discord.sync import (
     point_at,
     token_of,
 )
-from adapters.platforms import DiscordSection
 from bot.kernel.adapter import (
     AdapterError,
     MessageHandler,

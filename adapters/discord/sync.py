@@ -32,11 +32,11 @@ import yarl
 from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic.fields import FieldInfo
 
-from adapters.platforms import TOKEN_VARIABLES, DiscordSection
+from adapters.discord.config import TOKEN_VARIABLES, DiscordSection
 from bot.kernel.adapter import AdapterError
 from bot.kernel.command import CommandSpec
 
-TOKEN_VARIABLE = TOKEN_VARIABLES["discord"]["token"]
+TOKEN_VARIABLE = TOKEN_VARIABLES["token"]
 DESCRIPTION_LIMIT = 100
 CHOICES_LIMIT = 25
 OPTIONS_LIMIT = 25

@@ -39,7 +39,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from adapters.platforms import TOKEN_VARIABLES, SlackSection
+from adapters.slack.config import TOKEN_VARIABLES, SlackSection
 from adapters.slack.render import ACTION_PREFIX, SlackMessage, outcome_blocks, render
 from bot.kernel.adapter import AdapterError, MessageHandler, PlatformLimits, Rate, keyed_slot
 from bot.kernel.clock import Clock
@@ -631,7 +631,7 @@ def _text(mapping: Any, key: str) -> str:
 def _secret(value: SecretStr | None, key: str, needed_for: str = "") -> str:
     secret = value.get_secret_value().strip() if value is not None else ""
     if not secret:
-        variable = TOKEN_VARIABLES[PLATFORM][key]
+        variable = TOKEN_VARIABLES[key]
         why = f"; {needed_for} needs it" if needed_for else ""
         raise AdapterError(f"slack: {variable} is not set (or [slack] {key}){why}")
     return secret

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.platforms import SlackSection
+from adapters.slack.config import SlackSection
 from bot.kernel.command import CommandSpec
 
 BOT_SCOPES = ("app_mentions:read", "chat:write", "commands", "im:history")

@@ -65,7 +65,6 @@ from telegram.constants import ChatType, MessageEntityType, ParseMode
 from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
 
-from adapters.platforms import TOKEN_VARIABLES, TelegramSection
 from adapters.telegram.commands import (
     apply_commands,
     command_aliases,
@@ -73,6 +72,7 @@ from adapters.telegram.commands import (
     require_token,
     scrub,
 )
+from adapters.telegram.config import TOKEN_VARIABLES, TelegramSection
 from adapters.telegram.render import (
     TEXT_LIMIT,
     alert_text,
@@ -100,7 +100,7 @@ _POOL = 8
 _POOL_WAIT = 30.0  # seconds a call may wait for a free connection
 _REMEMBERED = 1024  # post keys and long button commands kept in memory
 _SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
-_SECRET_VARIABLE = TOKEN_VARIABLES["telegram"]["webhook_secret"]
+_SECRET_VARIABLE = TOKEN_VARIABLES["webhook_secret"]
 _NOT_MODIFIED = "message is not modified"
 
 App = Application[Any, Any, Any, Any, Any, Any]

@@ -16,14 +16,14 @@ from typing import Any
 from telegram import Bot, BotCommand
 from telegram.error import InvalidToken, TelegramError
 
-from adapters.platforms import TOKEN_VARIABLES, TelegramSection
+from adapters.telegram.config import TOKEN_VARIABLES, TelegramSection
 from bot.kernel.adapter import AdapterError
 from bot.kernel.command import CommandSpec
 
 _NAME = re.compile(r"[a-z0-9_]{1,32}")
 _DESCRIPTION_LIMIT = 256
 _MENU_LIMIT = 100  # commands Telegram accepts in one menu
-TOKEN_VARIABLE = TOKEN_VARIABLES["telegram"]["token"]
+TOKEN_VARIABLE = TOKEN_VARIABLES["token"]
 
 
 def telegram_name(name: str) -> str:

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     SecretStr,
     StringConstraints,
 )
@@ -72,3 +73,5 @@ ChannelId = Annotated[str, AfterValidator(check_channel_id)]
 Pattern = Annotated[str, AfterValidator(_regex)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+UrlPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9/_.-]*$")]

@@ -18,7 +18,9 @@ from pydantic import (
     StringConstraints,
 )
 
-from adapters.platforms import DiscordSection, SlackSection, TelegramSection
+from adapters.discord.config import DiscordSection
+from adapters.slack.config import SlackSection
+from adapters.telegram.config import TelegramSection
 from bot.cluster.config import StateSection
 from bot.delivery.config import ChannelGroup
 from bot.features.actions.config import ActionConfig, JobsSection
