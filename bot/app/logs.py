@@ -18,6 +18,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from bot.kernel.logcontext import merge_request_context
+from bot.kernel.text import storable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -42,6 +43,12 @@ class SecretMasker:
         return value
 
 
+def _writable(_: WrappedLogger, __: str, line: Any) -> Any:
+    """The rendered line with lone surrogates and NUL escaped: any str may reach a log
+    field (a command name typed in chat), and a stream refuses to write a surrogate."""
+    return storable(line) if isinstance(line, str) else line
+
+
 def configure_logging(
     level: str, fmt: str, stream: TextIO | None = None, secrets: Iterable[str] = ()
 ) -> None:
@@ -61,6 +68,7 @@ def configure_logging(
             structlog.processors.format_exc_info,
             SecretMasker(secrets),
             renderer,
+            _writable,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),

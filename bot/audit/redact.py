@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from bot.kernel.errors import ConfigError
 from bot.kernel.reply import Field, Reply, Table
+from bot.kernel.text import storable
 
 MASK = "***"
 _UNCHANGED = ""  # memo value meaning "the string needs no masking" (a real result is never "")
@@ -147,20 +148,6 @@ class Redactor:
             code=code,
             request_id=reply.request_id if request_id is None else request_id,
         )
-
-
-def storable(value: str) -> str:
-    """``value`` with lone surrogates and NUL escaped; ``value`` itself when it has none
-    (nearly always: one C-speed check)."""
-    if "\x00" in value:
-        value = value.replace("\x00", "\\x00")
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
 
 
 def secrets_in_url(url: str | None) -> list[str]:

@@ -155,8 +155,8 @@ class AuditTrail:
             if location is None or location.thread_id is None
             else text(location.thread_id),
             user_id=text(user_id),
-            principal=principal,
-            command=command,
+            principal=None if principal is None else text(principal),
+            command=None if command is None else _bounded(text(command), MAX_DETAIL),
             raw_text=_bounded(text(raw_text), MAX_RAW_TEXT),
             args=self.redactor.value(args) if args else {},
             decision=decision,

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from bot.kernel.logcontext import REQUEST_CONTEXT
+from bot.kernel.text import storable
 
 _ids = random.Random()  # noqa: S311  (ids, not secrets; seeded from os.urandom at import)
 _log = structlog.get_logger("opsbot.failures")
@@ -44,7 +45,7 @@ def report_failure(where: str, exc: BaseException, **context: Any) -> str:
         "failure",
         where=where,
         request_id=request_id,
-        error=f"{type(exc).__name__}: {exc}",
+        error=storable(f"{type(exc).__name__}: {exc}"),
         exc_info=exc,
         **context,
     )

@@ -37,6 +37,7 @@ from bot.kernel.message import Message
 from bot.kernel.metrics import Metrics
 from bot.kernel.render import render_text
 from bot.kernel.reply import Reply, Status
+from bot.kernel.text import storable
 from bot.pipeline.authorize import UNKNOWN_USER_RULE, Authorizer
 from bot.pipeline.catalog import Catalog
 from bot.pipeline.flood import Admission, FloodGuard
@@ -167,7 +168,9 @@ class Dispatcher:
         )
         if parsed is None:
             return None
-        inv.command = parsed.name
+        # Typed text may name no command at all ("/\ud800"): escaped, the name can be
+        # logged and recorded; the lookup below uses it as typed, and finds nothing.
+        inv.command = storable(parsed.name)
         inv.raw_text = self._redactor.text(message.text)
         admission = await self._flood.admit(message.qualified_user)
         if admission is not Admission.ADMIT:

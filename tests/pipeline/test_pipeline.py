@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.app.logs import configure_logging
@@ -317,6 +317,7 @@ ANY_MESSAGE = st.one_of(
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ANY_MESSAGE, min_size=1, max_size=40))
+@example(["/\ud800", "/e\x00cho x", "/echo \udfff"])  # a name that is no name; found by CI
 def test_any_str_gets_a_reply_and_an_audit_record_never_an_exception(texts: list[str]) -> None:
     async def scenario() -> None:
         async with running_bot(extra_commands=EXTRA) as tb:
