@@ -315,7 +315,13 @@ ANY_MESSAGE = st.one_of(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same 12 lists every run (run it with other seeds to explore).
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.lists(ANY_MESSAGE, min_size=1, max_size=40))
 @example(["/\ud800", "/e\x00cho x", "/echo \udfff"])  # a name that is no name; found by CI
 def test_any_str_gets_a_reply_and_an_audit_record_never_an_exception(texts: list[str]) -> None:
