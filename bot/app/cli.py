@@ -176,11 +176,28 @@ def _audit_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     export.add_argument("--output", type=Path, help="file to write (default: stdout)")
     verify_help = (
-        "check the hash chain: exit 0 if intact, 1 if a row was edited, deleted or "
-        "reordered (the first such row is named), 70 if the database cannot be read"
+        "check everything the audit table holds: exit 0 if intact, 1 if a row was edited, "
+        "deleted, added or reordered, the head or anchor does not match, a key is missing, "
+        "or a witnessed point is gone (the first bad seq is named), 70 if the database "
+        "cannot be read"
     )
     verify = audit_sub.add_parser("verify", help=verify_help, description=verify_help)
     _config_option(verify)
+    verify.add_argument(
+        "--key-file",
+        dest="key_files",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier audit key, for rows written before a rotation (repeatable); "
+        "the configured key ([audit] key / key_file, OPSBOT_AUDIT_KEY) is used as well",
+    )
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        help="a witness file ([audit] witness_path): every (seq, hash) in it must still be "
+        "in the chain, which finds a truncation or a rewrite even by a key holder",
+    )
 
 
 def _count(text: str) -> int:
@@ -251,7 +268,7 @@ async def _audit_database(args: argparse.Namespace, config: Config) -> int:
         return await cli_audit.audit_tail(config, args.count, follow=args.follow)
     if args.audit_action == "export":
         return await cli_audit.audit_export(config, args.since, args.format, args.output)
-    return await cli_audit.audit_verify(config)
+    return await cli_audit.audit_verify(config, key_files=args.key_files, witness=args.witness)
 
 
 async def _outbox(args: argparse.Namespace, config: Config) -> int:

@@ -14,7 +14,7 @@ import signal
 import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,11 +22,12 @@ from typing import Any, TextIO
 import orjson
 from sqlalchemy.engine import make_url
 
-from bot.app.config.models import Config
+from bot.app.config.models import Config, read_key_file
 from bot.app.storage import database_url
 from bot.audit import AuditEntry, AuditStore, StoredEntry, canonical_json, check_schema
-from bot.audit.record import FIELD_NAMES
+from bot.audit.record import FIELD_NAMES, format_at
 from bot.audit.trail import is_embedded, migrate
+from bot.audit.witness import read_points
 from bot.kernel.durations import parse_duration
 from bot.kernel.errors import DependencyError, UserError
 from bot.storage.migrate import DEPENDENCY, current_revision
@@ -34,7 +35,7 @@ from bot.storage.migrate import DEPENDENCY, current_revision
 EXIT_SCHEMA_NOT_CURRENT = 1
 EXIT_CHAIN_BROKEN = 1
 
-EXPORT_COLUMNS = ("seq", "prev_hash", "hash", *FIELD_NAMES)
+EXPORT_COLUMNS = ("seq", "prev_hash", "hash", "key_id", *FIELD_NAMES)
 FOLLOW_POLL_S = 0.5
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -111,9 +112,29 @@ async def audit_export(config: Config, since: datetime, fmt: str, output: Path |
     return 0
 
 
-async def audit_verify(config: Config) -> int:
+async def audit_verify(
+    config: Config, *, key_files: Sequence[Path] = (), witness: Path | None = None
+) -> int:
+    keys = [key for key in [config.audit.chain_key()] if key is not None]
+    for path in key_files:
+        try:
+            keys.append(read_key_file(path))
+        except ValueError as exc:
+            raise UserError(f"--key-file: {exc}") from None
+    points: dict[int, tuple[str, str]] | None = None
+    if witness is not None:
+        try:
+            found, problems = read_points(witness)
+        except OSError as exc:
+            raise UserError(f"--witness: cannot read {witness}: {exc.strerror}") from None
+        for problem in problems:
+            print(f"opsbot: witness: {problem}", file=sys.stderr)
+        if problems:
+            print(f"audit witness BROKEN: {problems[0]}")
+            return EXIT_CHAIN_BROKEN
+        points = {seq: (p.hash, format_at(p.at)) for seq, p in found.items()}
     async with _reading(config) as store:
-        result = await store.verify()
+        result = await store.verify(keys, points)
     print(result)
     return 0 if result.ok else EXIT_CHAIN_BROKEN
 
@@ -232,9 +253,8 @@ async def _write_export(store: AuditStore, since: datetime, fmt: str, out: TextI
 
 def export_record(row: StoredEntry) -> dict[str, Any]:
     """One exported entry: its place in the chain, then its fields in declaration order."""
-    return {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash} | (
-        row.entry.to_json_dict()
-    )
+    chain = {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "key_id": row.key_id}
+    return chain | row.entry.to_json_dict()
 
 
 def _csv_record(row: StoredEntry) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from bot.app.config.models import Config
 from bot.app.http_server import HttpServer, build_app
 from bot.app.services import Services
 from bot.app.storage import database_url, open_trail, prepare_database
+from bot.app.witness import AuditWitness
 from bot.audit.trail import AuditTrail
 from bot.cluster.dedup import (
     ClaimStore,
@@ -146,6 +147,14 @@ class Bot:
                 else None
             ),
         )
+        self.witness = AuditWitness(
+            config.audit,
+            store=self.audit.store,
+            outbox=self.outbox,
+            channels=config.channels,
+            scheduler=self.scheduler,
+            clock=self.clock,
+        )
         self.heartbeats = Heartbeats(
             config.heartbeat,
             services=config.services,
@@ -247,6 +256,7 @@ class Bot:
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
         await self.audit.start()
+        self.witness.start()
         await self.state_db.start()
         await self.outbox.start()
         await self.alert_board.firing()  # what fires, for the gauge, from the last run
@@ -323,6 +333,8 @@ class Bot:
         await self.redis_clients.close()
         self.outbox.closed()
         await self.state_db.close()
+        await self.audit.store.flush()
+        await self.witness.close()
         await self.audit.close()
 
     async def handle(self, message: Message) -> Reply | None:

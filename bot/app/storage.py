@@ -73,6 +73,9 @@ def configured_secrets(config: Config) -> list[str]:
             ]
     if config.alerts is not None and config.alerts.token is not None:
         secrets.append(config.alerts.token.get_secret_value())
+    key = config.audit.chain_key()
+    if key is not None:
+        secrets.append(key.secret.decode("ascii"))
     return secrets
 
 
@@ -80,7 +83,9 @@ def open_trail(config: Config, clock: Clock) -> AuditTrail:
     """The trail for ``config``; nothing is opened until ``trail.store.start()``."""
     url = database_url(config)
     redactor = Redactor.for_config(url, config.audit.redact_patterns, configured_secrets(config))
-    store = AuditStore(url, spool_path=spool_path(config), clock=clock)
+    store = AuditStore(
+        url, spool_path=spool_path(config), clock=clock, key=config.audit.chain_key()
+    )
     return AuditTrail(
         store,
         redactor,

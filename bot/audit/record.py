@@ -149,6 +149,7 @@ class StoredEntry:
     prev_hash: str
     hash: str
     entry: AuditEntry
+    key_id: str | None = None  # the key its hash is an HMAC with; None: plain SHA-256
 
 
 def format_at(at: datetime) -> str:

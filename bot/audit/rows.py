@@ -1,5 +1,5 @@
-"""Entries as the rows of ``audit_log``: chained (seq, previous hash, hash) and turned into
-the INSERT's parameters.
+"""Entries as the rows of ``audit_log``: chained (seq, previous hash, hash, key id) and
+turned into the INSERT's parameters.
 
 Works on an entry's field values (:meth:`AuditEntry.values`), not the dataclass, and
 imports no SQLAlchemy: the SQLite writer process (``bot.audit.sqlite_writer``) uses it,
@@ -12,14 +12,23 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from bot.audit.chain import hash_of
-from bot.audit.record import AT_INDEX, FIELD_NAMES, canonical_json, canonical_of, format_at
+from bot.audit.chain import ChainKey, hash_of, key_event
+from bot.audit.record import (
+    AT_INDEX,
+    FIELD_NAMES,
+    AuditEntry,
+    canonical_json,
+    canonical_of,
+    format_at,
+)
 
-# The audit_log columns, in the order rows are built: the chain's three, then the entry's
+# The audit_log columns, in the order rows are built: the chain's four, then the entry's
 # fields in FIELD_NAMES order (bot.audit.store checks this against the schema).
-COLUMNS = ("seq", "prev_hash", "hash", *FIELD_NAMES)
+COLUMNS = ("seq", "prev_hash", "hash", "key_id", *FIELD_NAMES)
+_CHAIN_COLUMNS = 4
 _ARGS = FIELD_NAMES.index("args")
 _APPROVERS = FIELD_NAMES.index("approvers")
+_REPLICA = FIELD_NAMES.index("replica")
 
 
 @functools.cache
@@ -42,18 +51,19 @@ def row(
     *,
     sqlite: bool,
     at_text: str | None = None,
+    key_id: str | None = None,
 ) -> tuple[Any, ...]:
     """One row in :data:`COLUMNS` order, as the driver takes it. ``at_text``:
     ``format_at(at)``, when the caller has it already."""
-    out = [seq, prev_hash, digest, *values]
+    out = [seq, prev_hash, digest, key_id, *values]
     # SQLite keeps SQLAlchemy's DATETIME text form (naive UTC, a space, microseconds):
     # format_at's text without the "T" and the offset. asyncpg takes the datetime.
     if sqlite:
         iso = format_at(values[AT_INDEX]) if at_text is None else at_text
-        out[3 + AT_INDEX] = f"{iso[:10]} {iso[11:26]}"
+        out[_CHAIN_COLUMNS + AT_INDEX] = f"{iso[:10]} {iso[11:26]}"
     args, approvers = values[_ARGS], values[_APPROVERS]
-    out[3 + _ARGS] = canonical_json(args) if args else "{}"
-    out[3 + _APPROVERS] = canonical_json(list(approvers)) if approvers else "[]"
+    out[_CHAIN_COLUMNS + _ARGS] = canonical_json(args) if args else "{}"
+    out[_CHAIN_COLUMNS + _APPROVERS] = canonical_json(list(approvers)) if approvers else "[]"
     return tuple(out)
 
 
@@ -64,15 +74,34 @@ def linked_rows(
     *,
     sqlite: bool,
     canonicals: Sequence[str] | None = None,
+    key: ChainKey | None = None,
+    head_key_id: str | None = None,
 ) -> tuple[list[tuple[Any, ...]], int, str]:
     """Entries (field values) chained after (``seq``, ``prev``): their rows, and the new
-    head. ``canonicals``: their canonical forms, when the caller has them already."""
+    head. ``canonicals``: their canonical forms, when the caller has them already.
+
+    ``key``: the key to write with; ``head_key_id``: the key of the row at the head. When
+    they differ, an ``audit_key`` event row goes first, naming the new key.
+    """
+    if key is not None and key.key_id != head_key_id and entries:
+        first = entries[0]
+        event = key_event(
+            key,
+            head_key_id,
+            AuditEntry(
+                request_id="", at=first[AT_INDEX], stage="event", kind="", replica=first[_REPLICA]
+            ),
+        )
+        entries = [event.values(), *entries]
+        if canonicals is not None:
+            canonicals = [event.canonical(), *canonicals]
+    key_id = None if key is None else key.key_id
     rows = []
     for i, values in enumerate(entries):
         seq += 1
         at_text = format_at(values[AT_INDEX])
         canonical = canonicals[i] if canonicals is not None else canonical_of(values, at_text)
-        digest = hash_of(prev, seq, canonical)
-        rows.append(row(seq, prev, digest, values, sqlite=sqlite, at_text=at_text))
+        digest = hash_of(prev, seq, canonical, key)
+        rows.append(row(seq, prev, digest, values, sqlite=sqlite, at_text=at_text, key_id=key_id))
         prev = digest
     return rows, seq, prev

@@ -4,9 +4,11 @@ work runs on a core of its own instead of holding the bot's GIL (bench/audit.py)
     python -m bot.audit.sqlite_writer /path/to/audit.db
 
 Started by :class:`bot.audit.writer_process.SqliteWriterProcess`. Frames on stdin and
-stdout are a 4-byte big-endian length and a pickle. After opening the database the
-process answers one frame (the handshake); then, for each frame of entries (a list of
-:meth:`AuditEntry.values` tuples) it answers one frame once they are committed or refused:
+stdout are a 4-byte big-endian length and a pickle. The first frame is the chain key's
+secret (bytes) or None: a key never goes on the command line, where ``ps`` shows it. After
+opening the database the process answers one frame (the handshake); then, for each frame
+of entries (a list of :meth:`AuditEntry.values` tuples) it answers one frame once they are
+committed or refused:
 ``("ok", "")``, ``("down", why)`` for ``sqlite3.OperationalError`` (locked, disk, cannot
 open: worth spooling and retrying), or ``("rejected", why)`` for anything else.
 
@@ -40,6 +42,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from bot.audit.chain import ChainKey
 from bot.audit.rows import insert_sql, linked_rows
 from bot.storage.claim_sql import PRUNE_SQL, claim_sql
 
@@ -56,9 +59,14 @@ class Inserter:
     the chain head is read, so another writer (retention, a second process) extends the
     same chain."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: ChainKey | None = None) -> None:
         self._path = path
+        self._key = key
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        # (seq, key id) of the last row this process wrote: the key of the head row,
+        # without a query, while no other writer came in between.
+        self._written: tuple[int, str | None] | None = None
 
     def open(self) -> Answer:
         try:
@@ -100,12 +108,26 @@ class Inserter:
             self._conn = None
 
     def _connection(self) -> sqlite3.Connection:
+        # An open connection keeps writing to a file that was deleted or moved away (its
+        # directory removed, say), and every commit "succeeds" into a file nobody will
+        # read again. So the path must still lead to the file opened, or nothing is written.
+        try:
+            found = os.stat(self._path)
+        except OSError as exc:
+            self.close()
+            raise sqlite3.OperationalError(
+                f"the audit database file {self._path} is gone ({exc.strerror})"
+            ) from exc
+        if self._conn is not None and self._file != (found.st_dev, found.st_ino):
+            self.close()  # replaced (restored from a backup?): write to what the path holds
         if self._conn is None:
             # Autocommit at the driver level: this code says BEGIN IMMEDIATE itself.
             conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._conn = conn
+            self._file = (found.st_dev, found.st_ino)
+            self._written = None
         return self._conn
 
     def _insert(self, entries: Sequence[Sequence[Any]]) -> None:
@@ -119,7 +141,19 @@ class Inserter:
                 raise sqlite3.IntegrityError(
                     "the audit chain head row is missing: run `opsbot db upgrade`"
                 )
-            rows, seq, prev = linked_rows(int(head[0]), str(head[1]), entries, sqlite=True)
+            head_seq = int(head[0])
+            head_key_id = self._head_key_id(conn, head_seq)
+            # Rows past the head (forged, or left by hand) must not jam the log: write
+            # after them, linked to the head; verify names the first of them.
+            top = conn.execute("SELECT max(seq) FROM audit_log").fetchone()[0]
+            rows, seq, prev = linked_rows(
+                max(head_seq, int(top or 0)),
+                str(head[1]),
+                entries,
+                sqlite=True,
+                key=self._key,
+                head_key_id=head_key_id,
+            )
             conn.executemany(insert_sql("qmark"), rows)
             conn.execute(
                 "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
@@ -129,6 +163,13 @@ class Inserter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._written = (seq, None if self._key is None else self._key.key_id)
+
+    def _head_key_id(self, conn: sqlite3.Connection, head_seq: int) -> str | None:
+        if self._written is not None and self._written[0] == head_seq:
+            return self._written[1]
+        found = conn.execute("SELECT key_id FROM audit_log WHERE seq = ?", (head_seq,)).fetchone()
+        return None if found is None else found[0]
 
 
 def _answer(exc: Exception) -> Answer:
@@ -145,12 +186,17 @@ class FrameReader:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = bytearray()
+        self._early: list[bytes] = []
+
+    def push_back(self, frames: list[bytes]) -> None:
+        """Frames read ahead of their turn, handed out first by :meth:`frames`."""
+        self._early = frames + self._early
 
     def frames(self) -> list[bytes] | None:
         """Every complete frame received so far, waiting for at least one; None at the
         end of the stream (a torn last frame counts as the end)."""
         while True:
-            frames = self._complete()
+            frames, self._early = self._early + self._complete(), []
             if frames:
                 return frames
             chunk = os.read(self._fd, 1 << 20)
@@ -208,8 +254,13 @@ def main(argv: Sequence[str]) -> int:
     # The protocol owns the original stdout; a stray print must not corrupt it.
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    inserter = Inserter(argv[1])
     reader = FrameReader(sys.stdin.fileno())
+    first = reader.frames()
+    if not first:
+        return 0
+    secret = pickle.loads(first[0])  # noqa: S301  (our parent's pipe)
+    inserter = Inserter(argv[1], None if secret is None else ChainKey(secret))
+    reader.push_back(first[1:])
     failed = False
     try:
         write_frame(frames_out, inserter.open())

@@ -34,7 +34,7 @@ import json
 import os
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,7 +48,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import bot.audit.rows as row_layout
-from bot.audit.chain import GENESIS_HASH, ChainVerifier, VerifyResult
+from bot.audit.chain import GENESIS_HASH, ChainKey, ChainVerifier, TableEnds, VerifyResult
 from bot.audit.record import AuditEntry, StoredEntry, format_at
 from bot.audit.rows import COLUMNS, insert_sql, linked_rows
 from bot.audit.writer_process import SqliteWriterProcess
@@ -174,6 +174,7 @@ class AuditStore:
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
         clock: Clock | None = None,
+        key: ChainKey | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -186,12 +187,13 @@ class AuditStore:
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._clock = clock or SystemClock()
+        self._key = key
         self._engine: AsyncEngine | None = None
         # SQLite: the one process that writes the file on the hot path (entries, and the
         # dedup's claims through bot.cluster.dedup.WriterProcessClaims).
         parsed = make_url(url)
         self._sqlite_writer: SqliteWriterProcess | None = (
-            SqliteWriterProcess(parsed.database or "")
+            SqliteWriterProcess(parsed.database or "", key)
             if parsed.get_backend_name() == "sqlite"
             else None
         )
@@ -212,6 +214,8 @@ class AuditStore:
         if self._engine is not None:
             raise InternalError("AuditStore.start() called twice")
         self._engine = make_engine(self._url, schema=self._schema)
+        if self._key is None:
+            await self._refuse_a_keyed_chain_without_key()
         if self._sqlite_writer is not None:
             try:
                 await self._sqlite_writer.start()
@@ -222,6 +226,31 @@ class AuditStore:
         # Entries left in the spool by an earlier run are sent first.
         self._spool_depth = len(await asyncio.to_thread(self._read_spool))
         self._writer = asyncio.create_task(self._run(), name="auditlog-writer")
+
+    async def _refuse_a_keyed_chain_without_key(self) -> None:
+        """Rows written without the key after keyed ones would make the chain fail verify
+        from there on: refuse to start instead, and say which key the chain wants."""
+        try:
+            async with self._require_engine().connect() as conn:
+                head_seq, _ = await _read_head(conn)
+                key_id = (
+                    await conn.execute(
+                        sa.select(audit_log.c.key_id).where(audit_log.c.seq == head_seq)
+                    )
+                ).scalar()
+        except Exception as exc:
+            if is_connection_error(exc) or isinstance(exc, DependencyError):
+                return  # not reachable now: the writer spools until it is
+            raise
+        if key_id is not None:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                await engine.dispose()
+            raise DependencyError(
+                DEPENDENCY,
+                f"the audit chain is keyed (its last row with key {key_id}) but no key is "
+                "configured: set OPSBOT_AUDIT_KEY or [audit] key_file (docs/audit.md)",
+            )
 
     async def close(self) -> None:
         """Write everything queued (to the database or the spool), stop, release connections."""
@@ -432,7 +461,7 @@ class AuditStore:
             return
         # PostgreSQL; SQLite batches go to the writer process above.
         async with self._write_transaction() as conn:
-            rows, seq, prev = _linked_rows(*await _lock_head(conn), entries, sqlite=False)
+            rows, seq, prev = await self._chain(conn, entries, sqlite=False)
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
             # than the rest of the write path together (bench/audit.py).
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
@@ -441,6 +470,33 @@ class AuditStore:
                 .where(audit_chain_head.c.id == HEAD_ID)
                 .values(seq=seq, hash=prev)
             )
+
+    async def _chain(
+        self, conn: AsyncConnection, entries: Sequence[AuditEntry], *, sqlite: bool
+    ) -> tuple[list[tuple[Any, ...]], int, str]:
+        """``entries`` as rows after the locked head, and the new head (in a write
+        transaction). Rows past the head (forged, or left by hand) must not jam the log:
+        new rows go after them, linked to the head, and verify names the first of them."""
+        head_seq, head_hash = await _lock_head(conn)
+        top, head_key_id = (
+            await conn.execute(
+                sa.select(
+                    sa.func.max(audit_log.c.seq),
+                    sa.select(audit_log.c.key_id)
+                    .where(audit_log.c.seq == head_seq)
+                    .scalar_subquery(),
+                )
+            )
+        ).one()
+        return linked_rows(
+            max(head_seq, int(top or 0)),
+            head_hash,
+            [e.values() for e in entries],
+            sqlite=sqlite,
+            canonicals=[e.canonical() for e in entries],
+            key=self._key,
+            head_key_id=head_key_id,
+        )
 
     def _write_transaction(self) -> _WriteTransaction:
         return _WriteTransaction(self._require_engine())
@@ -542,9 +598,21 @@ class AuditStore:
 
     # ------------------------------------------------------------------ reading
 
-    async def verify(self) -> VerifyResult:
+    async def head(self) -> tuple[int, str]:
+        """The chain head as committed: (seq, hash)."""
+        async with self._require_engine().connect() as conn:
+            return await _read_head(conn)
+
+    async def verify(
+        self,
+        keys: Sequence[ChainKey] = (),
+        witness: Mapping[int, tuple[str, str]] | None = None,
+    ) -> VerifyResult:
         """Walk every row the table holds, from the anchor, and report the first problem:
-        a broken link, a gap, a row past the chain head, a missing or inconsistent head."""
+        a broken link, a gap, a row past the chain head, a missing or inconsistent head, a
+        keyed row whose key is not in ``keys`` (or does not verify with it), an anchor
+        without the retention event that recorded it; with ``witness`` (seq -> (hash,
+        when)), a witnessed point that is missing or differs."""
         engine = self._require_engine()
         async with engine.connect() as conn:
             head = (
@@ -557,7 +625,13 @@ class AuditStore:
             anchor = (
                 await conn.execute(sa.select(audit_anchor.c.seq, audit_anchor.c.hash))
             ).first()
-        verifier = ChainVerifier(*(anchor if anchor is not None else (0, GENESIS_HASH)))
+        anchor_seq, anchor_hash = (0, GENESIS_HASH) if anchor is None else anchor
+        verifier = ChainVerifier(
+            int(anchor_seq),
+            str(anchor_hash),
+            keys={key.key_id: key for key in keys},
+            witness=witness,
+        )
         after: int | None = None
         while not verifier.failed:
             query = sa.select(audit_log)
@@ -576,9 +650,12 @@ class AuditStore:
                 break
             after = rows[-1]["seq"]
             await asyncio.sleep(0)  # hashing is CPU work: let the loop breathe between pages
-        if head is None:
-            return verifier.finish(head_missing=True)
-        return verifier.finish(int(head[0]), str(head[1]))
+        return verifier.finish_with(
+            TableEnds(
+                head=None if head is None else (int(head[0]), str(head[1])),
+                anchor=None if anchor is None else (int(anchor[0]), str(anchor[1])),
+            )
+        )
 
     async def query(
         self,
@@ -717,6 +794,8 @@ class AuditStore:
             removed = (
                 await conn.execute(audit_log.delete().where(audit_log.c.seq <= last))
             ).rowcount
+            if not removed:
+                return 0
             values = {"seq": last, "hash": boundary, "applied_at": self._clock.now()}
             if (
                 await conn.execute(
@@ -724,18 +803,31 @@ class AuditStore:
                 )
             ).rowcount == 0:
                 await conn.execute(audit_anchor.insert().values(id=HEAD_ID, **values))
-        if removed:
-            await self.append_durably(
-                AuditEntry(
-                    request_id=f"retention-{last}",
-                    at=self._clock.now(),
-                    stage="event",
-                    kind="retention",
-                    args={"removed": removed, "up_to_seq": last, "cutoff": format_at(older_than)},
-                    status="ok",
-                    detail=f"retention removed {removed} row(s) older than "
-                    f"{format_at(older_than)}, up to seq {last}",
-                )
+            # The event goes in the same transaction as the removal: an anchor without the
+            # event that names it is what a removal by hand looks like (verify says so).
+            event = AuditEntry(
+                request_id=f"retention-{last}",
+                at=self._clock.now(),
+                stage="event",
+                kind="retention",
+                args={
+                    "removed": removed,
+                    "up_to_seq": last,
+                    "anchor_hash": boundary,
+                    "cutoff": format_at(older_than),
+                },
+                status="ok",
+                detail=f"retention removed {removed} row(s) older than "
+                f"{format_at(older_than)}, up to seq {last}",
+            )
+            rows, seq, prev = await self._chain(
+                conn, [event], sqlite=self._sqlite_writer is not None
+            )
+            await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
+            await conn.execute(
+                audit_chain_head.update()
+                .where(audit_chain_head.c.id == HEAD_ID)
+                .values(seq=seq, hash=prev)
             )
         return removed
 
@@ -791,19 +883,6 @@ def _head_values(head: Any) -> tuple[int, str]:
     return int(head[0]), str(head[1])
 
 
-def _linked_rows(
-    seq: int, prev: str, entries: Sequence[AuditEntry], *, sqlite: bool
-) -> tuple[list[tuple[Any, ...]], int, str]:
-    """``entries`` chained after (``seq``, ``prev``): their rows, and the new head."""
-    return linked_rows(
-        seq,
-        prev,
-        [e.values() for e in entries],
-        sqlite=sqlite,
-        canonicals=[e.canonical() for e in entries],
-    )
-
-
 _COLUMNS = tuple(column.name for column in audit_log.columns)
 assert _COLUMNS == COLUMNS, "audit_log columns and bot.audit.rows are out of step"
 _insert_sql = insert_sql
@@ -819,9 +898,12 @@ def _row_tuple(
 def _stored_from_row(row: RowMapping) -> StoredEntry:
     values = dict(row)
     seq, prev_hash, digest = values.pop("seq"), values.pop("prev_hash"), values.pop("hash")
+    key_id = values.pop("key_id")
     values["args"] = json.loads(values["args"])
     values["approvers"] = tuple(json.loads(values["approvers"]))
-    return StoredEntry(seq=int(seq), prev_hash=prev_hash, hash=digest, entry=AuditEntry(**values))
+    return StoredEntry(
+        seq=int(seq), prev_hash=prev_hash, hash=digest, entry=AuditEntry(**values), key_id=key_id
+    )
 
 
 def _resolve(item: _Pending, error: BaseException | None) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from bot.audit.chain import ChainKey
 from bot.audit.record import AuditEntry
 from bot.audit.sqlite_writer import HEADER
 
@@ -44,8 +45,9 @@ Answer = tuple[str, Any]
 
 
 class SqliteWriterProcess:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: ChainKey | None = None) -> None:
         self._path = path
+        self._key = key
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._answers: deque[asyncio.Future[Answer]] = deque()
@@ -177,6 +179,9 @@ class SqliteWriterProcess:
             stdout=asyncio.subprocess.PIPE,
             env=env,
         )
+        assert proc.stdin is not None
+        secret = pickle.dumps(None if self._key is None else self._key.secret)
+        proc.stdin.write(HEADER.pack(len(secret)) + secret)
         try:
             status, why = await asyncio.wait_for(_read_answer(proc), _START_TIMEOUT_S)
             if status != "ok":

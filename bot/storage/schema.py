@@ -57,6 +57,9 @@ audit_log = sa.Table(
     sa.Column("seq", SeqType, primary_key=True, autoincrement=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # The id of the key the hash is an HMAC with (bot.audit.chain); NULL for a plain
+    # SHA-256 row, written before a key was configured.
+    sa.Column("key_id", sa.String(16), nullable=True),
     sa.Column("request_id", sa.Text, nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("stage", sa.String(16), nullable=False),

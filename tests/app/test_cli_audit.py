@@ -220,7 +220,7 @@ def test_tail_follow_prints_new_entries_until_sigterm(log_copy: str) -> None:
 
     verify = opsbot("audit", "verify", "--config", log_copy)
     assert verify.returncode == 0, verify.stderr
-    assert verify.stdout == "audit chain ok: 9 row(s) verified\n"
+    assert verify.stdout == "audit chain ok: 9 row(s) verified, none keyed\n"
 
 
 def _read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
@@ -259,7 +259,7 @@ async def test_db_upgrade_then_verify_on_a_fresh_postgresql_database() -> None:
     assert upgrade.stdout.startswith("audit database postgresql+asyncpg://")
     assert upgrade.stdout.endswith(f"is at revision {head_revision()}\n")
     assert verify.returncode == 0, verify.stderr
-    assert verify.stdout == "audit chain ok: 0 row(s) verified\n"
+    assert verify.stdout == "audit chain ok: 0 row(s) verified, none keyed\n"
 
 
 def test_since_is_a_duration_back_from_now_or_an_iso_time() -> None:

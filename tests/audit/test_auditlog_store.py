@@ -41,18 +41,6 @@ from tests.auditlog_helpers import (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
-        await upgrade(url)
-        yield Db("sqlite", url, None)
-    else:
-        async with pg_schema() as (url, schema):
-            await upgrade(url, schema=schema)
-            yield Db("postgres", url, schema)
-
-
 @pytest.fixture
 async def store(db: Db, tmp_path: Path) -> AsyncIterator[AuditStore]:
     s = db.store(tmp_path)
@@ -189,7 +177,17 @@ async def test_append_is_queued_and_close_writes_everything(db: Db, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "tamper", ["edit", "delete", "reorder", "relink", "truncate", "past-head", "head-deleted"]
+    "tamper",
+    [
+        "edit",
+        "delete",
+        "reorder",
+        "relink",
+        "truncate",
+        "past-head",
+        "head-deleted",
+        "forged-anchor",
+    ],
 )
 async def test_verify_finds_tampering(db: Db, store: AuditStore, tamper: str) -> None:
     await asyncio.gather(*(store.append_durably(entry(i)) for i in range(1, 11)))
@@ -225,9 +223,20 @@ async def test_verify_finds_tampering(db: Db, store: AuditStore, tamper: str) ->
             hash=hash_of(last.hash, 11, last.entry.canonical()),
         )
         expected = (11, "seq 11: row(s) past the chain head (at seq 10)")
-    else:
+    elif tamper == "head-deleted":
         await db.execute("DELETE FROM audit_chain_head")
         expected = (11, "the chain head row is missing")
+    else:
+        # A prefix removed by hand, with the anchor retention would have left: what is
+        # missing is the retention event that names it.
+        [(boundary,)] = await db.execute("SELECT hash FROM audit_log WHERE seq = 3")
+        await db.execute("DELETE FROM audit_log WHERE seq <= 3")
+        await db.execute(
+            "INSERT INTO audit_anchor (id, seq, hash, applied_at) VALUES (1, 3, :h, :at)",
+            h=boundary,
+            at=BASE_TIME,
+        )
+        expected = (4, "the retention anchor at seq 3 has no retention event recording it")
     result = await store.verify()
     assert not result.ok
     assert result.seq == expected[0]
@@ -335,9 +344,11 @@ async def test_retention_removes_a_prefix_and_the_chain_still_verifies(
     assert ids[:5] == ["req-0006", "req-0007", "req-0008", "req-0009", "late"]
     [event] = await store.query(status="ok", user=None, command=None, limit=1)
     assert (event.entry.stage, event.entry.kind) == ("event", "retention")
+    [(anchor_hash,)] = await db.execute("SELECT hash FROM audit_anchor")
     assert event.entry.args == {
         "removed": 6,
         "up_to_seq": 6,
+        "anchor_hash": anchor_hash,
         "cutoff": "2025-03-01T12:00:06.123456+00:00",
     }
     assert "removed 6 row(s)" in event.entry.detail

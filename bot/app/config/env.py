@@ -22,6 +22,10 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
         ("audit", "database_url"),
         "audit database, e.g. postgresql+asyncpg://opsbot:PASSWORD@db/opsbot (secret)",
     ),
+    "OPSBOT_AUDIT_KEY": (
+        ("audit", "key"),
+        "key the audit chain is kept with, 32+ characters: openssl rand -hex 32 (secret)",
+    ),
     "OPSBOT_SLACK_BOT_TOKEN": (("slack", "bot_token"), "Slack bot token, xoxb-… (secret)"),
     "OPSBOT_SLACK_APP_TOKEN": (
         ("slack", "app_token"),

@@ -15,12 +15,15 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     Field,
+    SecretStr,
     StringConstraints,
+    model_validator,
 )
 
 from adapters.discord.config import DiscordSection
 from adapters.slack.config import SlackSection
 from adapters.telegram.config import TelegramSection
+from bot.audit.chain import ChainKey
 from bot.cluster.config import StateSection
 from bot.delivery.config import ChannelGroup
 from bot.features.actions.config import ActionConfig, JobsSection
@@ -68,7 +71,32 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _audit_key(value: SecretStr) -> SecretStr:
+    ChainKey.from_text(value.get_secret_value())
+    return value
+
+
+def _audit_key_file(path: Path) -> Path:
+    read_key_file(path)
+    return path
+
+
+def read_key_file(path: Path) -> ChainKey:
+    try:
+        text = path.read_bytes()[:4096].decode("ascii")
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not an audit key: not ASCII text") from None
+    return ChainKey.from_text(text)
+
+
 class AuditSection(Strict):
+    # The key the audit chain's rows are an HMAC with: without it, someone who can write
+    # the database cannot make rows that verify. Keep it out of the database's reach
+    # (docs/audit.md: make, keep, rotate). One of these, or neither (rows unkeyed).
+    key: Annotated[SecretStr, AfterValidator(_audit_key)] | None = None
+    key_file: Annotated[Path, AfterValidator(_audit_key_file)] | None = None
     # None: an SQLite file in bot.data_dir, migrated at start-up. A configured URL
     # (PostgreSQL shared by replicas) is migrated only by `opsbot db upgrade`.
     database_url: Annotated[str, AfterValidator(_database_url)] | None = None
@@ -81,6 +109,28 @@ class AuditSection(Strict):
     excerpt_chars: int = Field(default=300, ge=0, le=4000)
     # A read-only command's reply waits at most this long for its audit record to commit.
     reply_wait: Duration = timedelta(seconds=2)
+    # The outside witness (docs/audit.md): the chain head appended to this file every
+    # witness_every and at shutdown. Put it on another volume than the database.
+    witness_path: Path | None = None
+    witness_every: Duration = timedelta(minutes=1)
+    # Channels (names from [channels]) the head is posted to every witness_post_every
+    # while it moves, by the replica that runs scheduled work: the platform keeps it.
+    witness_channels: list[Name] = []
+    witness_post_every: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> AuditSection:
+        if self.key is not None and self.key_file is not None:
+            raise ValueError("set audit.key (OPSBOT_AUDIT_KEY) or audit.key_file, not both")
+        return self
+
+    def chain_key(self) -> ChainKey | None:
+        """The configured key (the key file is read again: a rotation needs a restart)."""
+        if self.key is not None:
+            return ChainKey.from_text(self.key.get_secret_value())
+        if self.key_file is not None:
+            return read_key_file(self.key_file)
+        return None
 
 
 class ConsoleSection(Strict):

@@ -25,6 +25,9 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             known = ", ".join(sorted(config.channels)) or "none defined"
             problems.append(f"{path}: unknown channel '{channel}' (channels: {known})")
 
+    for i, channel in enumerate(config.audit.witness_channels):
+        need_channel(f"audit.witness_channels[{i}]", channel)
+
     for name, definition in config.roles.items():
         for i, included in enumerate(definition.includes):
             need_role(f"roles.{name}.includes[{i}]", included)
