@@ -148,7 +148,7 @@ async def _reading(config: Config) -> AsyncIterator[AuditStore]:
     # The configured spool belongs to the running bot: a store started on it would replay
     # it into the database when closed, racing the bot's own writer. This one never writes.
     with tempfile.TemporaryDirectory(prefix="opsbot-cli-") as scratch:
-        store = AuditStore(url, spool_path=Path(scratch) / "unused-spool.jsonl")
+        store = AuditStore(url, spool_path=Path(scratch) / "unused-spool.jsonl", reading_only=True)
         await store.start()
         try:
             yield store

@@ -175,6 +175,7 @@ class AuditStore:
         retry_max: float = 30.0,
         clock: Clock | None = None,
         key: ChainKey | None = None,
+        reading_only: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -188,6 +189,7 @@ class AuditStore:
         self._retry_max = retry_max
         self._clock = clock or SystemClock()
         self._key = key
+        self._reading_only = reading_only  # `opsbot audit …`: a keyed chain needs no key
         self._engine: AsyncEngine | None = None
         # SQLite: the one process that writes the file on the hot path (entries, and the
         # dedup's claims through bot.cluster.dedup.WriterProcessClaims).
@@ -214,7 +216,7 @@ class AuditStore:
         if self._engine is not None:
             raise InternalError("AuditStore.start() called twice")
         self._engine = make_engine(self._url, schema=self._schema)
-        if self._key is None:
+        if self._key is None and not self._reading_only:
             await self._refuse_a_keyed_chain_without_key()
         if self._sqlite_writer is not None:
             try:

@@ -53,6 +53,7 @@ COLUMNS = [
     "seq",
     "prev_hash",
     "hash",
+    "key_id",
     *(f.name for f in dataclasses.fields(AuditEntry) if not f.name.startswith("_")),
 ]
 CompletedProcess = subprocess.CompletedProcess[str]
@@ -244,6 +245,43 @@ def test_verify_finds_a_deleted_row(log_copy: str) -> None:
     verify = opsbot("audit", "verify", "--config", log_copy)
     assert verify.returncode == 1
     assert "gap in the chain: expected seq 3, found 4" in verify.stdout
+
+
+def test_a_keyed_log_with_a_witness_verifies_and_finds_a_truncation(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    witness = tmp_path / "elsewhere" / "witness.jsonl"
+    witness.parent.mkdir()
+    with open(config, "a") as f:
+        f.write(f"\n[audit]\nwitness_path = {json.dumps(str(witness))}\n")
+    old_key, key = tmp_path / "old.key", "n" * 64
+    old_key.write_text("o" * 64 + "\n")
+    first = opsbot(
+        "console", "--config", config, "-c", "/whoami", env={"OPSBOT_AUDIT_KEY": "o" * 64}
+    )
+    assert first.returncode == 0, first.stderr
+    session = opsbot("console", "--config", config, "-c", "/status", env={"OPSBOT_AUDIT_KEY": key})
+    assert session.returncode == 0, session.stderr
+    points = [json.loads(line) for line in witness.read_text().splitlines()]
+    assert points[-1]["seq"] == 8  # key event, 3 rows, rotation event, 3 rows: at shutdown
+
+    without = opsbot("audit", "verify", "--config", config)
+    assert without.returncode == 1
+    assert "seq 1: keyed with key" in without.stdout
+    only_new = opsbot("audit", "verify", "--config", config, env={"OPSBOT_AUDIT_KEY": key})
+    assert only_new.returncode == 1
+    both = ["audit", "verify", "--config", config, "--key-file", str(old_key)]
+    ok = opsbot(*both, "--witness", str(witness), env={"OPSBOT_AUDIT_KEY": key})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("audit chain ok: 8 row(s) verified, 8 keyed, ")
+
+    with sqlite3.connect(database(config)) as db:
+        (digest,) = db.execute("SELECT hash FROM audit_log WHERE seq = 6").fetchone()
+        db.execute("DELETE FROM audit_log WHERE seq > 6")
+        db.execute("UPDATE audit_chain_head SET seq = 6, hash = ?", (digest,))
+    assert opsbot(*both, env={"OPSBOT_AUDIT_KEY": key}).returncode == 0  # the table agrees
+    found = opsbot(*both, "--witness", str(witness), env={"OPSBOT_AUDIT_KEY": key})
+    assert found.returncode == 1
+    assert found.stdout.startswith("audit chain BROKEN after 6 good row(s): seq 8 was witnessed")
 
 
 @pytest.mark.postgres
