@@ -6,6 +6,7 @@ own every connection and background task.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from bot.features.queues.watched import WatchedQueues
 from bot.kernel.adapter import Adapter, AdapterError
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.command import CommandSpec
+from bot.kernel.errors import DependencyError
 from bot.kernel.failures import failure_line, report_failure
 from bot.kernel.info import BotInfo
 from bot.kernel.message import Message
@@ -223,6 +225,7 @@ class Bot:
         self._attached: list[Adapter] = []
         self._scheduled = False
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
+        self.metrics.audit_writable.set_function(lambda: self.audit.store.unwritable is None)
         self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
 
     def _services(self) -> Services:
@@ -333,7 +336,8 @@ class Bot:
         await self.redis_clients.close()
         self.outbox.closed()
         await self.state_db.close()
-        await self.audit.store.flush()
+        with contextlib.suppress(DependencyError):  # held, not written: logged at close
+            await self.audit.store.flush()
         await self.witness.close()
         await self.audit.close()
 

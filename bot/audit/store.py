@@ -139,11 +139,20 @@ _ASYNCPG_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # The server is there but takes no writes now: a standby after a failover, a full
+    # disk, memory, a lock or a statement timeout. Worth spooling and retrying too.
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
 )
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """Errors that mean "the database is unreachable right now", worth spooling and retrying."""
+    """Errors that mean "the database cannot take writes right now" (unreachable, read-only,
+    full), worth spooling and retrying; not "this entry is wrong"."""
     if isinstance(
         exc, OperationalError | InterfaceError | OSError | TimeoutError | sqlite3.OperationalError
     ):
@@ -207,6 +216,10 @@ class AuditStore:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._spool_depth = 0
+        # Entries neither the database nor the spool took, oldest first, and why: while
+        # there are any, the bot runs no command (fail closed) and the writer keeps trying.
+        self._held: list[AuditEntry] = []
+        self._unwritable: str | None = None
         self._backoff = retry_initial
         self._next_retry = 0.0
 
@@ -265,6 +278,11 @@ class AuditStore:
                     await self._queue.put(_STOP)
                 await asyncio.shield(self._writer)
         finally:
+            for entry in self._held:
+                # Nowhere to write them, and the process is stopping: the error log is
+                # the record.
+                _log.error("auditlog.entry_lost", entry=entry.to_json_dict())
+            self._held = []
             self._writer = None
             engine, self._engine = self._engine, None
             if self._sqlite_writer is not None:
@@ -289,6 +307,12 @@ class AuditStore:
     def spool_depth(self) -> int:
         """Entries waiting in the spool for the database to come back."""
         return self._spool_depth
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why entries can be written nowhere (neither the database nor the spool), or
+        None while they can."""
+        return self._unwritable
 
     # ------------------------------------------------------------------ writing
 
@@ -356,6 +380,7 @@ class AuditStore:
             writer is None
             or not items
             or self._spool_depth
+            or self._held
             or self._redo
             or not writer.ready
             or any(not item.entries for item in items)
@@ -402,7 +427,7 @@ class AuditStore:
 
     async def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
         assert self._queue is not None
-        if self._spool_depth:
+        if self._spool_depth or self._held:
             # Wake up for the next replay even when nothing new arrives.
             timeout = max(0.0, self._next_retry - loop.time())
             return await self._queue.take(self._batch_size, timeout)
@@ -411,22 +436,33 @@ class AuditStore:
     async def _process(
         self, items: list[_Pending], loop: asyncio.AbstractEventLoop, *, final: bool
     ) -> None:
-        if self._spool_depth and (final or loop.time() >= self._next_retry):
-            await self._replay(loop)
         entries = [entry for item in items for entry in item.entries]
-        if not entries:
-            return
-        if self._spool_depth:
-            # Order is the chain's order: newer entries queue up behind the spooled ones.
-            await self._spool(entries)
-            return
+        if self._held:
+            if not final and loop.time() < self._next_retry:
+                # Still nowhere to write: behind the held ones, in order; their waiters
+                # (a command about to run) hear at once that it cannot be recorded.
+                self._hold(entries)
+                if any(item.done is not None for item in items):
+                    error = DependencyError(DEPENDENCY, f"cannot be written: {self._unwritable}")
+                    _settle(items, error)
+                return
+            entries, self._held = [*self._held, *entries], []
         try:
-            rejected = await self._write(entries)
-        except _DatabaseDown as exc:
-            _log.warning("auditlog.database_down", error=str(exc.__cause__), spooled=len(entries))
-            await self._spool(entries)
-            self._schedule_retry(loop, reset=True)
+            rejected = await self._store(entries, loop, final=final)
+        except OSError as exc:
+            # Neither the database nor the spool: hold on to them, refuse commands, retry.
+            self._hold(entries)
+            reason = f"the database is unreachable and the spool cannot be written ({exc})"
+            if self._unwritable is None:
+                _log.error("auditlog.unwritable", reason=reason, held=len(self._held))
+            self._unwritable = reason
+            # Every command waits on this: try again soon, not with the database's backoff.
+            self._next_retry = loop.time() + self._retry_initial
+            _settle(items, DependencyError(DEPENDENCY, f"cannot be written: {reason}", exc))
             return
+        if self._unwritable is not None:
+            _log.warning("auditlog.writable_again", was=self._unwritable)
+            self._unwritable = None
         if rejected:
             # The database refused these entries themselves (not the connection); their
             # waiters get the error and the log keeps the entry, since the table will not.
@@ -437,6 +473,33 @@ class AuditStore:
             for item in items:
                 if any(id(entry) in bad for entry in item.entries):
                     _resolve(item, DependencyError(DEPENDENCY, f"entry rejected: {first}", first))
+
+    def _hold(self, entries: list[AuditEntry]) -> None:
+        room = self._queue_size - len(self._held)
+        for entry in entries[max(room, 0) :]:
+            # Memory is bounded too: past the cap, the error log is the record.
+            _log.error("auditlog.entry_lost", entry=entry.to_json_dict())
+        self._held.extend(entries[: max(room, 0)])
+
+    async def _store(
+        self, entries: list[AuditEntry], loop: asyncio.AbstractEventLoop, *, final: bool
+    ) -> list[tuple[AuditEntry, Exception]]:
+        """Write ``entries`` to the database, or the spool; OSError when neither took them."""
+        if self._spool_depth and (final or loop.time() >= self._next_retry):
+            await self._replay(loop)
+        if not entries:
+            return []
+        if self._spool_depth:
+            # Order is the chain's order: newer entries queue up behind the spooled ones.
+            await self._spool(entries)
+            return []
+        try:
+            return await self._write(entries)
+        except _DatabaseDown as exc:
+            _log.warning("auditlog.database_down", error=str(exc.__cause__), spooled=len(entries))
+            await self._spool(entries)
+            self._schedule_retry(loop, reset=True)
+            return []
 
     async def _write(self, entries: Sequence[AuditEntry]) -> list[tuple[AuditEntry, Exception]]:
         """Commit ``entries`` as one batch; on a data error, one by one. Returns the rejects.

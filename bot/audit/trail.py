@@ -87,8 +87,16 @@ class AuditTrail:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._first_close_tried.wait()), 10)
 
+    def unwritable(self) -> str | None:
+        """Why no audit entry can be written now (then no command may run), or None."""
+        return self.store.unwritable
+
     def state(self) -> str:
-        """For /ready: "ok", or "degraded: …" while entries wait in the spool."""
+        """For /ready: "ok"; "degraded: …" while entries wait in the spool; "failing: …"
+        while they can be written nowhere (not ready)."""
+        reason = self.store.unwritable
+        if reason is not None:
+            return f"failing: the audit log cannot be written: {reason}"
         spooled = self.store.spool_depth
         if spooled:
             return f"degraded: audit database unreachable, {spooled} record(s) in the spool"

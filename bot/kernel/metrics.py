@@ -54,6 +54,12 @@ class Metrics:
             "Audit records waiting in the local spool for the database to come back",
             registry=self.registry,
         )
+        self.audit_writable = Gauge(
+            "opsbot_audit_writable",
+            "1 while audit records can be written (database or spool); 0 while they cannot, "
+            "and no command runs",
+            registry=self.registry,
+        )
         self.outbox_queued = Gauge(
             "opsbot_outbox_queued",
             "Messages the bot posts on its own, waiting in the outbound queue",

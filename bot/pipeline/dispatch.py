@@ -72,6 +72,7 @@ class _Invocation:
     raw_text: str = ""  # redacted
     started: bool = False  # a "started" entry was written: the last one is "finished"
     quiet: bool = False  # one of a flood: counted (bot.pipeline.quiet), not recorded alone
+    unrecorded: bool = False  # refused because nothing can be recorded (fail closed)
     closed: list[Quieted] = field(default_factory=list)  # flood windows to record now
 
 
@@ -184,6 +185,21 @@ class Dispatcher:
                 title="You are sending commands faster than a person can; ignoring them "
                 f"for now (one more allowed every {every})",
                 status=Status.WARNING,
+            )
+        unwritable = self._audit.unwritable()
+        if unwritable is not None:
+            # Fail closed: what runs must be on record, and nothing can be recorded now.
+            inv.unrecorded = True
+            inv.outcome, inv.error = Outcome.ERROR, "the audit log cannot be written"
+            self._log.error(
+                "audit.command_refused",
+                command=inv.command,
+                user=message.qualified_user,
+                reason=unwritable,
+            )
+            return Reply(
+                title=f"The audit log cannot be written, so no command runs: {unwritable}",
+                status=Status.ERROR,
             )
         principal = self._directory.principal_for(message.qualified_user)
         if principal is None:
@@ -367,6 +383,8 @@ class Dispatcher:
             self._metrics.errors.labels(label).inc()
         if inv.quiet:
             return  # one of a flood: its window's entry counts it
+        if inv.unrecorded:
+            return  # refused: nothing ran, and the error log has the line
         entry = self._entry(
             "finished" if inv.started else "decided",
             message,
@@ -382,6 +400,9 @@ class Dispatcher:
                 await self._audit.record_before_reply(entry)
             else:
                 await self._audit.record(entry)
+        except DependencyError as exc:
+            # The store holds the entry and keeps trying (or spools it); the reply goes out.
+            self._log.warning("audit.record_waiting", command=inv.command, error=str(exc))
         except Exception:
             # Losing the reply because the audit store failed helps nobody at 3 a.m.;
             # the store spools when the database is down, and this line shows the gap.

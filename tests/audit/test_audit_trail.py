@@ -184,12 +184,19 @@ async def test_a_mutating_command_is_refused_when_its_start_cannot_be_recorded(
         assert reply is not None and reply.status is Status.ERROR
         assert "could not reach audit database" in reply.title
         assert SEEN_BY_TOUCH == []
-        # Read-only commands still answer: the trail's trouble is in the log.
-        assert "You are alice" in await tb.exec("/whoami")
-        # Loosening the policy is a change too: refused, and the mode stays strict.
+        # Fail closed: nothing can be recorded, so nothing runs, read-only or not.
+        refused = "The audit log cannot be written, so no command runs"
+        assert refused in await tb.exec("/whoami")
         off = await tb.send("/policy off 30m", as_="alice")
         assert off is not None and off.status is Status.ERROR
+        assert refused in off.title
+        # The spool's directory back: the bot recovers by itself, the mode stayed strict.
+        spool_dir.unlink()
+        (tmp_path / "spool-gone").rename(spool_dir)
+        store = tb.bot.audit.store
+        await wait_until(lambda: store.unwritable is None, within=10)
         assert "policy    strict" in await tb.exec("/status", as_="alice")
+        assert SEEN_BY_TOUCH == []
 
 
 def _pg_refused() -> str:
