@@ -174,3 +174,31 @@ def test_secret_values_are_masked_in_log_lines() -> None:
 def _merge(base: str, snippet: str) -> str:
     """Append a snippet; tables it defines that the base has already are merged in."""
     return base + "\n" + snippet
+
+
+def test_audit_key_problems_name_their_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("abc\n")
+    binary = tmp_path / "binary.key"
+    binary.write_bytes(b"\xff" * 40)
+    text = BASE_CONFIG + (f"\n[audit]\nkey = 'too short'\nkey_file = {json.dumps(str(short))}\n")
+    code, output = check(tmp_path, text, capsys)
+    assert code == EXIT_CONFIG
+    assert "audit.key: an audit key must be at least 32 characters" in output
+    assert "too short" not in output  # a secret is never echoed
+    assert "audit.key_file: an audit key must be at least 32" in output
+    text = BASE_CONFIG + f"\n[audit]\nkey_file = {json.dumps(str(binary))}\n"
+    assert f"{binary} is not an audit key: not ASCII text" in check(tmp_path, text, capsys)[1]
+    good = tmp_path / "good.key"
+    good.write_text("a" * 64 + "\n")
+    text = BASE_CONFIG + f"\n[audit]\nkey = '{'b' * 40}'\nkey_file = {json.dumps(str(good))}\n"
+    assert (
+        "set audit.key (OPSBOT_AUDIT_KEY) or audit.key_file, not both"
+        in (check(tmp_path, text, capsys)[1])
+    )
+    text = BASE_CONFIG + "\n[audit]\nwitness_channels = ['nowhere']\n"
+    assert (
+        "audit.witness_channels[0]: unknown channel 'nowhere'" in check(tmp_path, text, capsys)[1]
+    )

@@ -53,6 +53,23 @@ def parse_config(
     return config
 
 
+# Keys whose values are secrets: a problem with one never echoes the value (a key one
+# character short is still most of a key).
+_SECRET_KEYS = frozenset(
+    {
+        "key",
+        "token",
+        "bot_token",
+        "app_token",
+        "signing_secret",
+        "webhook_secret",
+        "secret_env",
+        "database_url",
+        "redis_url",
+    }
+)
+
+
 def _describe(error: ValidationError) -> list[str]:
     lines: list[str] = []
     for item in error.errors(include_url=False):
@@ -65,7 +82,11 @@ def _describe(error: ValidationError) -> list[str]:
         else:
             message = item["msg"].removeprefix("Value error, ")
             value = item.get("input")
-            plain = isinstance(value, str | int | float) and str(value) not in message
+            plain = (
+                isinstance(value, str | int | float)
+                and str(value) not in message
+                and not _SECRET_KEYS.intersection(str(part) for part in loc)
+            )
             shown = f" (got {value!r})" if plain else ""
             lines.append(f"{path}: {message}{shown}")
     return lines
