@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.kernel.errors import ConfigError
+from bot.kernel.regex import LinearRegex, RegexError, compile_linear
 from bot.kernel.reply import Field, Reply, Table
 from bot.kernel.text import storable
 
@@ -55,17 +56,19 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
         # Short values would mask half the alphabet; they are not secrets worth the name.
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        rules: list[tuple[tuple[str, ...], str]] = [*BUILTIN_PATTERNS]
-        rules += [((), p) for p in patterns]
         self._rules: list[tuple[tuple[str, ...], re.Pattern[str]]] = []
+        # Configured patterns run on RE2 (linear time); the built-in shapes are ours.
+        self._configured: list[LinearRegex] = []
         # Chat text repeats (the same commands, titles and field values), and redaction is
         # a pure function of the string: remembered results save the regex scans, which
         # showed per command (bench/audit.py).
         self._seen: dict[str, str] = {}
-        for needles, pattern in rules:
+        for needles, pattern in BUILTIN_PATTERNS:
+            self._rules.append((needles, re.compile(pattern)))
+        for pattern in patterns:
             try:
-                self._rules.append((needles, re.compile(pattern)))
-            except re.error as exc:
+                self._configured.append(compile_linear(pattern))
+            except RegexError as exc:
                 raise ConfigError("audit.redact_patterns", [f"{pattern!r}: {exc}"]) from exc
 
     @classmethod
@@ -102,6 +105,9 @@ class Redactor:
                     continue
             if pattern.search(value) is not None:
                 value = pattern.sub(_mask, value)
+        for regex in self._configured:
+            if regex.search(value):
+                value = regex.sub(_mask_whole, value)
         return value
 
     def optional(self, value: str | None) -> str | None:
@@ -158,6 +164,10 @@ def secrets_in_url(url: str | None) -> list[str]:
     except ValueError:
         return []
     return [password] if password else []
+
+
+def _mask_whole(_: object) -> str:
+    return MASK
 
 
 def _mask(match: re.Match[str]) -> str:

@@ -19,6 +19,7 @@ from pydantic import (
 
 from bot.kernel.durations import MAX_DURATION, parse_duration
 from bot.kernel.platform_ids import check_channel_id, check_user_id
+from bot.kernel.regex import compile_linear
 
 
 class Strict(BaseModel):
@@ -49,10 +50,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 
 
 def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from exc
+    compile_linear(value)  # RegexError is a ValueError: pydantic reports it with the key
     return value
 
 

@@ -11,7 +11,6 @@ built-in rule), so the audit log can answer "why was this allowed?" after an inc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,14 @@ from bot.kernel.command import (
     Risk,
 )
 from bot.kernel.errors import UsageError, UserError
+from bot.kernel.regex import LinearRegex, compile_linear
 from bot.pipeline.config import ANY_ROLE
 
 
 @dataclass(frozen=True, slots=True)
 class _ArgRule:
     arg: str
-    pattern: re.Pattern[str]
+    pattern: LinearRegex
     roles: frozenset[str]
     path: str
 
@@ -52,7 +52,7 @@ class _CommandRule:
 
 UNKNOWN_USER_RULE = "deny:unknown-user"
 REQUESTER_MAY_NOT_APPROVE = "approval:requester-may-not-approve"
-_ANYTHING = re.compile(".*", re.DOTALL)
+_ANYTHING = compile_linear("(?s).*")
 
 
 class Authorizer:
@@ -83,7 +83,9 @@ class Authorizer:
                 path = f"policy.commands.{spec.name}"
                 roles = None if ANY_ROLE in configured.roles else frozenset(configured.roles)
                 arg_rules = tuple(
-                    _ArgRule(a.name, re.compile(a.pattern), frozenset(a.roles), f"{path}.args[{i}]")
+                    _ArgRule(
+                        a.name, compile_linear(a.pattern), frozenset(a.roles), f"{path}.args[{i}]"
+                    )
                     for i, a in enumerate(configured.args)
                 )
                 self._rules[spec.name] = _CommandRule(

@@ -95,6 +95,13 @@ def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tupl
             "policy.commands.health.args[0].pattern: invalid regular expression",
         ),
         (
+            "[policy.commands.health]\nroles = ['admin']\n"
+            "[[policy.commands.health.args]]\nname = 'service'\npattern = '(a)\\1'\n"
+            "roles = ['admin']\n",
+            "policy.commands.health.args[0].pattern: invalid regular expression (RE2 syntax): "
+            "invalid escape sequence",
+        ),
+        (
             "[roles.a]\nincludes = ['b']\n[roles.b]\nincludes = ['a']\n",
             "roles.a.includes: role includes itself",
         ),

@@ -35,6 +35,7 @@ from bot.features.actions.config import ActionConfig, ArgSchema
 from bot.features.actions.prepared import PreparedAction
 from bot.features.actions.process import RunStatus, capture
 from bot.kernel.errors import DependencyError, InternalError, UsageError
+from bot.kernel.regex import LinearRegex, RegexError, compile_linear
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_LANG = "C.UTF-8"
@@ -210,12 +211,12 @@ def _dash_allowed(arg: ArgSchema, value: str) -> bool:
     return pattern.startswith(("-", "\\-"))
 
 
-def _compiled(arg: ArgSchema) -> re.Pattern[str]:
+def _compiled(arg: ArgSchema) -> LinearRegex:
     assert arg.pattern is not None
     try:
-        # re caches compiled patterns; ASCII: \d, \w, \s and case folding stay in ASCII.
-        return re.compile(arg.pattern, re.ASCII)
-    except (re.error, ValueError) as exc:  # e.g. an inline (?u) flag
+        # RE2 (linear time, cached); its \d, \w and \s are ASCII-only, as re.ASCII was.
+        return compile_linear(arg.pattern)
+    except RegexError as exc:  # checked when the config was loaded: not expected here
         raise InternalError(
             f"argument {arg.name}: pattern {arg.pattern!r} cannot be used: {exc}", exc
         ) from exc

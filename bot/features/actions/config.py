@@ -12,12 +12,11 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
 from bot.kernel.command import Risk
-from bot.kernel.settings import Duration, Name, Strict
+from bot.kernel.settings import Duration, Name, Pattern, Strict
 
 ArgName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,31}$")]
 
@@ -29,7 +28,7 @@ class ArgSchema(Strict):
     name: ArgName
     description: str = ""
     kind: Annotated[str, StringConstraints(pattern=r"^(string|integer)$")] = "string"
-    pattern: str | None = None  # full match
+    pattern: Pattern | None = None  # full match, RE2 syntax (bot.kernel.regex)
     choices: list[str] = []
     min: int | None = None
     max: int | None = None
@@ -39,16 +38,6 @@ class ArgSchema(Strict):
     required: bool = True
     default: str | None = None
     max_length: int = Field(default=128, ge=1, le=4096)
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value, re.ASCII)  # as the runner compiles it
-            except (re.error, ValueError) as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from exc
-        return value
 
     @model_validator(mode="after")
     def _constrained(self) -> ArgSchema:

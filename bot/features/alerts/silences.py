@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import DependencyError, InternalError
+from bot.kernel.regex import LinearRegex, RegexError, compile_linear
 from bot.storage.database import StateDatabase
 from bot.storage.state_schema import silences
 
@@ -74,7 +75,7 @@ class Matcher:
     name: str
     op: Op
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _regex: LinearRegex | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _LABEL.fullmatch(self.name):
@@ -89,9 +90,10 @@ class Matcher:
             raise MatcherError(self.name, f"value longer than {MAX_VALUE} characters")
         if self.op in ("=~", "!~"):
             try:
-                regex = re.compile(self.value)
-            except re.error as exc:
-                raise MatcherError(str(self), f"invalid regular expression ({exc})") from exc
+                # RE2, as in Alertmanager: linear time whatever was typed.
+                regex = compile_linear(self.value)
+            except RegexError as exc:
+                raise MatcherError(str(self), str(exc)) from exc
             object.__setattr__(self, "_regex", regex)
 
     @classmethod
@@ -121,7 +123,7 @@ class Matcher:
         if self.op == "!=":
             return value != self.value
         assert self._regex is not None
-        found = self._regex.fullmatch(value) is not None
+        found = self._regex.fullmatch(value)
         return found if self.op == "=~" else not found
 
     @property

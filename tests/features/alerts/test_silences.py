@@ -406,3 +406,24 @@ async def _until_muting(tb: TestBot, labels: dict[str, str], *, expect: bool) ->
             return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise AssertionError(f"muting({labels}) is not {expect} after 10 s")
+
+
+async def test_a_catastrophic_pattern_and_a_long_label_keep_chat_answering() -> None:
+    """``(a+)+`` backtracks exponentially in Python's re (27 characters: seconds, doubling
+    with each one); RE2 matches in linear time, so the loop stays free for chat."""
+    async with running_bot(CONFIG) as tb:
+        created = await tb.exec('/silence alertname=~"(a+)+" 1h storm test', as_="bob")
+        assert "Silence" in created and "created" in created, created
+        labels = {"alertname": "a" * 27 + "!", "instance": "db-1"}
+        muting = asyncio.create_task(tb.bot.silences.muting(labels))
+        started = time.perf_counter()
+        answer = await tb.exec("/whoami", as_="bob")
+        took = time.perf_counter() - started
+        assert await muting is None  # the pattern does not match: not muted
+        assert "You are bob" in answer
+        assert took < 0.1, f"/whoami took {took * 1000:.0f} ms"
+        started = time.perf_counter()
+        assert await tb.bot.silences.muting({"alertname": "a" * 100_000 + "!"}) is None
+        assert time.perf_counter() - started < 0.1
+        refused = await tb.exec('/silence alertname=~"(a)\\1" 1h backreference', as_="bob")
+        assert "invalid regular expression (RE2 syntax)" in refused
