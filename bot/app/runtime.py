@@ -45,6 +45,7 @@ from bot.features.actions.service import ActionService
 from bot.features.alerts.board import AlertBoard, AlertDedup, MemoryAlertDedup, RedisAlertDedup
 from bot.features.alerts.checks import Checks, Measurer
 from bot.features.alerts.config import AlertsSection
+from bot.features.alerts.inbox import AlertInbox
 from bot.features.alerts.intake import AlertIntake, alert_routes
 from bot.features.alerts.silences import Silences, SilenceStore
 from bot.features.alerts.store import AlertStore
@@ -184,6 +185,7 @@ class Bot:
             clock=self.clock,
             silences=self.silences,
             metrics=self.metrics,
+            inbox=AlertInbox(self.state_db, config.bot.replica_id),
         )
         self.checks = Checks(
             config.checks,
@@ -264,6 +266,7 @@ class Bot:
         await self.outbox.start()
         await self.alert_board.firing()  # what fires, for the gauge, from the last run
         await self.policy.start()
+        self.alert_intake.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(
                 build_app(
@@ -320,6 +323,7 @@ class Bot:
         await self.dispatcher.close()  # the counts of floods still being counted
         # Then what they posted: delivered within the grace while the adapters are up;
         # the rest stays queued in the database for the next start.
+        await self.alert_intake.stop()  # what is not processed waits in the inbox
         await self.outbox.stop(grace=OUTBOX_GRACE_S)
         for adapter in reversed(self._attached):
             self.outbox.unregister(adapter.name)

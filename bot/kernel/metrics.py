@@ -54,6 +54,13 @@ class Metrics:
             "Audit records waiting in the local spool for the database to come back",
             registry=self.registry,
         )
+        self.alert_limits = Counter(
+            "opsbot_alert_limits_total",
+            "Alert intake bounds reached: body (413), payload (413), queue (429), board "
+            "(oldest alerts dropped)",
+            ["limit"],
+            registry=self.registry,
+        )
         self.audit_writable = Gauge(
             "opsbot_audit_writable",
             "1 while audit records can be written (database or spool); 0 while they cannot, "

@@ -87,6 +87,37 @@ class AlertBoard:
         self._mirror[alert.fingerprint] = alert
         return alert
 
+    async def fire_many(self, batch: list[ActiveAlert]) -> list[ActiveAlert]:
+        """:meth:`fire` for a whole group at once."""
+        try:
+            rows = await self._store.upsert_many(batch)
+        except DependencyError as exc:
+            self._unreachable("fire", exc)
+            return [await self.fire(alert) for alert in batch]  # from memory, as fire() does
+        for row in rows:
+            self._mirror[row.fingerprint] = row
+        return rows
+
+    async def resolve_many(self, fingerprints: list[str]) -> dict[str, ActiveAlert]:
+        """:meth:`resolve` for a whole group at once."""
+        known = {f: a for f in fingerprints if (a := self._mirror.pop(f, None)) is not None}
+        try:
+            return await self._store.remove_many(fingerprints)
+        except DependencyError as exc:
+            self._unreachable("resolve", exc)
+            return known
+
+    async def trim(self, keep: int) -> int:
+        """Keep at most ``keep`` alerts, dropping the oldest; how many were dropped."""
+        try:
+            dropped = await self._store.trim(keep)
+        except DependencyError as exc:
+            self._unreachable("trim", exc)
+            return 0
+        for fingerprint in dropped:
+            self._mirror.pop(fingerprint, None)
+        return len(dropped)
+
     async def resolve(self, fingerprint: str) -> ActiveAlert | None:
         """Forget a firing alert; returns what was known of it."""
         known = self._mirror.pop(fingerprint, None)

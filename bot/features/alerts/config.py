@@ -38,5 +38,11 @@ class AlertsSection(Strict):
     # again: Alertmanager re-sends a group's alerts with every notification.
     dedup_window: Duration = timedelta(minutes=5)
     routes: list[AlertRoute] = []
+    # Bounds for a storm (each hit is a clear HTTP answer and opsbot_alert_limits_total):
+    # alerts in one delivery (413), deliveries waiting to be processed (429), alerts kept
+    # on the board (the oldest are dropped).
+    max_alerts_per_payload: int = Field(default=1000, ge=1, le=100_000)
+    max_queued_payloads: int = Field(default=1000, ge=1, le=100_000)
+    max_board_alerts: int = Field(default=10_000, ge=10, le=1_000_000)
     # Where alerts no route matches go.
     default_channels: list[Name] = []

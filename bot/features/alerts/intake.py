@@ -22,6 +22,7 @@ database (``/alerts`` lists them on every replica, ``/ack <id>`` acknowledges on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -43,7 +44,10 @@ from bot.delivery.config import ChannelGroup
 from bot.delivery.outbox import Outbox
 from bot.features.alerts.board import ActiveAlert, AlertBoard, AlertDedup
 from bot.features.alerts.config import AlertsSection
+from bot.features.alerts.inbox import AlertInbox, Delivery
 from bot.kernel.clock import Clock
+from bot.kernel.errors import DependencyError
+from bot.kernel.failures import report_failure
 from bot.kernel.message import Location
 from bot.kernel.reply import Field as ReplyField
 from bot.kernel.reply import Reply, Status
@@ -212,6 +216,7 @@ class AlertIntake:
         clock: Clock,
         silences: Muter | None = None,
         metrics: Metrics | None = None,
+        inbox: AlertInbox | None = None,
     ) -> None:
         self._section = section
         self._channels = channels
@@ -223,6 +228,12 @@ class AlertIntake:
         self._silences = silences
         self._metrics = metrics
         self._lock = asyncio.Lock()
+        self._inbox = inbox
+        self._waiting = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing waits in the inbox
+        self._idle.set()
+        self._processor: asyncio.Task[None] | None = None
 
     def channels_for(self, labels: Mapping[str, str]) -> list[str]:
         """The first route whose matchers all equal the labels, else the defaults."""
@@ -239,14 +250,95 @@ class AlertIntake:
             return False
         return await self._silences.muting(labels) is not None
 
+    # ------------------------------------------------------------------ the inbox
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries taken (202) and not processed yet."""
+        return self._waiting
+
+    def full(self) -> bool:
+        section = self._section
+        return section is not None and self._waiting >= section.max_queued_payloads
+
+    async def enqueue(self, source: str, body: str, alerts: int) -> None:
+        """Commit a validated delivery for processing after the 202. Raises
+        DependencyError when it cannot be committed (then the sender must retry)."""
+        if self._inbox is None:
+            raise DependencyError("alert inbox", "not configured")
+        await self._inbox.put(source, body, alerts, self._clock.now())
+        self._waiting += 1
+        self._idle.clear()
+        self._wake.set()
+
+    def start(self) -> None:
+        """Process the inbox in the background: what an earlier run left first."""
+        if self._inbox is not None and self._processor is None:
+            self._processor = asyncio.create_task(self._process_inbox(), name="alert-inbox")
+
+    async def stop(self) -> None:
+        """Stop processing; what is left stays in the inbox for the next start."""
+        task, self._processor = self._processor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def drained(self) -> None:
+        """Return once every delivery taken so far is processed (tests, benchmarks)."""
+        await self._idle.wait()
+
+    async def _process_inbox(self) -> None:
+        assert self._inbox is not None
+        inbox = self._inbox
+        counted = False
+        while True:
+            # Cleared before the read: a delivery committed after it sets it again.
+            self._wake.clear()
+            try:
+                if not counted:
+                    self._waiting = await inbox.waiting()  # what an earlier run left
+                    counted = True
+                deliveries = await inbox.take(_INBOX_BATCH)
+                for delivery in deliveries:
+                    await self._process(delivery)
+                    self._waiting = max(0, self._waiting - 1)
+                await inbox.done([d.id for d in deliveries])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The state database went away: the rows wait; try again shortly.
+                report_failure("alert-inbox", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if deliveries or self._wake.is_set():
+                continue
+            self._waiting = 0  # nothing is left: a count that drifted is right again
+            self._idle.set()
+            await self._wake.wait()
+
+    async def _process(self, delivery: Delivery) -> None:
+        model, to_groups = _FORMATS[delivery.source]
+        try:
+            groups = to_groups(_parse(delivery.body.encode("utf-8"), model))
+        except BadRequest as exc:  # validated before it was stored: not expected
+            log.error("alerts.inbox_unreadable", delivery=delivery.id, error=exc.message)
+            return
+        await self.receive(groups)
+        lag = (self._clock.now() - delivery.received_at).total_seconds()
+        log.info(
+            "alerts.processed", delivery=delivery.id, alerts=delivery.alerts, lag_s=round(lag, 3)
+        )
+
+    # ------------------------------------------------------------------ processing
+
     async def receive(self, groups: Sequence[AlertGroup]) -> None:
         async with self._lock:
             now = self._clock.now()
             for group in groups:
                 firing: list[Alert] = []
                 resolved: dict[str | None, list[Alert]] = {}  # by the message announcing them
-                for alert in group.alerts:
-                    post, known = await self._news(group, alert, now)
+                for alert, post, known in await self._news(group, now):
                     if not post:
                         continue
                     if alert.status == "firing":
@@ -257,19 +349,36 @@ class AlertIntake:
                     log.debug("alerts.nothing_new", group=group.key)
                     continue
                 await self._post_group(group, firing, resolved, now)
+            await self._trim()
+
+    async def _trim(self) -> None:
+        section = self._section
+        if section is None:
+            return
+        dropped = await self.board.trim(section.max_board_alerts)
+        if dropped:
+            self.limit_hit("board", dropped)
+            log.warning(
+                "alerts.board_full",
+                dropped=dropped,
+                kept=section.max_board_alerts,
+                hint="the oldest alerts were dropped from the board ([alerts] max_board_alerts)",
+            )
+
+    def limit_hit(self, limit: str, count: int = 1) -> None:
+        """``opsbot_alert_limits_total{limit}``: a bound was reached."""
+        if self._metrics is not None:
+            self._metrics.alert_limits.labels(limit).inc(count)
 
     async def _news(
-        self, group: AlertGroup, alert: Alert, now: datetime
-    ) -> tuple[bool, ActiveAlert | None]:
-        """Record the alert on the board; True when it should be posted, with what the
+        self, group: AlertGroup, now: datetime
+    ) -> list[tuple[Alert, bool, ActiveAlert | None]]:
+        """Record the group's alerts on the board (one transaction for its firing ones,
+        one for its resolved ones); for each, whether it should be posted, with what the
         board knew of it."""
-        self.count("inbound", "received", alert.status)
-        if alert.status == "resolved":
-            known = await self.board.resolve(alert.fingerprint)
-            if known is not None and known.last_posted_at is None:
-                return False, known  # its firing was never posted (silenced): nothing to say
-        else:
-            known = await self.board.fire(
+        firing = [a for a in group.alerts if a.status == "firing"]
+        rows = await self.board.fire_many(
+            [
                 ActiveAlert(
                     id=alert.id,
                     fingerprint=alert.fingerprint,
@@ -281,11 +390,30 @@ class AlertIntake:
                     labels=alert.labels,
                     since=alert.starts_at or now,
                 )
-            )
-            if known.acked_by is not None:
-                return False, known  # acknowledged: someone is on it, no more reminders
-        labels = alert.labels if alert.status == "firing" else None
-        return await self.newsworthy(alert.fingerprint, alert.status, now, labels=labels), known
+                for alert in firing
+            ]
+        )
+        fired = {row.fingerprint: row for row in rows}
+        gone = await self.board.resolve_many(
+            [a.fingerprint for a in group.alerts if a.status == "resolved"]
+        )
+        out: list[tuple[Alert, bool, ActiveAlert | None]] = []
+        for alert in group.alerts:
+            self.count("inbound", "received", alert.status)
+            if alert.status == "resolved":
+                known = gone.get(alert.fingerprint)
+                if known is not None and known.last_posted_at is None:
+                    out.append((alert, False, known))  # its firing was never posted (silenced)
+                    continue
+            else:
+                known = fired[alert.fingerprint]
+                if known.acked_by is not None:
+                    out.append((alert, False, known))  # acknowledged: no more reminders
+                    continue
+            labels = alert.labels if alert.status == "firing" else None
+            news = await self.newsworthy(alert.fingerprint, alert.status, now, labels=labels)
+            out.append((alert, news, known))
+        return out
 
     async def newsworthy(
         self,
@@ -430,10 +558,10 @@ def alert_routes(intake: AlertIntake, section: AlertsSection | None) -> list[Rou
     """``POST /alerts/alertmanager`` and ``POST /alerts`` for the bot's HTTP server."""
 
     async def alertmanager(request: Request) -> Response:
-        return await _accept(request, section, intake, AlertmanagerWebhook, _am_groups)
+        return await _accept(request, section, intake, "alertmanager")
 
     async def generic(request: Request) -> Response:
-        return await _accept(request, section, intake, GenericDelivery, _generic_groups)
+        return await _accept(request, section, intake, "generic")
 
     return [
         Route("/alerts/alertmanager", alertmanager, methods=["POST"]),
@@ -452,12 +580,9 @@ def _generic_groups(payload: BaseModel) -> list[AlertGroup]:
 
 
 async def _accept(
-    request: Request,
-    section: AlertsSection | None,
-    intake: AlertIntake,
-    model: type[BaseModel],
-    to_groups: Callable[[BaseModel], list[AlertGroup]],
+    request: Request, section: AlertsSection | None, intake: AlertIntake, source: str
 ) -> Response:
+    model = _FORMATS[source][0]
     if section is None or section.token is None:
         return _error(503, NOT_CONFIGURED)
     if not _authorized(request, section.token.get_secret_value()):
@@ -466,12 +591,40 @@ async def _accept(
         body = await _read_body(request, section.max_body_bytes)
         payload = _parse(body, model)
     except BadRequest as exc:
+        if exc.status == 413:
+            intake.limit_hit("body")
         return _error(exc.status, exc.message)
-    groups = to_groups(payload)
-    await intake.receive(groups)
-    accepted = sum(len(g.alerts) for g in groups)
-    log.info("alerts.accepted", path=request.url.path, alerts=accepted, groups=len(groups))
+    accepted = len(getattr(payload, "alerts", ()))
+    if accepted > section.max_alerts_per_payload:
+        intake.limit_hit("payload")
+        return _error(
+            413,
+            f"{accepted} alerts in one delivery; at most {section.max_alerts_per_payload} "
+            "([alerts] max_alerts_per_payload)",
+        )
+    if intake.full():
+        intake.limit_hit("queue")
+        log.warning("alerts.inbox_full", waiting=intake.waiting)
+        return _error(
+            429,
+            f"{intake.waiting} deliveries are waiting to be processed; send again shortly",
+            retry_after=5,
+        )
+    try:
+        # Written before the answer, processed after it: a crash after the 202 loses nothing.
+        await intake.enqueue(source, body.decode("utf-8"), accepted)
+    except DependencyError as exc:
+        log.error("alerts.inbox_unwritable", error=str(exc))
+        return _error(503, f"cannot take alerts now: {exc}; send again", retry_after=10)
+    log.info("alerts.accepted", path=request.url.path, alerts=accepted)
     return JSONResponse({"accepted": accepted}, status_code=202)
+
+
+_FORMATS: dict[str, tuple[type[BaseModel], Callable[[BaseModel], list[AlertGroup]]]] = {
+    "alertmanager": (AlertmanagerWebhook, _am_groups),
+    "generic": (GenericDelivery, _generic_groups),
+}
+_INBOX_BATCH = 20  # deliveries read per query
 
 
 def _authorized(request: Request, token: str) -> bool:
@@ -519,6 +672,8 @@ def first_problem(exc: ValidationError) -> str:
     return f"{path or '(body)'}: {message}"
 
 
-def _error(status: int, message: str) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, *, retry_after: int | None = None) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)

@@ -80,6 +80,82 @@ class AlertStore:
             )
         return _alert(row)
 
+    async def upsert_many(self, batch: list[ActiveAlert]) -> list[ActiveAlert]:
+        """:meth:`upsert` for each of ``batch`` in one transaction (a storm's group is one
+        statement, not a transaction per alert); the rows, in ``batch``'s order."""
+        if not batch:
+            return []
+        unique = {a.fingerprint: a for a in batch}  # one row per fingerprint: the last word
+        values = [
+            {
+                "fingerprint": a.fingerprint,
+                "id": a.id,
+                "source": a.source,
+                "group_key": a.group_key,
+                "name": a.name,
+                "severity": a.severity,
+                "summary": a.summary,
+                "labels": orjson.dumps(a.labels).decode(),
+                "since": a.since,
+                "last_posted_at": a.last_posted_at,
+            }
+            for a in unique.values()
+        ]
+        refreshed = ("group_key", "name", "severity", "summary", "labels")
+        async with self._db.transaction() as conn:
+            insert = (
+                postgresql.insert(alerts)
+                if conn.dialect.name == "postgresql"
+                else sqlite.insert(alerts)
+            )
+            statement = insert.values(values)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[alerts.c.fingerprint],
+                    set_={name: statement.excluded[name] for name in refreshed},
+                )
+            )
+            rows = (
+                await conn.execute(sa.select(alerts).where(alerts.c.fingerprint.in_(list(unique))))
+            ).mappings()
+            found = {r["fingerprint"]: _alert(r) for r in rows}
+        return [found[a.fingerprint] for a in batch]
+
+    async def remove_many(self, fingerprints: list[str]) -> dict[str, ActiveAlert]:
+        """Delete these alerts in one transaction; what was known of each that was there."""
+        if not fingerprints:
+            return {}
+        async with self._db.transaction() as conn:
+            rows = (
+                await conn.execute(sa.select(alerts).where(alerts.c.fingerprint.in_(fingerprints)))
+            ).mappings()
+            known = {r["fingerprint"]: _alert(r) for r in rows}
+            if known:
+                await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint.in_(list(known))))
+        return known
+
+    async def trim(self, keep: int) -> list[str]:
+        """Drop the oldest alerts (by ``since``) past ``keep``; their fingerprints."""
+        async with self._db.transaction() as conn:
+            count = (
+                await conn.execute(sa.select(sa.func.count()).select_from(alerts))
+            ).scalar_one()
+            if count <= keep:
+                return []
+            oldest = (
+                (
+                    await conn.execute(
+                        sa.select(alerts.c.fingerprint)
+                        .order_by(alerts.c.since, alerts.c.fingerprint)
+                        .limit(int(count) - keep)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint.in_(list(oldest))))
+        return list(oldest)
+
     async def remove(self, fingerprint: str) -> ActiveAlert | None:
         async with self._db.transaction() as conn:
             row = (

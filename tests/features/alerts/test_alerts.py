@@ -88,7 +88,9 @@ async def alerting_bot(
 
 
 async def settled(tb: TestBot) -> list[tuple[str, str]]:
-    """(channel, rendered text) of everything posted, once the outbox is empty."""
+    """(channel, rendered text) of everything posted, once the inbox and the outbox are
+    empty."""
+    await tb.bot.alert_intake.drained()
     assert await tb.bot.outbox.drain(5.0)
     return [(d.channel_id, render_text(r)) for d, r in tb.console.posted]
 

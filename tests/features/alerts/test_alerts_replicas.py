@@ -79,6 +79,7 @@ async def test_an_alert_delivered_to_both_replicas_is_posted_once(tmp_path: Path
             c2.post("/alerts/alertmanager", json=body, headers=AUTH),
         )
         assert [a.status_code for a in answers] == [202, 202]
+        await asyncio.gather(one.bot.alert_intake.drained(), two.bot.alert_intake.drained())
         posted = [p for p in await posts(one, two) if name in p]
         listing_two = await two.exec("/alerts", as_="bob")
         alert = (await two.bot.alert_board.firing())[0]

@@ -1,0 +1,108 @@
+"""Alert intake under a storm: 202 once the delivery is committed, processed after it,
+nothing lost across a crash, and every bound a clear answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.botharness import BASE_CONFIG, running_bot
+from tests.features.alerts.test_alerts import ALERTS, AUTH, am_alert, webhook
+
+
+def config(extra: str = "") -> str:
+    return BASE_CONFIG + ALERTS.replace(
+        "max_body_bytes = 2048", f"max_body_bytes = 1048576\n{extra}"
+    )
+
+
+async def test_a_delivery_answered_202_survives_a_crash_before_it_is_processed(
+    tmp_path: Path,
+) -> None:
+    body = webhook(am_alert("DiskFull", severity="critical", fp="fp-crash"), group="g-crash")
+    async with running_bot(config(), serve_http=True, data_dir=tmp_path) as tb:
+        # The bot "dies" right after the 202: nothing processes the inbox.
+        await tb.bot.alert_intake.stop()
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            answer = await client.post("/alerts/alertmanager", json=body, headers=AUTH)
+        assert answer.status_code == 202, answer.text
+        assert await tb.bot.alert_board.firing() == []
+    async with running_bot(config(), serve_http=True, data_dir=tmp_path) as tb:
+        await tb.bot.alert_intake.drained()
+        assert [a.fingerprint for a in await tb.bot.alert_board.firing()] == ["fp-crash"]
+        assert "DiskFull" in await tb.posted("DiskFull")
+
+
+async def test_bounds_are_clear_answers_and_counted() -> None:
+    extra = "max_alerts_per_payload = 5\nmax_queued_payloads = 2\nmax_board_alerts = 10\n"
+    async with running_bot(config(extra), serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            six = webhook(*(am_alert(f"A{i}", fp=f"fp-a{i}") for i in range(6)), group="g-a")
+            too_many = await client.post("/alerts/alertmanager", json=six, headers=AUTH)
+            assert too_many.status_code == 413
+            assert "6 alerts in one delivery; at most 5" in too_many.json()["error"]
+
+            await tb.bot.alert_intake.stop()  # nothing is processed: the queue fills up
+            statuses = []
+            for g in range(3):
+                five = webhook(
+                    *(am_alert(f"B{g}x{i}", fp=f"fp-b{g}-{i}") for i in range(5)), group=f"g-b{g}"
+                )
+                statuses.append(await client.post("/alerts/alertmanager", json=five, headers=AUTH))
+            assert [s.status_code for s in statuses] == [202, 202, 429]
+            assert statuses[2].headers["retry-after"] == "5"
+            assert "2 deliveries are waiting" in statuses[2].json()["error"]
+
+            tb.bot.alert_intake.start()  # processing resumes: the board keeps 10 of 10
+            await tb.bot.alert_intake.drained()
+            third = webhook(*(am_alert(f"C{i}", fp=f"fp-c{i}") for i in range(5)), group="g-c")
+            assert (
+                await client.post("/alerts/alertmanager", json=third, headers=AUTH)
+            ).status_code == 202
+            await tb.bot.alert_intake.drained()
+            board = await tb.bot.alert_board.firing()
+            metrics = (await client.get("/metrics")).text
+    assert len(board) == 10
+    assert 'opsbot_alert_limits_total{limit="payload"} 1.0' in metrics
+    assert 'opsbot_alert_limits_total{limit="queue"} 1.0' in metrics
+    assert 'opsbot_alert_limits_total{limit="board"} 5.0' in metrics
+
+
+async def test_a_storm_is_answered_at_once_and_chat_keeps_answering() -> None:
+    """1,000 alerts in 10 deliveries from 5 senders at once (bounded: a test, not the
+    benchmark; bench/alert_storm.py is the full storm)."""
+    async with running_bot(config(), serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        bodies = [
+            webhook(
+                *(am_alert(f"S{d}x{i}", fp=f"fp-s{d}-{i}", instance=f"i{i}") for i in range(100)),
+                group=f"g-storm-{d}",
+            )
+            for d in range(10)
+        ]
+        async with httpx.AsyncClient(base_url=base) as client:
+
+            async def send(body: dict[str, object]) -> float:
+                started = time.perf_counter()
+                answer = await client.post("/alerts/alertmanager", json=body, headers=AUTH)
+                assert answer.status_code == 202, answer.text
+                return time.perf_counter() - started
+
+            storm = asyncio.gather(*(send(b) for b in bodies))
+            chat_started = time.perf_counter()
+            assert "You are bob" in await tb.exec("/whoami", as_="bob")
+            chat = time.perf_counter() - chat_started
+            latencies = await storm
+            await tb.bot.alert_intake.drained()
+            board = await tb.bot.alert_board.firing()
+    assert len(board) == 1000
+    assert chat < 0.5, f"/whoami took {chat * 1000:.0f} ms during the storm"
+    assert max(latencies) < 2.0, latencies
