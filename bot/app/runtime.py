@@ -18,7 +18,7 @@ import structlog
 from bot.app.config.models import Config
 from bot.app.http_server import HttpServer, build_app
 from bot.app.services import Services
-from bot.app.storage import database_url, open_trail, prepare_database
+from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
 from bot.app.witness import AuditWitness
 from bot.audit.trail import AuditTrail
 from bot.cluster.dedup import (
@@ -185,7 +185,7 @@ class Bot:
             clock=self.clock,
             silences=self.silences,
             metrics=self.metrics,
-            inbox=AlertInbox(self.state_db, config.bot.replica_id),
+            inbox=AlertInbox(alert_inbox_path(config)),
         )
         self.checks = Checks(
             config.checks,
@@ -266,6 +266,7 @@ class Bot:
         await self.outbox.start()
         await self.alert_board.firing()  # what fires, for the gauge, from the last run
         await self.policy.start()
+        await self.alert_intake.prepare()
         self.alert_intake.start()
         if self.config.http.enabled if serve_http is None else serve_http:
             server = HttpServer(

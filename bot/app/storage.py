@@ -31,6 +31,11 @@ def spool_path(config: Config) -> Path:
     return config.audit.spool_path or config.bot.data_dir / "audit-spool.jsonl"
 
 
+def alert_inbox_path(config: Config) -> Path:
+    """The alert journal (bot.features.alerts.inbox): beside the audit spool, one per process."""
+    return spool_path(config).parent / "alert-inbox.journal"
+
+
 async def prepare_database(config: Config) -> None:
     """Start-up's schema step. The embedded SQLite file is created and migrated here; a
     configured server is only checked (replicas share it: `opsbot db upgrade` migrates).

@@ -1,4 +1,4 @@
-"""Tables of bot state (SQLAlchemy Core); migrations 0003, 0004, 0005 and 0007 create them."""
+"""Tables of bot state (SQLAlchemy Core); migrations 0003, 0004 and 0005 create them."""
 
 from __future__ import annotations
 
@@ -87,18 +87,4 @@ silences = sa.Table(
     sa.Column("ends_at", UTCDateTime, nullable=False),
     sa.Column("ended_by", sa.Text, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
-)
-
-# Alert deliveries taken over HTTP and not processed yet: written (committed) before the
-# 202, processed in id order by the replica that took them, deleted once processed.
-alert_inbox = sa.Table(
-    "alert_inbox",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("replica", sa.Text, nullable=False),
-    sa.Column("source", sa.String(16), nullable=False),  # alertmanager | generic
-    sa.Column("received_at", UTCDateTime, nullable=False),
-    sa.Column("alerts", sa.Integer, nullable=False),
-    sa.Column("body", sa.Text, nullable=False),  # the JSON as received (validated)
-    sa.Index("ix_alert_inbox_replica_id", "replica", "id"),
 )

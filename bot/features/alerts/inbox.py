@@ -1,76 +1,167 @@
-"""The alert inbox: what ``POST /alerts…`` took, written before the 202.
+"""The alert inbox: what ``POST /alerts…`` took, made durable before the 202.
 
 An HTTP answer must come before the work (Alertmanager waits at most its group interval,
-then sends again): the intake validates a delivery, commits it here and answers 202; the
-processor (:class:`bot.features.alerts.intake.AlertIntake`) takes the rows in id order,
-puts the alerts on the board, posts what is new and deletes the row. A crash after the 202
-loses nothing: the replica processes its rows again at start (the board and the dedup
-make a second pass harmless).
+then sends again): the intake validates a delivery, appends it to this journal, answers
+202, and the processor (:class:`bot.features.alerts.intake.AlertIntake`) takes deliveries
+in order, puts their alerts on the board and posts what is new. A crash after the 202
+loses nothing: at start the replica processes what its journal holds past the offset of
+the last delivery processed (the board and the dedup make a second pass harmless).
+
+One journal per process (``<data_dir>/alert-inbox.journal``, beside the audit spool), so
+that appending never waits for a database lock: concurrent deliveries are written with one
+``write`` and one ``fsync`` (group commit). A record is a JSON header line, then the body
+as received (already validated) and a newline; a record cut short by a crash was never
+acknowledged and is ignored. Once everything is processed, the journal is emptied.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-import sqlalchemy as sa
+import orjson
+import structlog
 
-from bot.storage.database import StateDatabase
-from bot.storage.state_schema import alert_inbox
+log = structlog.get_logger("opsbot.alerts")
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    id: int
     source: str  # "alertmanager" or "generic"
     received_at: datetime
     alerts: int
-    body: str
+    body: bytes
+    end: int  # the journal offset just past it: processed up to here
 
 
 class AlertInbox:
-    def __init__(self, database: StateDatabase, replica: str) -> None:
-        self._db = database
-        self._replica = replica
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset_path = path.with_name(path.name + ".offset")
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._lock = asyncio.Lock()  # one writer (or compaction) at a time
+        self._read_at = 0  # where the next take() reads from
+        self._size = 0  # bytes written
 
-    async def put(self, source: str, body: str, alerts: int, at: datetime) -> int:
-        """Commit one delivery; its id."""
-        async with self._db.transaction() as conn:
-            result = await conn.execute(
-                alert_inbox.insert()
-                .values(
-                    replica=self._replica, source=source, received_at=at, alerts=alerts, body=body
-                )
-                .returning(alert_inbox.c.id)
-            )
-            return int(result.scalar_one())
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def prepare(self) -> int:
+        """Open the journal; how many deliveries wait in it from an earlier run."""
+        self._read_at = await asyncio.to_thread(self._read_offset)
+        self._size = await asyncio.to_thread(self._file_size)
+        return len(await asyncio.to_thread(self._scan, self._read_at, None))
+
+    async def put(self, source: str, body: bytes, alerts: int, at: datetime) -> None:
+        """Return once the delivery is on disk (written and fsynced)."""
+        header = orjson.dumps(
+            {"source": source, "at": at.isoformat(), "alerts": alerts, "size": len(body)}
+        )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((header + b"\n" + body + b"\n", done))
+        async with self._lock:
+            if self._pending and not done.done():
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(self._append, b"".join(data for data, _ in batch))
+                except BaseException as exc:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    raise
+                self._size += sum(len(data) for data, _ in batch)
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        await done
 
     async def take(self, limit: int) -> list[Delivery]:
-        """The oldest deliveries this replica took and has not processed, in order."""
-        async with self._db.transaction() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(alert_inbox)
-                    .where(alert_inbox.c.replica == self._replica)
-                    .order_by(alert_inbox.c.id)
-                    .limit(limit)
-                )
-            ).mappings()
-            return [
-                Delivery(r["id"], r["source"], r["received_at"], r["alerts"], r["body"])
-                for r in rows
-            ]
+        """The next deliveries not yet taken, oldest first."""
+        if self._read_at >= self._size:
+            return []
+        found = await asyncio.to_thread(self._scan, self._read_at, limit)
+        if found:
+            self._read_at = found[-1].end
+        return found
 
-    async def done(self, ids: list[int]) -> None:
-        if not ids:
+    async def done(self, deliveries: list[Delivery]) -> None:
+        """Processed up to the last of ``deliveries``; an empty journal is emptied."""
+        if not deliveries:
             return
-        async with self._db.transaction() as conn:
-            await conn.execute(alert_inbox.delete().where(alert_inbox.c.id.in_(ids)))
+        async with self._lock:
+            if self._read_at >= self._size and not self._pending:
+                await asyncio.to_thread(self._clear)
+                self._read_at = self._size = 0
+            else:
+                await asyncio.to_thread(self._write_offset, deliveries[-1].end)
 
-    async def waiting(self) -> int:
-        """Deliveries of this replica not processed yet."""
-        async with self._db.transaction() as conn:
-            count = await conn.execute(
-                sa.select(sa.func.count()).where(alert_inbox.c.replica == self._replica)
-            )
-            return int(count.scalar_one())
+    # ------------------------------------------------------------------ files (threads)
+
+    def _append(self, data: bytes) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _scan(self, start: int, limit: int | None) -> list[Delivery]:
+        out: list[Delivery] = []
+        try:
+            f = open(self._path, "rb")  # noqa: SIM115  (closed below)
+        except FileNotFoundError:
+            return out
+        with f:
+            f.seek(start)
+            position = start
+            while limit is None or len(out) < limit:
+                header = f.readline()
+                if not header.endswith(b"\n"):
+                    break  # the end, or a record cut short by a crash: never acknowledged
+                try:
+                    meta = orjson.loads(header)
+                    size = int(meta["size"])
+                    body = f.read(size + 1)
+                    if len(body) != size + 1 or body[-1:] != b"\n":
+                        break
+                    position += len(header) + size + 1
+                    out.append(
+                        Delivery(
+                            source=str(meta["source"]),
+                            received_at=datetime.fromisoformat(meta["at"]),
+                            alerts=int(meta["alerts"]),
+                            body=body[:-1],
+                            end=position,
+                        )
+                    )
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    log.error("alerts.journal_unreadable", path=str(self._path), offset=position)
+                    break
+        return out
+
+    def _file_size(self) -> int:
+        try:
+            return self._path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _read_offset(self) -> int:
+        try:
+            return int(self._offset_path.read_text(encoding="ascii").strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _write_offset(self, offset: int) -> None:
+        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
+        tmp.write_text(str(offset), encoding="ascii")
+        os.replace(tmp, self._offset_path)
+
+    def _clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self._path, 0)
+        self._offset_path.unlink(missing_ok=True)

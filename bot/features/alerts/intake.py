@@ -261,15 +261,26 @@ class AlertIntake:
         section = self._section
         return section is not None and self._waiting >= section.max_queued_payloads
 
-    async def enqueue(self, source: str, body: str, alerts: int) -> None:
-        """Commit a validated delivery for processing after the 202. Raises
-        DependencyError when it cannot be committed (then the sender must retry)."""
+    async def enqueue(self, source: str, body: bytes, alerts: int) -> None:
+        """Make a validated delivery durable for processing after the 202. Raises
+        DependencyError when it cannot be written (then the sender must retry)."""
         if self._inbox is None:
             raise DependencyError("alert inbox", "not configured")
-        await self._inbox.put(source, body, alerts, self._clock.now())
+        try:
+            await self._inbox.put(source, body, alerts, self._clock.now())
+        except OSError as exc:
+            raise DependencyError("alert inbox", f"{self._inbox.path}: {exc.strerror}") from exc
         self._waiting += 1
         self._idle.clear()
         self._wake.set()
+
+    async def prepare(self) -> None:
+        """Open the inbox (what an earlier run left is processed first), before :meth:`start`."""
+        if self._inbox is not None:
+            self._waiting = await self._inbox.prepare()
+            if self._waiting:
+                self._idle.clear()
+                log.info("alerts.inbox_left", deliveries=self._waiting)
 
     def start(self) -> None:
         """Process the inbox in the background: what an earlier run left first."""
@@ -291,23 +302,19 @@ class AlertIntake:
     async def _process_inbox(self) -> None:
         assert self._inbox is not None
         inbox = self._inbox
-        counted = False
         while True:
-            # Cleared before the read: a delivery committed after it sets it again.
+            # Cleared before the read: a delivery written after it sets it again.
             self._wake.clear()
             try:
-                if not counted:
-                    self._waiting = await inbox.waiting()  # what an earlier run left
-                    counted = True
                 deliveries = await inbox.take(_INBOX_BATCH)
                 for delivery in deliveries:
                     await self._process(delivery)
                     self._waiting = max(0, self._waiting - 1)
-                await inbox.done([d.id for d in deliveries])
+                await inbox.done(deliveries)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The state database went away: the rows wait; try again shortly.
+                # The journal or the state database failed: the deliveries wait; retry.
                 report_failure("alert-inbox", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -320,15 +327,13 @@ class AlertIntake:
     async def _process(self, delivery: Delivery) -> None:
         model, to_groups = _FORMATS[delivery.source]
         try:
-            groups = to_groups(_parse(delivery.body.encode("utf-8"), model))
+            groups = to_groups(_parse(delivery.body, model))
         except BadRequest as exc:  # validated before it was stored: not expected
-            log.error("alerts.inbox_unreadable", delivery=delivery.id, error=exc.message)
+            log.error("alerts.inbox_unreadable", error=exc.message)
             return
         await self.receive(groups)
         lag = (self._clock.now() - delivery.received_at).total_seconds()
-        log.info(
-            "alerts.processed", delivery=delivery.id, alerts=delivery.alerts, lag_s=round(lag, 3)
-        )
+        log.info("alerts.processed", alerts=delivery.alerts, lag_s=round(lag, 3))
 
     # ------------------------------------------------------------------ processing
 
@@ -612,7 +617,7 @@ async def _accept(
         )
     try:
         # Written before the answer, processed after it: a crash after the 202 loses nothing.
-        await intake.enqueue(source, body.decode("utf-8"), accepted)
+        await intake.enqueue(source, body, accepted)
     except DependencyError as exc:
         log.error("alerts.inbox_unwritable", error=str(exc))
         return _error(503, f"cannot take alerts now: {exc}; send again", retry_after=10)

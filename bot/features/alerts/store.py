@@ -108,13 +108,13 @@ class AlertStore:
                 if conn.dialect.name == "postgresql"
                 else sqlite.insert(alerts)
             )
-            statement = insert.values(values)
-            await conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[alerts.c.fingerprint],
-                    set_={name: statement.excluded[name] for name in refreshed},
-                )
+            statement = insert.on_conflict_do_update(
+                index_elements=[alerts.c.fingerprint],
+                set_={name: insert.excluded[name] for name in refreshed},
             )
+            # Many parameter sets for one statement: it is compiled once (and cached),
+            # where one VALUES clause per row made SQLAlchemy compile a thousand binds.
+            await conn.execute(statement, values)
             rows = (
                 await conn.execute(sa.select(alerts).where(alerts.c.fingerprint.in_(list(unique))))
             ).mappings()
