@@ -12,19 +12,21 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Generator, Sequence
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.kernel.errors import DependencyError
 from bot.kernel.failures import report_failure
 from bot.kernel.metrics import CONTENT_TYPE, Metrics
 from bot.kernel.version import __version__
 
+_log = structlog.get_logger("opsbot.http")
 ReadinessProbe = Callable[[], Awaitable[dict[str, str]]]
 READY_STATES = frozenset({"ok", "connected"})
 # Still answering, with something to look at (e.g. the audit database is down and
@@ -72,22 +74,67 @@ def build_app(
     )
 
 
-class _FailureSink(BaseHTTPMiddleware):
-    """An endpoint that fails answers 500 with the request id its log line carries,
-    as a chat command does, instead of a bare "Internal Server Error"."""
+BODY_READ_TIMEOUT_S = 10.0  # the most one chunk of a request body may take to arrive
+HEADER_READ_TIMEOUT_S = 10.0  # the most a request's head may take, from the connection
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+
+class _SlowClient(Exception):
+    pass
+
+
+class _FailureSink:
+    """An endpoint that fails answers 500 with the request id its log line carries, as a
+    chat command does, instead of a bare "Internal Server Error"; a client whose body
+    trickles in is answered 408 and dropped, in one log line.
+
+    Plain ASGI, not Starlette's BaseHTTPMiddleware: that one runs every request through
+    an extra task and memory streams, which showed in an alert storm's 202 latency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        async def timed_receive() -> Message:
+            try:
+                async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                    return await receive()
+            except TimeoutError:
+                raise _SlowClient from None
+
         try:
-            return await call_next(request)
+            await self._app(scope, timed_receive, tracking_send)
+        except _SlowClient:
+            _log.info("http.slow_client", path=scope.get("path"), timeout_s=BODY_READ_TIMEOUT_S)
+            if not started:
+                response = JSONResponse(
+                    {"error": f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g} s"},
+                    status_code=408,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
         except Exception as exc:
-            request_id = report_failure(f"http {request.method} {request.url.path}", exc)
-            return JSONResponse(
+            if started:
+                raise
+            request_id = report_failure(f"http {scope.get('method')} {scope.get('path')}", exc)
+            response = JSONResponse(
                 {
                     "error": "internal error; the operator's log has the details",
                     "request_id": request_id,
                 },
                 status_code=500,
             )
+            await response(scope, receive, send)
 
 
 class HttpServer:
@@ -123,6 +170,10 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it. Without it a response's head and body go out as
+    # two segments and the body waits for the client's delayed ACK: 40 ms on every
+    # answer (it was the whole of a 202's latency in bench/alert_storm.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 import httpx
 import pytest
@@ -104,3 +106,42 @@ async def test_an_endpoint_that_fails_answers_with_the_request_id_its_log_line_c
         ("http POST /boom", body["request_id"])
     ]
     assert "secret internals" in failures[0]["error"]
+
+
+async def test_answers_do_not_wait_for_the_clients_delayed_ack() -> None:
+    """A JSON answer is written as a head and a body; with Nagle on, the body waited for
+    the client's delayed ACK: 40 ms per answer, the whole of an alert's 202 latency."""
+    async with running_bot(serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            await client.get("/version")  # the connection, first-use imports
+            took = []
+            for _ in range(10):
+                started = time.perf_counter()
+                assert (await client.get("/version")).status_code == 200
+                took.append(time.perf_counter() - started)
+    assert sorted(took)[5] < 0.02, [round(t * 1000, 1) for t in took]
+
+
+async def test_a_body_that_trickles_in_is_answered_408_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bot.app.http_server.BODY_READ_TIMEOUT_S", 0.3)
+    config = BASE_CONFIG + '\n[alerts]\ntoken = "t0k3n-for-slow-clients"\n'
+    async with running_bot(config, serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        port = tb.bot.http_server.bound_port
+        with capture_logs() as logs:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer t0k3n-for-slow-clients\r\nContent-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), 5)
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"did not arrive within 0.3 s" in answer
+    assert [e["event"] for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert any(e["event"] == "http.slow_client" for e in logs)
