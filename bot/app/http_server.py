@@ -16,10 +16,11 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bot.kernel.errors import DependencyError
 from bot.kernel.failures import report_failure
@@ -76,6 +77,7 @@ def build_app(
 
 BODY_READ_TIMEOUT_S = 10.0  # the most one chunk of a request body may take to arrive
 HEADER_READ_TIMEOUT_S = 10.0  # the most a request's head may take, from the connection
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is answered 400
 
 
 class _SlowClient(Exception):
@@ -114,6 +116,9 @@ class _FailureSink:
 
         try:
             await self._app(scope, timed_receive, tracking_send)
+        except ClientDisconnect:
+            # The client went away mid-request: nothing to answer, nothing broken here.
+            _log.info("http.client_gone", path=scope.get("path"))
         except _SlowClient:
             _log.info("http.slow_client", path=scope.get("path"), timeout_s=BODY_READ_TIMEOUT_S)
             if not started:
@@ -137,6 +142,49 @@ class _FailureSink:
             await response(scope, receive, send)
 
 
+class _TimedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head: a client that
+    sends its request line and headers a byte at a time (slowloris) is dropped after
+    ``HEADER_READ_TIMEOUT_S``, in one log line. uvicorn's own timeouts cover only the idle
+    time between requests."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._cancel_head_timer()  # the head is in: the body has its own deadline
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()  # the next request's head, on a kept-alive connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(HEADER_READ_TIMEOUT_S, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            _log.info("http.slow_client", client=self.client, timeout_s=HEADER_READ_TIMEOUT_S)
+            self.transport.close()
+
+
 class HttpServer:
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         self._app = app
@@ -149,7 +197,14 @@ class HttpServer:
     async def start(self) -> None:
         sock = _bind(self._host, self._port)
         self.bound_port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app, log_config=None, access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http=_TimedH11Protocol,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")
         while not self._server.started:

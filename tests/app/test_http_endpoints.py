@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 
@@ -145,3 +146,34 @@ async def test_a_body_that_trickles_in_is_answered_408_in_one_line(
     assert b"did not arrive within 0.3 s" in answer
     assert [e["event"] for e in logs if e["log_level"] in ("error", "critical")] == []
     assert any(e["event"] == "http.slow_client" for e in logs)
+
+
+async def test_clients_that_send_their_head_a_byte_at_a_time_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slowloris: many connections, each sending its request line a byte at a time."""
+    monkeypatch.setattr("bot.app.http_server.HEADER_READ_TIMEOUT_S", 0.5)
+    async with running_bot(serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        port = tb.bot.http_server.bound_port
+        with capture_logs() as logs:
+            streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+            closed_by_server = 0
+            for tick in range(15):  # 1.5 s of a byte every 0.1 s
+                for _, writer in streams:
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(b"GET /health HTTP/1.1\r\n"[tick : tick + 1])
+                await asyncio.sleep(0.1)
+            for reader, writer in streams:
+                try:
+                    closed_by_server += await asyncio.wait_for(reader.read(100), 2) == b""
+                except ConnectionError:
+                    closed_by_server += 1  # reset: closed by the server too
+                writer.close()
+            # The bot still answers everyone else.
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base) as client:
+                assert (await client.get("/health")).status_code == 200
+    assert closed_by_server == 50
+    assert sum(e["event"] == "http.slow_client" for e in logs) == 50
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
