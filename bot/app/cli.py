@@ -200,9 +200,16 @@ def _audit_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
 
 
+MAX_TAIL = 100_000  # entries `audit tail -n` prints at most (export is for more)
+
+
 def _count(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, not {text!r}")
+    if len(text) > 6 or int(text) > MAX_TAIL:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_TAIL} (use `opsbot audit export` for more), not {text}"
+        )
     return int(text)
 
 

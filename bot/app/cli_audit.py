@@ -44,8 +44,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``24h``/``7d``/``90m`` ago, or an ISO-8601 time (naive means UTC). Raises ValueError."""
     try:
         return (now or datetime.now(UTC)) - parse_duration(text)
-    except ValueError:
-        pass
+    except ValueError as exc:
+        if "longer than" in str(exc):
+            raise  # a duration, just too long: say that, not "neither"
+    except OverflowError:
+        raise ValueError(f"{text!r} reaches back before year 1") from None
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -30,6 +30,8 @@ class Strict(BaseModel):
 
 
 def _duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m or 2h, not true or false")
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -3,13 +3,21 @@ the same entry point an operator uses: ``opsbot check-config FILE``."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import re
+import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
+import tomli_w
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.app.cli import EXIT_CONFIG, main
 from bot.app.config import ENV_VARS, read_environment
@@ -132,9 +140,11 @@ def test_all_problems_are_reported_at_once(
 ) -> None:
     code, output = check(tmp_path, "bogus = 1\n[bot]\nname = 'Bad Name'\n", capsys)
     assert code == EXIT_CONFIG
-    assert "2 problem(s)" in output
+    assert "3 problem(s)" in output
     assert "bogus: unknown key" in output
     assert "bot.name: String should match pattern" in output
+    # The cross-references in the same run, not in a second one after the fix:
+    assert "policy.admin_roles[0]: unknown role 'admin'" in output
 
 
 def test_broken_toml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -209,3 +219,54 @@ def test_audit_key_problems_name_their_key(
     assert (
         "audit.witness_channels[0]: unknown channel 'nowhere'" in check(tmp_path, text, capsys)[1]
     )
+
+
+EXAMPLE = tomllib.loads((ROOT / "examples" / "opsbot.toml").read_text())
+
+
+def _leaves(node: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _leaves(v, (*path, k))] or [path]
+    if isinstance(node, list) and node:
+        return [p for i, v in enumerate(node) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+LEAVES = _leaves(EXAMPLE)
+HOSTILE = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["36500d", "1e308", "9" * 40, "-1s", "²s", "0", "", "true", "*", "(a+)+$"]),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=8), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(path=st.sampled_from(LEAVES), value=HOSTILE, unknown=st.booleans())
+def test_any_mutation_of_the_example_config_is_exit_78_with_key_paths_or_ok(
+    path: tuple[str | int, ...], value: object, unknown: bool
+) -> None:
+    config = copy.deepcopy(EXAMPLE)
+    node: Any = config
+    for part in path[:-1]:
+        node = node[part]
+    if unknown and isinstance(node, dict):
+        node["surplus_key"] = value
+    else:
+        node[path[-1]] = value
+    with tempfile.TemporaryDirectory() as directory:
+        file = Path(directory) / "opsbot.toml"
+        file.write_text(tomli_w.dumps(config))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["check-config", str(file)])
+    text = out.getvalue() + err.getvalue()
+    assert "Traceback" not in text
+    assert code in (0, EXIT_CONFIG), text
+    if code == EXIT_CONFIG:
+        problems = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        assert problems, text
+        assert all(": " in line for line in problems), text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import tomllib
 from collections.abc import Collection, Mapping
@@ -46,11 +47,53 @@ def parse_config(
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _describe(exc)) from exc
+        # Every problem in one run: the cross-references too, checked on the config
+        # with the bad values left out (their own errors are already in the list).
+        problems = _describe(exc)
+        rest = _without_errors(raw, exc)
+        if rest is not None:
+            problems += [p for p in reference_problems(rest, command_names) if p not in problems]
+        raise ConfigError(source, problems) from exc
     problems = reference_problems(config, command_names)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+_PRUNE_PASSES = 8
+
+
+def _without_errors(raw: dict[str, Any], error: ValidationError) -> Config | None:
+    """The config validated with every value that failed taken out (its parent, when a
+    required key then goes missing); None when it still does not validate."""
+    pruned = copy.deepcopy(raw)
+    for _ in range(_PRUNE_PASSES):
+        for item in error.errors(include_url=False):
+            _remove(pruned, [p for p in item["loc"] if not str(p).startswith("function-")])
+        try:
+            return Config.model_validate(pruned)
+        except ValidationError as again:
+            error = again
+    return None
+
+
+def _remove(raw: Any, loc: list[int | str]) -> None:
+    """Delete the value at ``loc``; a missing key takes out the item that needs it."""
+    if not loc:
+        return
+    *parents, last = loc
+    node = raw
+    for part in parents:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    in_dict = isinstance(node, dict) and last in node
+    in_list = isinstance(node, list) and isinstance(last, int) and last < len(node)
+    if in_dict or in_list:
+        del node[last]
+    elif parents:
+        _remove(raw, parents)  # "required key is missing": the parent cannot stand
 
 
 # Keys whose values are secrets: a problem with one never echoes the value (a key one

@@ -7,6 +7,8 @@ not silently grant or deny (errbot#711, #1606).
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -57,9 +59,27 @@ class BotSection(Strict):
     command_timeout: Duration = timedelta(seconds=30)
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _host(value: str) -> str:
+    """An address to bind: an IPv4/IPv6 address or a host name."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is neither an IP address nor a host name "
+                "(127.0.0.1 for this machine, 0.0.0.0 for every interface)"
+            ) from None
+    return value
+
+
 class HttpSection(Strict):
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
 

@@ -25,6 +25,12 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             known = ", ".join(sorted(config.channels)) or "none defined"
             problems.append(f"{path}: unknown channel '{channel}' (channels: {known})")
 
+    console_id = f"console:{config.console.channel}"
+    if config.channels and not any(console_id in g.ids for g in config.channels.values()):
+        problems.append(
+            f"console.channel: '{config.console.channel}' is in no [channels] group "
+            f'(add "{console_id}" to the ids of one, e.g. [channels.ops])'
+        )
     for i, channel in enumerate(config.audit.witness_channels):
         need_channel(f"audit.witness_channels[{i}]", channel)
 

@@ -7,7 +7,7 @@ import enum
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from bot.kernel.settings import Duration, Name, Pattern, Strict
 
@@ -31,10 +31,19 @@ class PolicyMode(enum.StrEnum):
     OFF = "off"
 
 
+def _at_most_a_week(value: timedelta) -> timedelta:
+    if value > timedelta(days=7):
+        raise ValueError(
+            "may be at most 7d: a policy 'off' window is for an incident, not a season"
+        )
+    return value
+
+
 class PolicySection(Strict):
     mode: PolicyMode = PolicyMode.STRICT
     off_ttl: Duration | None = None
-    max_off_ttl: Duration = timedelta(hours=4)
+    # An "off" window is an exception: at most a week, however it is asked for.
+    max_off_ttl: Annotated[Duration, AfterValidator(_at_most_a_week)] = timedelta(hours=4)
     admin_roles: Annotated[list[Name], Field(min_length=1)] = ["admin"]
     commands: dict[Name, CommandPolicy] = {}
 
