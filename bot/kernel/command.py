@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bot.kernel.errors import UsageError
 from bot.kernel.message import OptionValue, ParsedCommand
+from bot.kernel.text import storable
 
 if TYPE_CHECKING:
     from bot.kernel.message import Message
@@ -167,9 +168,21 @@ class CommandSpec(Generic[ArgsT, DepsT]):
             assert self.extra_options is not None
             values[self.extra_options] = extra
         try:
-            return self.args_model.model_validate(values)
+            # A lone surrogate is no character a person typed; escaped, it reaches the
+            # command and its error message as text (pydantic cannot even report it).
+            return self.args_model.model_validate(_storable(values))
         except ValidationError as exc:
             raise UsageError(_first_problem(exc), self.usage) from exc
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_storable(v) for v in value)
+    return value
 
 
 @functools.cache

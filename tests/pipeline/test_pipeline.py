@@ -349,3 +349,37 @@ def test_any_str_gets_a_reply_and_an_audit_record_never_an_exception(texts: list
             assert set(answered) <= audited  # every answer left its record
 
     asyncio.run(scenario())
+
+
+NUMBER_OR_DURATION_SLOTS = [
+    "/audit since={}",
+    "/audit limit={}",
+    "/heartbeat pause {}",
+    "/policy off {}",
+    "/silence alertname=X {} reason",
+]
+NUMBER_LIKE = st.one_of(
+    ANY_TEXT,
+    st.integers(min_value=-(10**40), max_value=10**40).map(str),
+    st.integers(min_value=0, max_value=10**30).map(lambda n: f"{n}d"),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["²", "1e308", "0x10", "1_000", "٣", "-0", "1.5h", "9" * 5000]),
+)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(NUMBER_OR_DURATION_SLOTS), NUMBER_LIKE), max_size=25))
+def test_any_string_as_a_number_or_duration_in_chat_is_answered_never_an_error(
+    cases: list[tuple[str, str]],
+) -> None:
+    async def scenario() -> None:
+        config = BASE_CONFIG.replace("max_commands = 15", "max_commands = 100000")
+        async with running_bot(config) as tb:
+            for slot, value in cases:
+                text = slot.format(value)
+                reply = await tb.send(text, as_="alice")
+                assert reply is not None, text
+                assert reply.status is not Status.ERROR, (text, reply.title)
+                assert "Traceback" not in render_text(reply)
+
+    asyncio.run(scenario())
