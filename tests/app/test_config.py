@@ -270,3 +270,12 @@ def test_any_mutation_of_the_example_config_is_exit_78_with_key_paths_or_ok(
         problems = [line.strip() for line in text.splitlines()[1:] if line.strip()]
         assert problems, text
         assert all(": " in line for line in problems), text
+
+
+def test_a_console_channel_in_no_channel_group_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE_CONFIG + '\n[console]\nchannel = "nowhere"\n'
+    code, output = check(tmp_path, text, capsys)
+    assert code == EXIT_CONFIG
+    assert "console.channel: 'nowhere' is in no [channels] group" in output

@@ -6,7 +6,9 @@ progress and result follow in the conversation it came from. Every job leaves a 
 entry, committed before its process starts, and a "finished" one in the audit trail.
 
 On shutdown no new job starts; running ones get ``jobs.shutdown_grace`` to finish, then
-are cancelled (process group terminated, then killed) and recorded as cancelled.
+are cancelled (process group terminated, then killed) and recorded as cancelled. After a
+crash, the next start stops the process groups of the jobs left running
+(:meth:`JobBoard.stop_orphans`) and records each as "stopped".
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from bot.kernel.reply import Field, Reply, Status
 
 if TYPE_CHECKING:
     # Imported where used: a bot without actions never loads the runner.
+    from bot.features.actions.orphans import Orphan
     from bot.features.actions.prepared import PreparedAction
     from bot.features.actions.process import ActionProcess, RunResult, RunStatus
 
@@ -100,7 +103,7 @@ class Job:
     def audit_id(self) -> str:
         # Its own request id (start-up closes an unfinished one as interrupted), showing
         # the command it came from.
-        return f"{self.requester.request_id}:{self.id}"
+        return _audit_id(self.requester, self.id)
 
     @property
     def state(self) -> JobState:
@@ -131,21 +134,28 @@ class JobBoard:
         self._running: dict[str, Job] = {}
         self._finished: deque[Job] = deque(maxlen=config.keep_finished)
         self._accepting = True
+        # Set while stop_orphans() runs: a job starting meanwhile waits for it.
+        self._stopping_orphans: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ starting
 
     async def start(self, prepared: PreparedAction, requester: Requester) -> Job:
         """Start ``prepared`` as a job; UserError when it may not start now."""
-        from bot.features.actions.process import ActionProcess
+        from bot.features.actions.process import ActionProcess, job_marker
 
+        if self._stopping_orphans is not None:
+            await asyncio.shield(self._stopping_orphans)
         self._admit(prepared)
         job_id = self._new_id()
+        # The replica and request id of its "started" entry: how its processes are found
+        # again if this process dies before them (stop_orphans).
+        marker = job_marker(self._audit.replica, _audit_id(requester, job_id))
         job = Job(
             id=job_id,
             prepared=prepared,
             requester=requester,
             started_at=self._clock.now(),
-            process=ActionProcess(prepared, self._redactor),
+            process=ActionProcess(prepared, self._redactor, job=marker),
         )
         # Claimed before the first await: a second /rollback arriving meanwhile sees it.
         self._running[job.id] = job
@@ -464,7 +474,48 @@ class JobBoard:
         if still:
             await asyncio.wait(still)
 
+    async def stop_orphans(self, grace: float) -> list[Orphan]:
+        """Stop the process groups of the jobs an earlier run of this replica left running
+        (it was killed before them): SIGTERM, SIGKILL after ``grace`` seconds; each is
+        recorded in the audit trail. Call at start-up, before the first job: a process of
+        a job started since is left alone, but a job starting meanwhile waits."""
+        from bot.features.actions.orphans import stop_orphans
+
+        keep = {job.audit_id for job in self._running.values()}
+        self._stopping_orphans = asyncio.get_running_loop().create_future()
+        try:
+            orphans = await asyncio.to_thread(
+                stop_orphans, self._audit.replica, grace=grace, keep=keep
+            )
+        finally:
+            self._stopping_orphans.set_result(None)
+            self._stopping_orphans = None
+        for orphan in orphans:
+            try:
+                await self._audit.record_durably(self._orphan_entry(orphan))
+            except Exception:
+                log.exception("jobs.audit_failed", request_id=orphan.request_id)
+        return orphans
+
     # ------------------------------------------------------------------ audit
+
+    def _orphan_entry(self, orphan: Orphan) -> AuditEntry:
+        group = (
+            f"process group {orphan.pgid} ({_processes(len(orphan.pids))}) of an interrupted job"
+        )
+        if orphan.stopped:
+            how = " (SIGKILL after SIGTERM)" if orphan.killed else ""
+            status, detail = "stopped", f"{group} stopped after restart{how}"
+        else:
+            status, detail = "error", f"{group} could not be stopped after restart"
+        return self._audit.entry(
+            request_id=orphan.request_id,
+            at=self._clock.now(),
+            stage="event",
+            kind="job",
+            status=status,
+            detail=detail,
+        )
 
     def _entry(self, job: Job, stage: str, status: str) -> AuditEntry:
         requester = job.requester
@@ -499,8 +550,16 @@ class JobBoard:
         )
 
 
+def _audit_id(requester: Requester, job_id: str) -> str:
+    return f"{requester.request_id}:{job_id}"
+
+
 def _times(n: int) -> str:
     return "once" if n == 1 else f"{n} times"
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 def _clip(text: str) -> str:

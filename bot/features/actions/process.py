@@ -8,6 +8,15 @@ group is killed too. Output (stdout and stderr merged) is redacted as it arrives
 and only its last ``output_limit`` bytes are kept, so a process printing gigabytes costs
 a bounded amount of memory.
 
+A job's processes carry ``OPSBOT_JOB=<replica>/<request id>`` in their environment (the
+replica and request id of the job's "started" audit entry; ``ActionProcess(job=...)``),
+first, so that it is within the first bytes of ``/proc/<pid>/environ``, and inherited by
+the script's children unless one clears its environment. It is how a job's process group
+is found again after the bot was killed (``kill -9``, OOM) and the job orphaned:
+``bot.features.actions.orphans`` stops them at the next start. A pid or group id noted
+somewhere would not do: once the process is gone the number is reused, and a reused pid
+never carries our marker. It overrides an OPSBOT_JOB of the action's own ``env``.
+
 Why ``loop.subprocess_exec`` with our own protocol rather than
 ``asyncio.create_subprocess_exec``: on Python 3.11 ``Process.wait()`` only returns once
 every holder of the output pipe has closed it, so a backgrounded grandchild (``sleep 1000
@@ -55,6 +64,15 @@ _REAP_S = 5.0
 
 _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
+# The environment variable that marks a job's processes (see the module docstring).
+JOB_VARIABLE = "OPSBOT_JOB"
+
+
+def job_marker(replica: str, request_id: str) -> str:
+    """The value of OPSBOT_JOB for the job of ``request_id`` run by ``replica`` (replica
+    ids have no "/": everything after the first one is the request id)."""
+    return f"{replica}/{request_id}"
+
 
 class RunStatus(enum.StrEnum):
     OK = "ok"
@@ -98,6 +116,8 @@ class ActionProcess:
     Secrets of ``secret_env`` shorter than 4 characters are not masked, as ``Redactor``
     does for every secret: masking each "42" or "abc" in the output would garble it, and
     a value that short protects nothing. ``run()`` logs a warning naming such variables.
+
+    ``job``: the value of OPSBOT_JOB (``job_marker()``) the process gets, if it is a job's.
     """
 
     def __init__(
@@ -106,8 +126,10 @@ class ActionProcess:
         redactor: Redactor,
         *,
         on_output: Callable[[str], None] | None = None,
+        job: str | None = None,
     ) -> None:
         self._prepared = prepared
+        self._job = job
         action = prepared.action
         secrets = [s.get_secret_value() for s in action.secret_env.values()]
         # Ours first: the action's own secrets must go before the patterns see the text.
@@ -161,7 +183,7 @@ class ActionProcess:
         began = loop.time()
         try:
             child = await _Child.start(
-                prepared.argv, prepared.working_dir, prepared.env, self._output
+                prepared.argv, prepared.working_dir, _marked(prepared.env, self._job), self._output
             )
         except OSError as exc:
             raise DependencyError(
@@ -237,6 +259,15 @@ async def capture(
         return Captured(stopped, None, output.tail_text(), output.truncated)
     status = RunStatus.OK if returncode == 0 else RunStatus.FAILED
     return Captured(status, returncode, output.tail_text(), output.truncated)
+
+
+def _marked(env: Mapping[str, str], job: str | None) -> Mapping[str, str]:
+    if job is None:
+        return env
+    # First: a bounded read of /proc/<pid>/environ finds it.
+    marked = {JOB_VARIABLE: job}
+    marked.update((name, value) for name, value in env.items() if name != JOB_VARIABLE)
+    return marked
 
 
 def _start_failure(program: str, exc: OSError) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.audit.trail import AuditTrail
 from bot.delivery.outbox import Outbox
@@ -25,6 +27,12 @@ from bot.kernel.command import Request, Risk
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import UsageError, UserError
 from bot.kernel.reply import Button, Field, Reply, Status
+
+if TYPE_CHECKING:
+    from bot.features.actions.orphans import Orphan
+
+# How long an orphaned job gets after SIGTERM when no action is configured any more.
+_ORPHAN_GRACE = timedelta(seconds=5)
 
 
 class ActionService:
@@ -52,6 +60,14 @@ class ActionService:
 
     def action(self, name: str) -> ActionConfig | None:
         return self._by_name.get(name)
+
+    async def stop_orphans(self) -> list[Orphan]:
+        """At start-up, before any job starts: stop the jobs the last run of this replica
+        left running when it was killed (their audit entries are closed as interrupted),
+        SIGTERM, then SIGKILL after the longest ``kill_grace`` of the actions; each group
+        stopped is recorded in the audit trail (bot.features.actions.orphans)."""
+        grace = max((action.kill_grace for action in self.actions), default=_ORPHAN_GRACE)
+        return await self.jobs.stop_orphans(grace.total_seconds())
 
     async def request_action(
         self,
