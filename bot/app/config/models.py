@@ -121,7 +121,7 @@ class AuditSection(Strict):
     # (PostgreSQL shared by replicas) is migrated only by `opsbot db upgrade`.
     database_url: Annotated[str, AfterValidator(_database_url)] | None = None
     spool_path: Path | None = None  # default: <data_dir>/audit-spool.jsonl
-    retention_days: int = Field(default=365, ge=1)
+    retention_days: int = Field(default=365, ge=1, le=3650)
     retention_every: Duration = timedelta(hours=1)
     # Regexes whose matches are replaced by *** in audit records and replies,
     # on top of the built-in token shapes (Slack, Telegram, bearer, URL passwords).

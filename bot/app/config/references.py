@@ -27,8 +27,8 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
 
     # Only when [console] names a channel: `opsbot run` configs need no console.
     console_id = f"console:{config.console.channel}"
-    named = "channel" in config.console.model_fields_set
-    if named and config.channels and not any(console_id in g.ids for g in config.channels.values()):
+    console_named = "channel" in config.console.model_fields_set
+    if console_named and not any(console_id in g.ids for g in config.channels.values()):
         problems.append(
             f"console.channel: '{config.console.channel}' is in no [channels] group "
             f'(add "{console_id}" to the ids of one, e.g. [channels.ops])'

@@ -73,7 +73,7 @@ class ActionConfig(Strict):
     timeout: Duration = timedelta(minutes=5)
     # After SIGTERM (timeout, /cancel, shutdown), SIGKILL follows after this long.
     kill_grace: Duration = timedelta(seconds=5)
-    max_concurrent: int = Field(default=1, ge=1)
+    max_concurrent: int = Field(default=1, ge=1, le=1000)
     # Actions sharing a lock group never run at the same time (two rollbacks, a rollback
     # and a deploy).
     lock_group: Name | None = None

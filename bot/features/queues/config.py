@@ -13,8 +13,8 @@ from bot.kernel.settings import Duration, Name, RedisUrl, Strict
 class Level(Strict):
     """A figure is ``warn`` above ``warn`` and ``critical`` above ``critical``."""
 
-    warn: float = Field(ge=0)
-    critical: float = Field(ge=0)
+    warn: float = Field(ge=0, le=1e12)
+    critical: float = Field(ge=0, le=1e12)
 
     @model_validator(mode="after")
     def _ordered(self) -> Level:
@@ -26,8 +26,8 @@ class Level(Strict):
 class FloorLevel(Strict):
     """A figure is ``warn`` below ``warn`` and ``critical`` at or below ``critical``."""
 
-    warn: int = Field(ge=0)
-    critical: int = Field(ge=0)
+    warn: int = Field(ge=0, le=10**12)
+    critical: int = Field(ge=0, le=10**12)
 
     @model_validator(mode="after")
     def _ordered(self) -> FloorLevel:
