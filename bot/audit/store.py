@@ -55,6 +55,7 @@ from bot.audit.writer_process import SqliteWriterProcess
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError, InternalError
 from bot.storage.engine import begin_immediate, make_engine
+from bot.storage.files import append_durably, fsync_dir
 from bot.storage.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
 
 DEPENDENCY = "audit database"
@@ -583,15 +584,7 @@ class AuditStore:
         self._spool_depth += len(entries)
 
     def _append_spool(self, data: bytes) -> None:
-        created = not self._spool_path.exists()
-        fd = os.open(self._spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            _fsync_dir(self._spool_path.parent)
+        append_durably(self._spool_path, data)
 
     def _read_spool(self) -> list[tuple[AuditEntry, int]]:
         """Entries not yet replayed, each with the spool offset just after its line."""
@@ -631,7 +624,7 @@ class AuditStore:
     def _clear_spool(self) -> None:
         self._spool_path.unlink(missing_ok=True)
         self._offset_path.unlink(missing_ok=True)
-        _fsync_dir(self._spool_path.parent)
+        fsync_dir(self._spool_path.parent)
 
     async def _replay(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = await asyncio.to_thread(self._read_spool)
@@ -983,11 +976,3 @@ def _resolve(item: _Pending, error: BaseException | None) -> None:
 def _settle(items: list[_Pending], error: BaseException | None) -> None:
     for item in items:
         _resolve(item, error)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,6 +26,8 @@ from pathlib import Path
 import orjson
 import structlog
 
+from bot.storage.files import append_durably
+
 log = structlog.get_logger("opsbot.alerts")
 
 
@@ -103,12 +105,7 @@ class AlertInbox:
     # ------------------------------------------------------------------ files (threads)
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_durably(self._path, data)
 
     def _scan(self, start: int, limit: int | None) -> list[Delivery]:
         out: list[Delivery] = []

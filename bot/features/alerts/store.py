@@ -43,42 +43,7 @@ class AlertStore:
 
     async def upsert(self, alert: ActiveAlert) -> ActiveAlert:
         """Insert ``alert`` or refresh the row with its fingerprint; returns the row."""
-        values = {
-            "fingerprint": alert.fingerprint,
-            "id": alert.id,
-            "source": alert.source,
-            "group_key": alert.group_key,
-            "name": alert.name,
-            "severity": alert.severity,
-            "summary": alert.summary,
-            "labels": orjson.dumps(alert.labels).decode(),
-            "since": alert.since,
-            "last_posted_at": alert.last_posted_at,
-        }
-        refreshed = ("group_key", "name", "severity", "summary", "labels")
-        async with self._db.transaction() as conn:
-            insert = (
-                postgresql.insert(alerts)
-                if conn.dialect.name == "postgresql"
-                else sqlite.insert(alerts)
-            )
-            statement = insert.values(**values)
-            await conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[alerts.c.fingerprint],
-                    set_={name: statement.excluded[name] for name in refreshed},
-                )
-            )
-            row = (
-                (
-                    await conn.execute(
-                        sa.select(alerts).where(alerts.c.fingerprint == alert.fingerprint)
-                    )
-                )
-                .mappings()
-                .one()
-            )
-        return _alert(row)
+        return (await self.upsert_many([alert]))[0]
 
     async def upsert_many(self, batch: list[ActiveAlert]) -> list[ActiveAlert]:
         """:meth:`upsert` for each of ``batch`` in one transaction (a storm's group is one
