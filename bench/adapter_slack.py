@@ -66,7 +66,7 @@ async def _drive(
     async with aiohttp.ClientSession() as http:
 
         async def one(record: bool) -> None:
-            payload = slack.slash_command("/whoami", user="U0ALICE01")
+            payload = slack.slash_command("/ops", "whoami", user="U0ALICE01")
             if mode == "socket":
                 envelope = await slack.send("slash_commands", payload)
                 await slack.wait_ack(envelope, within=10)

@@ -81,7 +81,13 @@ class SlackAdapter:
         checks its websocket (and so how soon it notices a silent drop); ``stop_grace``
         how long ``stop()`` waits for answers in flight before cancelling them."""
         self._section: SlackSection = section or SlackSection()
-        self._commands = tuple(sorted({spec.name for spec in commands}))
+        # The slash commands this app answers: the umbrella and those listed on their own.
+        self._commands = tuple(
+            sorted(
+                {self._section.umbrella_command}
+                | ({spec.name for spec in commands} & set(self._section.slash_commands))
+            )
+        )
         self._clock = clock
         self._ping_interval = ping_interval
         self._stop_grace = stop_grace
@@ -249,7 +255,7 @@ class SlackAdapter:
 
     async def _on_command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        message = command_message(body, self._clock.now())
+        message = command_message(body, self._clock.now(), umbrella=self._section.umbrella_command)
         if message is not None:
             response_url = _text(body, "response_url")
             self._spawn(self._answer_command(message, response_url), message.event_id)
@@ -480,8 +486,11 @@ class ButtonPress:
     response_url: str
 
 
-def command_message(body: Mapping[str, Any], now: datetime) -> Message | None:
-    """A slash command: ``/rollback`` with text ``v1.2`` becomes ``/rollback v1.2``."""
+def command_message(
+    body: Mapping[str, Any], now: datetime, *, umbrella: str = "ops"
+) -> Message | None:
+    """A slash command: ``/rollback`` with text ``v1.2`` becomes ``/rollback v1.2``; the
+    umbrella ``/ops`` with text ``rollback v1.2`` too (``/ops`` alone is ``/help``)."""
     command, user = _text(body, "command"), _text(body, "user_id")
     channel = _text(body, "channel_id")
     if not (command and user and channel):
@@ -490,12 +499,19 @@ def command_message(body: Mapping[str, Any], now: datetime) -> Message | None:
     return Message(
         location=Location(platform=PLATFORM, channel_id=channel, workspace=_text(body, "team_id")),
         user_id=user,
-        text=f"{command} {plain_text(_text(body, 'text'))}".strip(),
+        text=_command_text(command, plain_text(_text(body, "text")), umbrella),
         event_id=_text(body, "trigger_id") or f"command-{secrets.token_hex(8)}",
         received_at=now,
         user_name=_text(body, "user_name"),
         addressed=True,
     )
+
+
+def _command_text(command: str, text: str, umbrella: str) -> str:
+    if command == f"/{umbrella}":
+        words = text.strip()
+        return f"/{words.removeprefix('/')}" if words else "/help"
+    return f"{command} {text}".strip()
 
 
 def event_message(

@@ -3,11 +3,21 @@ are secrets, best given as environment variables (named in ``TOKEN_VARIABLES``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 
-from bot.kernel.settings import HttpUrl, Port, Strict, UrlPath
+from adapters.slack.builtins import SLACK_BUILTIN_COMMANDS
+from bot.kernel.settings import HttpUrl, Name, Port, Strict, UrlPath
+
+
+def _not_builtin(name: str) -> str:
+    if name in SLACK_BUILTIN_COMMANDS:
+        raise ValueError(f"/{name} is one of Slack's own commands: an app cannot register it")
+    return name
+
+
+SlashName = Annotated[Name, AfterValidator(_not_builtin)]
 
 
 class SlackSection(Strict):
@@ -24,6 +34,11 @@ class SlackSection(Strict):
     # HTTP mode: the public https:// URL that reaches http_host:http_port (a reverse
     # proxy); `opsbot slack-manifest` puts it in the manifest's request URLs.
     public_url: HttpUrl | None = None
+    # One slash command for everything (`/ops health`, `/ops rollback v1.2`, `/ops help`),
+    # as Slack's style guide asks; and, only if listed, commands of their own (`/rollback`).
+    # Never one of Slack's built-ins (/status, /remind, …): Slack refuses such a manifest.
+    umbrella_command: SlashName = "ops"
+    slash_commands: list[SlashName] = []
 
 
 # key -> environment variable, for start-up errors that name what to set.

@@ -1,6 +1,8 @@
 """The Slack app manifest, generated from the command registry (``opsbot slack-manifest``).
 
-Paste it at https://api.slack.com/apps (Create New App -> From a manifest). It asks
+Paste it at https://api.slack.com/apps (Create New App -> From a manifest). It declares
+one umbrella slash command (``/ops health``; ``[slack] umbrella_command``) and only the
+commands ``[slack] slash_commands`` lists, never one of Slack's built-ins. It asks
 only for what the adapter uses: ``commands`` (slash commands), ``chat:write`` (answers,
 job progress, editing a pressed approval message), ``app_mentions:read`` (``@opsbot
 health``) and ``im:history`` (direct messages to the bot).
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from adapters.slack.builtins import SLACK_BUILTIN_COMMANDS
 from adapters.slack.config import SlackSection
 from bot.kernel.command import CommandSpec
 
@@ -33,19 +36,32 @@ def manifest(
     request_url = f"{public}{section.http_path}"
     name = bot_name
 
-    slash_commands: list[dict[str, Any]] = []
-    for spec in commands:
+    slash_commands: list[dict[str, Any]] = [
+        {
+            "command": f"/{section.umbrella_command}",
+            "description": f"{name}: operational commands (/{section.umbrella_command} help "
+            "lists them)",
+            "usage_hint": "<command> [arguments], e.g. health, rollback v1.2, help",
+            "should_escape": False,  # the adapter reads plain text
+        }
+    ]
+    by_name = {spec.name: spec for spec in commands}
+    for own in section.slash_commands:
+        spec = by_name.get(own)
+        if spec is None or own in SLACK_BUILTIN_COMMANDS:
+            continue  # the config check names it; never a manifest Slack refuses
         entry: dict[str, Any] = {
             "command": f"/{spec.name}",
             "description": spec.summary,
-            "should_escape": False,  # the adapter reads plain text
+            "should_escape": False,
         }
         hint = usage_hint(spec)
         if hint:
             entry["usage_hint"] = hint
-        if http_mode:
-            entry["url"] = request_url
         slash_commands.append(entry)
+    if http_mode:
+        for entry in slash_commands:
+            entry["url"] = request_url
 
     interactivity: dict[str, Any] = {"is_enabled": True}
     events: dict[str, Any] = {"bot_events": list(BOT_EVENTS)}

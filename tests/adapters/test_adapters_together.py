@@ -45,7 +45,7 @@ async def test_three_platforms_in_one_process_answer_concurrently() -> None:
 
             async def on_slack(i: int) -> str:
                 await slack.send(
-                    "slash_commands", slack.slash_command("/whoami", "", user="U0ALICE01")
+                    "slash_commands", slack.slash_command("/ops", "whoami", user="U0ALICE01")
                 )
                 answer = await slack.wait_for(
                     lambda: (

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,8 +17,10 @@ import aiohttp
 import pytest
 
 from adapters.slack.adapter import SlackAdapter, plain_text, strip_mention
+from adapters.slack.builtins import SLACK_BUILTIN_COMMANDS
 from adapters.slack.manifest import manifest
 from adapters.slack.render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
+from bot.app.cli import EXIT_CONFIG, main
 from bot.app.config import parse_config
 from bot.kernel.command import CommandSpec
 from bot.kernel.message import Location
@@ -59,9 +62,11 @@ async def slack_bot(
 
 
 async def command(slack: FakeSlack, text: str, *, user: str, **kw: Any) -> str:
-    """Type a slash command; returns the envelope id once the adapter has acked it."""
-    name, _, rest = text.partition(" ")
-    envelope = await slack.send("slash_commands", slack.slash_command(name, rest, user=user, **kw))
+    """Type a command through the umbrella slash command (``/health x`` is typed as
+    ``/ops health x``); returns the envelope id once the adapter has acked it."""
+    envelope = await slack.send(
+        "slash_commands", slack.slash_command("/ops", text.removeprefix("/"), user=user, **kw)
+    )
     await slack.wait_ack(envelope)
     return envelope
 
@@ -189,7 +194,7 @@ async def test_http_mode_checks_signatures_and_answers_valid_requests(scripts: S
     options = {"mode": "http", "signing_secret": SECRET, "http_port": 0}
     async with slack_bot(actions_config(scripts), **options) as (tb, slack, [adapter]):
         url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
-        form = {**slack.slash_command("/rollback", "v1.2", user=DAVE)}
+        form = {**slack.slash_command("/ops", "rollback v1.2", user=DAVE)}
         body = urlencode(form).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         async with aiohttp.ClientSession() as http:
@@ -260,7 +265,7 @@ async def test_rate_limited_post_is_retried_after_retry_after() -> None:
 
 async def test_redelivered_envelope_and_event_run_once() -> None:
     async with slack_bot(actions_config_for_dedup()) as (tb, slack, _):
-        payload = slack.slash_command("/rollback", "v2.1", user=DAVE)
+        payload = slack.slash_command("/ops", "rollback v2.1", user=DAVE)
         for _ in range(2):  # the same envelope, delivered twice
             slack.acks.pop("env-same", None)
             await slack.wait_ack(
@@ -462,15 +467,12 @@ def test_mentions_and_slack_markup_become_plain_text() -> None:
 # -- the manifest ----------------------------------------------------------------------------
 
 
-def test_manifest_has_every_command_and_only_needed_scopes() -> None:
+def test_manifest_has_the_umbrella_command_only_needed_scopes_and_never_a_builtin() -> None:
     config = parse_config(BASE_CONFIG, "t", {}, NAMES)
     socket = manifest(config.slack, config.bot.name, COMMANDS)
     commands = {c["command"]: c for c in socket["features"]["slash_commands"]}
-    assert set(commands) == {f"/{spec.name}" for spec in COMMANDS}
-    assert commands["/rollback"]["usage_hint"] == "<tag> [--dry-run]"
-    assert commands["/rollback"]["description"] == next(
-        s.summary for s in COMMANDS if s.name == "rollback"
-    )
+    assert set(commands) == {"/ops"}
+    assert "/ops help" in commands["/ops"]["description"]
     assert sorted(socket["oauth_config"]["scopes"]["bot"]) == [
         "app_mentions:read",
         "chat:write",
@@ -482,6 +484,17 @@ def test_manifest_has_every_command_and_only_needed_scopes() -> None:
     assert settings["interactivity"] == {"is_enabled": True}
     assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
 
+    own = parse_config(
+        BASE_CONFIG + "[slack]\numbrella_command = 'opsbot'\nslash_commands = ['rollback']\n",
+        "t",
+        {},
+        NAMES,
+    )
+    listed = manifest(own.slack, own.bot.name, COMMANDS)
+    commands = {c["command"]: c for c in listed["features"]["slash_commands"]}
+    assert set(commands) == {"/opsbot", "/rollback"}
+    assert commands["/rollback"]["usage_hint"] == "<tag> [--dry-run]"
+
     http_config = parse_config(
         BASE_CONFIG + "[slack]\nmode = 'http'\nhttp_path = '/hooks/slack'\n", "t", {}, NAMES
     )
@@ -491,12 +504,40 @@ def test_manifest_has_every_command_and_only_needed_scopes() -> None:
     assert all(c["url"].endswith("/hooks/slack") for c in http["features"]["slash_commands"])
 
 
-def test_cli_prints_the_manifest() -> None:
+@pytest.mark.parametrize("key", ["umbrella_command", "slash_commands"])
+def test_a_slack_builtin_is_refused_as_a_slash_command(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    value = "'status'" if key == "umbrella_command" else "['health', 'status']"
+    path = tmp_path / "opsbot.toml"
+    path.write_text(BASE_CONFIG + f"[slack]\n{key} = {value}\n")
+    assert main(["check-config", str(path)]) == EXIT_CONFIG
+    output = capsys.readouterr().err
+    where = "slack.umbrella_command" if key == "umbrella_command" else "slack.slash_commands[1]"
+    assert f"{where}: /status is one of Slack's own commands" in output
+
+
+def test_cli_prints_a_manifest_slack_accepts() -> None:
     result = run_opsbot("slack-manifest", "--config", str(ROOT / "examples" / "opsbot.toml"))
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
-    names = {c["command"] for c in printed["features"]["slash_commands"]}
-    assert names == {f"/{spec.name}" for spec in COMMANDS}
+    names = {c["command"].removeprefix("/") for c in printed["features"]["slash_commands"]}
+    assert names == {"ops"}
+    assert not names & SLACK_BUILTIN_COMMANDS
+    # Every opsbot command that is also a Slack built-in is reached through the umbrella.
+    assert {spec.name for spec in COMMANDS} & SLACK_BUILTIN_COMMANDS == {"status", "help"}
+
+
+async def test_the_umbrella_runs_any_command_alone_is_help_and_listed_ones_run_too() -> None:
+    async with slack_bot(slash_commands=["whoami"]) as (_, slack, _):
+        # /status is Slack's own: through the umbrella it reaches opsbot.
+        await slack.send("slash_commands", slack.slash_command("/ops", "status", user=ALICE))
+        assert await slack.wait_for(lambda: slack.find_response(" up "))
+        await slack.send("slash_commands", slack.slash_command("/ops", "", user=ALICE))
+        assert await slack.wait_for(lambda: slack.find_response("/whoami"))
+        # A command listed in [slack] slash_commands is its own slash command as well.
+        await slack.send("slash_commands", slack.slash_command("/whoami", "", user=BOB))
+        assert await slack.wait_for(lambda: slack.find_response("You are bob"))
 
 
 async def test_ready_and_status_show_a_connection_lost_after_start() -> None:

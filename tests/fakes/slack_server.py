@@ -3,7 +3,7 @@ the Socket Mode websocket, recording everything the adapter sends.
 
     async with FakeSlack() as slack:
         ...config: api_url = slack.api_url, bot_token = slack.bot_token, app_token = ...
-        envelope = await slack.send("slash_commands", slack.slash_command("/health", user=U))
+        envelope = await slack.send("slash_commands", slack.slash_command("/ops", "health", user=U))
         await slack.wait_ack(envelope)
         posted = await slack.wait_for(lambda: slack.find_message("Health"))
 

@@ -25,6 +25,10 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             known = ", ".join(sorted(config.channels)) or "none defined"
             problems.append(f"{path}: unknown channel '{channel}' (channels: {known})")
 
+    if config.slack is not None:
+        for i, name in enumerate(config.slack.slash_commands):
+            if name not in command_names:
+                problems.append(f"slack.slash_commands[{i}]: unknown command '{name}'")
     # Only when [console] names a channel: `opsbot run` configs need no console.
     console_id = f"console:{config.console.channel}"
     console_named = "channel" in config.console.model_fields_set
