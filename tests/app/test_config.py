@@ -279,3 +279,20 @@ def test_a_console_channel_in_no_channel_group_is_refused(
     code, output = check(tmp_path, text, capsys)
     assert code == EXIT_CONFIG
     assert "console.channel: 'nowhere' is in no [channels] group" in output
+
+
+def test_a_platform_token_alone_turns_nothing_on_and_says_so() -> None:
+    from bot.app.config import parse_config
+    from commands import COMMANDS
+
+    names = [spec.name for spec in COMMANDS]
+    env = {"OPSBOT_SLACK_BOT_TOKEN": "xoxb-stray", "OPSBOT_TELEGRAM_TOKEN": "123:abc"}
+    with structlog.testing.capture_logs() as logs:
+        config = parse_config(BASE_CONFIG, "t", env, names)
+    assert config.slack is None and config.telegram is None
+    warned = [e["variable"] for e in logs if e["event"] == "config.token_without_section"]
+    assert warned == ["OPSBOT_SLACK_BOT_TOKEN", "OPSBOT_TELEGRAM_TOKEN"]
+    with_section = parse_config(BASE_CONFIG + "[slack]\n", "t", env, names)
+    assert with_section.slack is not None
+    assert with_section.slack.bot_token is not None
+    assert with_section.slack.bot_token.get_secret_value() == "xoxb-stray"

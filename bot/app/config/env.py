@@ -53,14 +53,31 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: environ[name] for name in ENV_VARS if environ.get(name)}
 
 
+# A token alone does not turn a platform on: its section does (a stray variable in a
+# shared environment must not connect the bot somewhere nobody configured).
+PLATFORM_SECTIONS = frozenset({"slack", "telegram", "discord"})
+
+
 def apply_overrides(raw: dict[str, object], env: Mapping[str, str]) -> list[str]:
-    """Write env overrides into the raw config dict; returns the names applied."""
+    """Write env overrides into the raw config dict; returns the names applied. A
+    platform token whose section is absent is not applied (:func:`unused_tokens`)."""
     applied: list[str] = []
     for name, (path, _) in ENV_VARS.items():
         if path is None or name not in env:
+            continue
+        if path[0] in PLATFORM_SECTIONS and path[0] not in raw:
             continue
         section = raw.setdefault(path[0], {})
         if isinstance(section, dict):
             section[path[1]] = env[name]
             applied.append(name)
     return applied
+
+
+def unused_tokens(raw: Mapping[str, object], env: Mapping[str, str]) -> list[str]:
+    """Platform token variables that are set while their section is absent."""
+    return [
+        name
+        for name, (path, _) in ENV_VARS.items()
+        if path is not None and path[0] in PLATFORM_SECTIONS and path[0] not in raw and name in env
+    ]

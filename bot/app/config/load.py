@@ -10,14 +10,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, ValidationError
 
-from bot.app.config.env import apply_overrides
+from bot.app.config.env import ENV_VARS, apply_overrides, unused_tokens
 from bot.app.config.models import Config
 from bot.app.config.references import reference_problems
 from bot.kernel.errors import ConfigError
 
 DEFAULT_SOURCE = "<built-in default config>"
+_log = structlog.get_logger("opsbot.config")
 
 
 def load_config(
@@ -43,6 +45,14 @@ def parse_config(
         raw: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from exc
+    for name in unused_tokens(raw, env):
+        section = ENV_VARS[name][0][0]  # type: ignore[index]
+        _log.warning(
+            "config.token_without_section",
+            variable=name,
+            hint=f"{name} is set but the config has no [{section}] section: "
+            f"{section.capitalize()} stays off (add [{section}] to turn it on)",
+        )
     apply_overrides(raw, env)
     try:
         config = Config.model_validate(raw)
