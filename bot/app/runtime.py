@@ -261,6 +261,8 @@ class Bot:
         self.metrics.started.set(time.time())
         await prepare_database(self.config)
         await self.audit.start()
+        # A crash left jobs running: stop them before any new job can start.
+        await self.actions.stop_orphans()
         self.witness.start()
         await self.state_db.start()
         await self.outbox.start()
