@@ -208,7 +208,11 @@ async def one_run(args: argparse.Namespace, run: int, *, kill: bool) -> dict[str
             base = f"http://127.0.0.1:{port}"
             bot = start_bot(config, directory)
             try:
-                await wait_ready(base)
+                try:
+                    await wait_ready(base)
+                except SystemExit:
+                    print((directory / "bot.log").read_text()[-3000:])
+                    raise
                 await tg.wait_call("getUpdates", within=30)
                 stop = asyncio.Event()
                 chat = asyncio.create_task(chat_while(tg, stop))

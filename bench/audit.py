@@ -211,7 +211,7 @@ log_level = "warning"
 enabled = false
 
 [flood]
-max_commands = 1000000000
+max_commands = 10000000
 per = "1s"
 
 [roles.admin]

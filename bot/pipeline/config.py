@@ -15,7 +15,7 @@ ANY_ROLE = "*"  # in policy.commands.<name>.roles: any known principal
 class FloodSection(Strict):
     """Per-person command budget: a burst of ``max_commands``, refilled over ``per``."""
 
-    max_commands: int = Field(default=15, ge=1, le=100_000)
+    max_commands: int = Field(default=15, ge=1, le=10_000_000)
     per: Duration = timedelta(seconds=10)
 
 
