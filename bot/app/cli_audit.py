@@ -139,6 +139,13 @@ async def audit_verify(
     async with _reading(config) as store:
         result = await store.verify(keys, points)
     print(result)
+    if result.ok and points is None:
+        # What the table alone cannot show: say it, every time (docs/audit.md).
+        print(
+            "note: without --witness, rows cut from the end (or a log emptied) would not "
+            "show; pass the witness file to rule that out",
+            file=sys.stderr,
+        )
     return 0 if result.ok else EXIT_CHAIN_BROKEN
 
 

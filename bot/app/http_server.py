@@ -76,6 +76,7 @@ def build_app(
 
 
 BODY_READ_TIMEOUT_S = 10.0  # the most one chunk of a request body may take to arrive
+BODY_TOTAL_TIMEOUT_S = 60.0  # the most a whole request body may take
 HEADER_READ_TIMEOUT_S = 10.0  # the most a request's head may take, from the connection
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is answered 400
 
@@ -107,9 +108,14 @@ class _FailureSink:
                 started = True
             await send(message)
 
+        # A deadline per chunk and one for the whole body: a byte every 9 s would pass the
+        # first alone, and hold a connection for days.
+        body_deadline = asyncio.get_running_loop().time() + BODY_TOTAL_TIMEOUT_S
+
         async def timed_receive() -> Message:
+            left = body_deadline - asyncio.get_running_loop().time()
             try:
-                async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                async with asyncio.timeout(max(0.0, min(BODY_READ_TIMEOUT_S, left))):
                     return await receive()
             except TimeoutError:
                 raise _SlowClient from None
@@ -123,7 +129,10 @@ class _FailureSink:
             _log.info("http.slow_client", path=scope.get("path"), timeout_s=BODY_READ_TIMEOUT_S)
             if not started:
                 response = JSONResponse(
-                    {"error": f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g} s"},
+                    {
+                        "error": "the request body did not arrive in time "
+                        "(10 s a chunk, 60 s in all)"
+                    },
                     status_code=408,
                     headers={"Connection": "close"},
                 )

@@ -49,6 +49,7 @@ from bot.storage.claim_sql import PRUNE_SQL, claim_sql
 HEADER = struct.Struct("!I")
 BUSY_TIMEOUT_S = 10.0  # bot.storage.engine.SQLITE_BUSY_TIMEOUT_MS, without its imports
 HEAD_ID = 1
+PAST_HEAD_WINDOW = 1_000_000  # rows past the head that new rows are written after
 Answer = tuple[str, str]
 ClaimAnswer = tuple[str, list[tuple[str, str]]]
 _SKIPPED: Answer = ("skipped", "")
@@ -145,7 +146,12 @@ class Inserter:
             head_key_id = self._head_key_id(conn, head_seq)
             # Rows past the head (forged, or left by hand) must not jam the log: write
             # after them, linked to the head; verify names the first of them.
-            top = conn.execute("SELECT max(seq) FROM audit_log").fetchone()[0]
+            # Within reach of the head only: one forged row at seq 2**63-1 must not make
+            # every later seq overflow.
+            top = conn.execute(
+                "SELECT max(seq) FROM audit_log WHERE seq > ? AND seq <= ?",
+                (head_seq, head_seq + PAST_HEAD_WINDOW),
+            ).fetchone()[0]
             rows, seq, prev = linked_rows(
                 max(head_seq, int(top or 0)),
                 str(head[1]),

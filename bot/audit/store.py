@@ -51,6 +51,7 @@ import bot.audit.rows as row_layout
 from bot.audit.chain import GENESIS_HASH, ChainKey, ChainVerifier, TableEnds, VerifyResult
 from bot.audit.record import AuditEntry, StoredEntry, format_at
 from bot.audit.rows import COLUMNS, insert_sql, linked_rows
+from bot.audit.sqlite_writer import PAST_HEAD_WINDOW
 from bot.audit.writer_process import SqliteWriterProcess
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError, InternalError
@@ -461,19 +462,28 @@ class AuditStore:
             self._next_retry = loop.time() + self._retry_initial
             _settle(items, DependencyError(DEPENDENCY, f"cannot be written: {reason}", exc))
             return
-        if self._unwritable is not None:
-            _log.warning("auditlog.writable_again", was=self._unwritable)
-            self._unwritable = None
         if rejected:
-            # The database refused these entries themselves (not the connection); their
-            # waiters get the error and the log keeps the entry, since the table will not.
+            # The database refused the entries themselves, not the connection: a table
+            # tampered with (a head moved to the end of the seq range), a constraint added
+            # by hand. Nothing may run unrecorded: hold them, refuse commands, keep trying,
+            # and say why (the error log keeps each entry too).
             for entry, err in rejected:
                 _log.error("auditlog.entry_rejected", error=str(err), entry=entry.to_json_dict())
             first = rejected[0][1]
+            self._hold([entry for entry, _ in rejected])
+            reason = f"the audit database refuses entries ({str(first).splitlines()[0][:300]})"
+            if self._unwritable is None:
+                _log.error("auditlog.unwritable", reason=reason, held=len(self._held))
+            self._unwritable = reason
+            self._next_retry = loop.time() + self._retry_initial
             bad = {id(entry) for entry, _ in rejected}
             for item in items:
                 if any(id(entry) in bad for entry in item.entries):
                     _resolve(item, DependencyError(DEPENDENCY, f"entry rejected: {first}", first))
+            return
+        if self._unwritable is not None:
+            _log.warning("auditlog.writable_again", was=self._unwritable)
+            self._unwritable = None
 
     def _hold(self, entries: list[AuditEntry]) -> None:
         room = self._queue_size - len(self._held)
@@ -547,7 +557,14 @@ class AuditStore:
         top, head_key_id = (
             await conn.execute(
                 sa.select(
-                    sa.func.max(audit_log.c.seq),
+                    # Within reach of the head only: one forged row at seq 2**63-1 must
+                    # not make every later seq overflow.
+                    sa.select(sa.func.max(audit_log.c.seq))
+                    .where(
+                        audit_log.c.seq > head_seq,
+                        audit_log.c.seq <= head_seq + PAST_HEAD_WINDOW,
+                    )
+                    .scalar_subquery(),
                     sa.select(audit_log.c.key_id)
                     .where(audit_log.c.seq == head_seq)
                     .scalar_subquery(),
@@ -603,8 +620,19 @@ class AuditStore:
                 break
             line = data[pos:end]
             pos = end + 1
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 out.append((AuditEntry.from_json_dict(json.loads(line)), pos))
+            except (ValueError, TypeError, KeyError) as exc:
+                # Damaged by something outside opsbot (appends are all or nothing): the
+                # error log keeps the line, and the entries after it are not held back.
+                _log.error(
+                    "auditlog.spool_line_unreadable",
+                    offset=pos,
+                    error=str(exc),
+                    line=line[:4000].decode("utf-8", "backslashreplace"),
+                )
         return out
 
     def _read_offset(self) -> int:

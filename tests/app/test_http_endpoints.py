@@ -143,7 +143,7 @@ async def test_a_body_that_trickles_in_is_answered_408_in_one_line(
             answer = await asyncio.wait_for(reader.read(4096), 5)
             writer.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer
-    assert b"did not arrive within 0.3 s" in answer
+    assert b"did not arrive in time" in answer
     assert [e["event"] for e in logs if e["log_level"] in ("error", "critical")] == []
     assert any(e["event"] == "http.slow_client" for e in logs)
 

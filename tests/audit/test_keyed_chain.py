@@ -15,7 +15,7 @@ from bot.audit import AuditStore, StoredEntry
 from bot.audit.chain import GENESIS_HASH, KEY_EVENT, ChainKey, link
 from bot.audit.witness import WitnessPoint, append_point, read_points
 from bot.kernel.errors import DependencyError
-from tests.auditlog_helpers import Db, entry
+from tests.auditlog_helpers import Db, entry, wait_until
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEY = ChainKey.from_text("k" * 40)
@@ -220,5 +220,46 @@ async def test_the_witness_finds_what_the_key_cannot(db: Db, tmp_path: Path, att
         result = await store.verify([KEY], checked)
         assert (result.ok, result.seq) == (False, expected[0]), result
         assert result.problem is not None and result.problem.startswith(expected[1])
+    finally:
+        await store.close()
+
+
+async def test_a_row_at_the_end_of_the_seq_range_cannot_jam_the_writer(
+    db: Db, tmp_path: Path
+) -> None:
+    store = db.store(tmp_path, key=KEY, retry_initial=0.1)
+    await store.start()
+    try:
+        await asyncio.gather(*(store.append_durably(entry(i)) for i in range(1, 4)))  # 1-4
+        top = 2**63 - 1
+        await db.execute(
+            "INSERT INTO audit_log (seq, prev_hash, hash, key_id, request_id, at, stage, kind, "
+            "platform, workspace, channel, user_id, raw_text, args, approvers, status, detail, "
+            "replica) VALUES (:seq, :h, :h, NULL, 'forged', :at, 'decided', 'command', "
+            "'', '', '', '', '/forged', '{}', '[]', 'ok', '', '')",
+            seq=top,
+            h="f" * 64,
+            at=datetime(2025, 3, 1, tzinfo=UTC),
+        )
+        await asyncio.wait_for(store.append_durably(entry(5)), 10)  # written at seq 5
+        result = await store.verify([KEY])
+        assert (result.ok, result.seq) == (False, 6), result
+        assert result.problem == f"gap in the chain: expected seq 6, found {top} (row(s) deleted)"
+
+        # The head itself moved to the end of the range: nothing can be written. The store
+        # says so (commands are refused) and recovers once the head is put back.
+        [(digest,)] = await db.execute("SELECT hash FROM audit_log WHERE seq = 5")
+        await db.execute("DELETE FROM audit_log WHERE seq = :s", s=top)
+        await db.execute("UPDATE audit_chain_head SET seq = :s", s=top)
+        with pytest.raises(DependencyError):
+            await asyncio.wait_for(store.append_durably(entry(6)), 10)
+        assert store.unwritable is not None
+        assert store.unwritable.startswith("the audit database refuses entries")
+        await db.execute("UPDATE audit_chain_head SET seq = 5, hash = :h", h=digest)
+        await wait_until(lambda: store.unwritable is None, within=10)  # by itself
+        await asyncio.wait_for(store.append_durably(entry(7)), 10)
+        ids = [r.entry.request_id for r in await rows_of(store)]
+        assert ids[-2:] == ["req-0006", "req-0007"]  # the held entry first, nothing lost
+        assert (await store.verify([KEY])).ok
     finally:
         await store.close()

@@ -3,10 +3,12 @@
 When the bot is killed (``kill -9``, the OOM killer) its next start closes the job it was
 running as "interrupted" in the audit log, but the job's script runs on: its own process
 group (``start_new_session``), reparented to init, with nobody to stop it at its timeout.
-Each job's processes carry ``OPSBOT_JOB=<replica>/<request id>`` in their environment
-(``bot.features.actions.process``), so at start-up, before this run starts a job, every
-process marked with this replica is such an orphan: its process group gets SIGTERM, then
-SIGKILL after ``grace``, like a cancelled job.
+Each job's processes carry ``OPSBOT_JOB=<replica>/<owner>/<request id>`` in their
+environment (``bot.features.actions.process``; the owner is the pid and start time of the
+bot process that started the job), so at start-up every process marked with this replica
+whose owner no longer runs is such an orphan: its process group gets SIGTERM, then SIGKILL
+after ``grace``, like a cancelled job. A job of a bot that still runs (a second
+``opsbot console`` on the same host) is left alone.
 
 A pid is reused once its process is gone, and a reused pid never carries our marker: the
 marker is read again just before each signal, and a group is signalled only while one of
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from bot.features.actions.process import JOB_VARIABLE, job_marker
+from bot.features.actions.process import JOB_VARIABLE, process_identity
 
 log = structlog.get_logger("opsbot.actions")
 
@@ -57,7 +59,7 @@ def stop_orphans(replica: str, *, grace: float, keep: Collection[str] = ()) -> l
     """Stop the process groups of the jobs of ``replica`` that are still running, except
     those of the request ids in ``keep`` (jobs this run started); blocks up to ``grace``
     seconds and a little more. Call it before this run starts a job."""
-    prefix = job_marker(replica, "")
+    prefix = f"{replica}/"
     groups = _scan(prefix, keep)
     if not groups:
         return []
@@ -151,8 +153,21 @@ def _request_id(pid: int, prefix: str) -> str | None:
     for variable in data.split(b"\0"):
         if variable.startswith(_NAME):
             value = variable[len(_NAME) :].decode("utf-8", errors="replace")
-            return value[len(prefix) :] if value.startswith(prefix) else None
+            if not value.startswith(prefix):
+                return None
+            owner, _, request_id = value[len(prefix) :].partition("/")
+            # A job whose bot process still runs is that bot's (a second `opsbot console`
+            # on the same host, a test's other bot): only an orphan's owner is gone.
+            return None if _alive(owner) else request_id
     return None
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process ``owner`` (``<pid>.<start time>``) still runs."""
+    pid, _, _ = owner.partition(".")
+    if not pid.isdigit():
+        return False
+    return process_identity(int(pid)) == owner
 
 
 def _signal(pgid: int, members: Members, prefix: str, sig: signal.Signals) -> None:

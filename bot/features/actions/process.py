@@ -8,8 +8,9 @@ group is killed too. Output (stdout and stderr merged) is redacted as it arrives
 and only its last ``output_limit`` bytes are kept, so a process printing gigabytes costs
 a bounded amount of memory.
 
-A job's processes carry ``OPSBOT_JOB=<replica>/<request id>`` in their environment (the
-replica and request id of the job's "started" audit entry; ``ActionProcess(job=...)``),
+A job's processes carry ``OPSBOT_JOB=<replica>/<owner>/<request id>`` in their environment
+(the replica and request id of the job's "started" audit entry, and the pid and start time
+of the bot process that started it; ``ActionProcess(job=...)``),
 first, so that it is within the first bytes of ``/proc/<pid>/environ``, and inherited by
 the script's children unless one clears its environment. It is how a job's process group
 is found again after the bot was killed (``kill -9``, OOM) and the job orphaned:
@@ -69,9 +70,21 @@ JOB_VARIABLE = "OPSBOT_JOB"
 
 
 def job_marker(replica: str, request_id: str) -> str:
-    """The value of OPSBOT_JOB for the job of ``request_id`` run by ``replica`` (replica
-    ids have no "/": everything after the first one is the request id)."""
-    return f"{replica}/{request_id}"
+    """The value of OPSBOT_JOB for the job of ``request_id`` run by ``replica`` from this
+    process: ``<replica>/<owner>/<request id>``, where the owner is this process's pid and
+    start time. Replica ids and owners have no "/"."""
+    return f"{replica}/{process_identity(os.getpid())}/{request_id}"
+
+
+def process_identity(pid: int) -> str:
+    """``<pid>.<start time in clock ticks since boot>``: unlike a pid, never reused (one
+    can only check that the process that started a job is still alive through it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[-1].split()
+        return f"{pid}.{int(fields[19])}"  # field 22 of the whole line: starttime
+    except (OSError, ValueError, IndexError):
+        return f"{pid}.0"
 
 
 class RunStatus(enum.StrEnum):

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from bot.storage.files import append_durably
+from bot.storage.files import append_durably, fsync_dir
 
 log = structlog.get_logger("opsbot.alerts")
 
@@ -37,6 +37,7 @@ class Delivery:
     received_at: datetime
     alerts: int
     body: bytes
+    start: int  # the journal offset where it begins (taken again from here after a failure)
     end: int  # the journal offset just past it: processed up to here
 
 
@@ -57,6 +58,9 @@ class AlertInbox:
         """Open the journal; how many deliveries wait in it from an earlier run."""
         self._read_at = await asyncio.to_thread(self._read_offset)
         self._size = await asyncio.to_thread(self._file_size)
+        if self._read_at > self._size:
+            # A crash while the journal was emptied: the offset outlived the records.
+            self._read_at = 0
         return len(await asyncio.to_thread(self._scan, self._read_at, None))
 
     async def put(self, source: str, body: bytes, alerts: int, at: datetime) -> None:
@@ -91,6 +95,10 @@ class AlertInbox:
             self._read_at = found[-1].end
         return found
 
+    def rewind(self, delivery: Delivery) -> None:
+        """Take ``delivery`` (and what follows it) again: its processing failed."""
+        self._read_at = min(self._read_at, delivery.start)
+
     async def done(self, deliveries: list[Delivery]) -> None:
         """Processed up to the last of ``deliveries``; an empty journal is emptied."""
         if not deliveries:
@@ -120,6 +128,7 @@ class AlertInbox:
                 header = f.readline()
                 if not header.endswith(b"\n"):
                     break  # the end, or a record cut short by a crash: never acknowledged
+                begin = position
                 try:
                     meta = orjson.loads(header)
                     size = int(meta["size"])
@@ -133,6 +142,7 @@ class AlertInbox:
                             received_at=datetime.fromisoformat(meta["at"]),
                             alerts=int(meta["alerts"]),
                             body=body[:-1],
+                            start=begin,
                             end=position,
                         )
                     )
@@ -159,6 +169,9 @@ class AlertInbox:
         os.replace(tmp, self._offset_path)
 
     def _clear(self) -> None:
+        # The offset first: a crash between the two leaves records to take again from the
+        # start (harmless), never an offset past the end of an emptied journal.
+        self._offset_path.unlink(missing_ok=True)
+        fsync_dir(self._offset_path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self._path, 0)
-        self._offset_path.unlink(missing_ok=True)

@@ -305,17 +305,25 @@ class AlertIntake:
         while True:
             # Cleared before the read: a delivery written after it sets it again.
             self._wake.clear()
+            deliveries: list[Delivery] = []
+            processed: list[Delivery] = []
             try:
                 deliveries = await inbox.take(_INBOX_BATCH)
                 for delivery in deliveries:
                     await self._process(delivery)
+                    processed.append(delivery)
                     self._waiting = max(0, self._waiting - 1)
                 await inbox.done(deliveries)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The journal or the state database failed: the deliveries wait; retry.
+                # The state database or the journal failed: what was not processed is
+                # taken again, in order, after a pause.
                 report_failure("alert-inbox", exc)
+                if len(processed) < len(deliveries):
+                    inbox.rewind(deliveries[len(processed)])
+                with contextlib.suppress(Exception):
+                    await inbox.done(processed)
                 await asyncio.sleep(1.0)
                 continue
             if deliveries or self._wake.is_set():

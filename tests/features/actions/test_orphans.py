@@ -70,7 +70,8 @@ async def test_kill_9_during_a_job_then_restart_stops_its_process_group(tmp_path
             proc.stdin.write(b"/run linger\n")
             await proc.stdin.drain()
             started = await _wait_for_started(database, "linger")
-            job = await _marked_processes(f"{replica}/{started}", count=3)
+            job = await _marked_processes(f"{replica}/", count=3, exact=False)
+            assert all(_marker(pid).endswith(f"/{started}") for pid in job)
             group = os.getpgid(job[0])
             assert {os.getpgid(pid) for pid in job} == {group}
             assert group != os.getpgrp()
@@ -117,16 +118,27 @@ async def test_kill_9_during_a_job_then_restart_stops_its_process_group(tmp_path
                 os.kill(pid, signal.SIGKILL)
 
 
-async def _marked_processes(marker: str, *, count: int, within: float = 10.0) -> list[int]:
+async def _marked_processes(
+    marker: str, *, count: int, within: float = 10.0, exact: bool = True
+) -> list[int]:
     """The pids whose OPSBOT_JOB is ``marker``, once there are ``count``."""
     deadline = time.monotonic() + within
     found: list[int] = []
     while time.monotonic() < deadline:
-        found = await asyncio.to_thread(_marked, marker, exact=True)
+        found = await asyncio.to_thread(_marked, marker, exact=exact)
         if len(found) >= count:
             return sorted(found)
         await asyncio.sleep(0.05)
     raise AssertionError(f"{len(found)} process(es) with OPSBOT_JOB={marker} within {within}s")
+
+
+def _marker(pid: int) -> str:
+    """The OPSBOT_JOB value of ``pid`` ("" without one)."""
+    for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = variable.decode(errors="replace").partition("=")
+        if name == "OPSBOT_JOB":
+            return value
+    return ""
 
 
 def _marked(marker: str, *, exact: bool = False) -> list[int]:
@@ -153,8 +165,11 @@ def test_stop_orphans_stops_only_marked_groups_of_its_replica() -> None:
     the caller's own group, another replica's, a job it is told to keep, nor an unmarked
     process."""
     from bot.features.actions.orphans import stop_orphans
+    from bot.features.actions.process import process_identity
 
     replica = f"orphans-{secrets.token_hex(4)}"
+    gone = "1.0"  # no process has pid 1 and start time 0: a bot that is no more
+    alive = process_identity(os.getpid())  # a bot that still runs (this test)
 
     def start(
         marker: str | None, script: str = LINGER, *, own_group: bool = False
@@ -169,17 +184,18 @@ def test_stop_orphans_stops_only_marked_groups_of_its_replica() -> None:
             stderr=subprocess.DEVNULL,
         )
 
-    orphan = start(f"{replica}/r1:j1")
-    stubborn = start(f"{replica}/r2:j2", f"trap '' TERM; {LINGER}")  # ignores SIGTERM
+    orphan = start(f"{replica}/{gone}/r1:j1")
+    stubborn = start(f"{replica}/{gone}/r2:j2", f"trap '' TERM; {LINGER}")  # ignores SIGTERM
     spared = [
-        start(f"{replica}/r3:j3", own_group=True),  # in the caller's group
-        start(f"{replica}x/r4:j4"),  # another replica
-        start(f"{replica}/r5:j5"),  # a job of this run (keep)
+        start(f"{replica}/{gone}/r3:j3", own_group=True),  # in the caller's group
+        start(f"{replica}x/{gone}/r4:j4"),  # another replica
+        start(f"{replica}/{gone}/r5:j5"),  # a job of this run (keep)
+        start(f"{replica}/{alive}/r6:j6"),  # a job of a bot that still runs
         start(None),
     ]
     try:
         for name in ("r1:j1", "r2:j2"):
-            asyncio.run(_marked_processes(f"{replica}/{name}", count=3))
+            asyncio.run(_marked_processes(f"{replica}/{gone}/{name}", count=3))
         began = time.monotonic()
         stopped = stop_orphans(replica, grace=0.5, keep={"r5:j5"})
         assert time.monotonic() - began < 5
@@ -194,7 +210,7 @@ def test_stop_orphans_stops_only_marked_groups_of_its_replica() -> None:
         )
         assert orphan.wait(5) == -signal.SIGTERM
         assert stubborn.wait(5) == -signal.SIGKILL
-        assert _marked(f"{replica}/r1:") == _marked(f"{replica}/r2:") == []
+        assert _marked(f"{replica}/{gone}/r1:") == _marked(f"{replica}/{gone}/r2:") == []
         assert [process.poll() for process in spared] == [None] * len(spared)
     finally:
         in_our_group = spared[0]
