@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
@@ -24,22 +22,9 @@ from bot.kernel.reply import Status
 from tests import infra
 from tests.auditlog_helpers import pg_database, wait_until
 from tests.botharness import BASE_CONFIG, TestBot, running_bot
+from tests.faults import needs_root, tmpfs
 
 REFUSED = "The audit log cannot be written, so no command runs"
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)"
-)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def fill(path: Path) -> None:

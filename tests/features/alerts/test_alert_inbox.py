@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.botharness import BASE_CONFIG, running_bot
+from tests.faults import needs_root, tmpfs
 from tests.features.alerts.test_alerts import ALERTS, AUTH, am_alert, webhook
 
 
@@ -106,3 +108,50 @@ async def test_a_storm_is_answered_at_once_and_chat_keeps_answering() -> None:
     assert len(board) == 1000
     assert chat < 0.5, f"/whoami took {chat * 1000:.0f} ms during the storm"
     assert max(latencies) < 2.0, latencies
+
+
+async def test_the_journal_takes_a_failed_delivery_again_and_survives_a_crash_while_emptied(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from bot.features.alerts.inbox import AlertInbox
+
+    now = datetime.now(UTC)
+    inbox = AlertInbox(tmp_path / "alert-inbox.journal")
+    assert await inbox.prepare() == 0
+    for body in (b"b0", b"b1", b"b2"):
+        await inbox.put("alertmanager", body, 1, now)
+    taken = await inbox.take(10)
+    assert [d.body for d in taken] == [b"b0", b"b1", b"b2"]
+    # b1 failed: b0 is done, b1 and b2 are taken again, in order.
+    inbox.rewind(taken[1])
+    await inbox.done(taken[:1])
+    assert [d.body for d in await inbox.take(10)] == [b"b1", b"b2"]
+
+    # A crash while the journal was emptied left the offset of the records it held.
+    (tmp_path / "alert-inbox.journal").write_bytes(b"")
+    again = AlertInbox(tmp_path / "alert-inbox.journal")
+    assert await again.prepare() == 0
+    for body in (b"c0", b"c1", b"c2", b"c3"):
+        await again.put("generic", body, 1, now)
+    assert [d.body for d in await again.take(10)] == [b"c0", b"c1", b"c2", b"c3"]
+
+
+@needs_root
+async def test_a_delivery_the_disk_cannot_hold_is_refused_whole_and_the_next_one_is_read(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from bot.features.alerts.inbox import AlertInbox
+
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        now = datetime.now(UTC)
+        inbox = AlertInbox(disk / "alert-inbox.journal")
+        await inbox.prepare()
+        await inbox.put("generic", b"x" * 30_000, 1, now)
+        with pytest.raises(OSError, match="No space left"):
+            await inbox.put("generic", b"y" * 60_000, 1, now)  # half fits: none is kept
+        await inbox.put("generic", b"z" * 1000, 1, now)
+        assert [len(d.body) for d in await inbox.take(10)] == [30_000, 1000]
