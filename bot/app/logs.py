@@ -74,5 +74,29 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library; keep them at the same threshold.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=out, force=True)
+    # Libraries (discord.py, slack-sdk, python-telegram-bot, uvicorn, APScheduler) log
+    # through the standard library: their lines go out in the same format, JSON included,
+    # with the logger's name, masked the same way; at warning or above unless debugging.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            merge_request_context,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            SecretMasker(secrets),
+            renderer,
+            _writable,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
