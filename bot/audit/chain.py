@@ -26,6 +26,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from bot.audit.record import AuditEntry, StoredEntry
 
@@ -85,19 +86,18 @@ def link(prev_hash: str, seq: int, entry: AuditEntry, key: ChainKey | None = Non
     )
 
 
-def key_event(key: ChainKey, previous_key_id: str | None, entry: AuditEntry) -> AuditEntry:
-    """The event row that starts ``key``, made from ``entry`` (the first row written with
-    it) for its time and replica."""
+def key_event(key: ChainKey, previous_key_id: str | None, at: datetime, replica: str) -> AuditEntry:
+    """The event row that starts ``key``, at the time of the first row written with it."""
     return AuditEntry(
         request_id=f"audit-key-{key.key_id}",
-        at=entry.at,
+        at=at,
         stage="event",
         kind=KEY_EVENT,
         args={"key_id": key.key_id, "previous_key_id": previous_key_id or ""},
         status="ok",
         detail=f"audit rows are keyed with key {key.key_id} from here on"
         + (f" (was {previous_key_id})" if previous_key_id else " (were unkeyed)"),
-        replica=entry.replica,
+        replica=replica,
     )
 
 

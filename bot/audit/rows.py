@@ -16,7 +16,6 @@ from bot.audit.chain import ChainKey, hash_of, key_event
 from bot.audit.record import (
     AT_INDEX,
     FIELD_NAMES,
-    AuditEntry,
     canonical_json,
     canonical_of,
     format_at,
@@ -85,13 +84,7 @@ def linked_rows(
     """
     if key is not None and key.key_id != head_key_id and entries:
         first = entries[0]
-        event = key_event(
-            key,
-            head_key_id,
-            AuditEntry(
-                request_id="", at=first[AT_INDEX], stage="event", kind="", replica=first[_REPLICA]
-            ),
-        )
+        event = key_event(key, head_key_id, first[AT_INDEX], first[_REPLICA])
         entries = [event.values(), *entries]
         if canonicals is not None:
             canonicals = [event.canonical(), *canonicals]
