@@ -309,7 +309,12 @@ class DiscordAdapter:
             with contextlib.suppress(*SEND_ERRORS):
                 await interaction.delete_original_response()
             return
-        await self._follow_up(interaction, reply, ephemeral=False)
+        if reply.is_private:
+            # The deferred "thinking…" is public and the first follow-up would take its
+            # place: remove it, so the refusal is a message of its own, for the asker.
+            with contextlib.suppress(*SEND_ERRORS):
+                await interaction.delete_original_response()
+        await self._follow_up(interaction, reply, ephemeral=reply.is_private)
 
     async def _on_press(
         self, interaction: discord.Interaction[discord.Client], command: str
@@ -326,11 +331,11 @@ class DiscordAdapter:
         reply = await self._handle(interaction, command, thread_id=thread_id)
         if reply is None:
             return
-        if reply.is_failure:
+        if reply.is_failure or reply.is_private:
             await self._follow_up(interaction, reply, ephemeral=True)
             return
         if pressed is not None:
-            embeds = with_outcome(pressed.embeds, reply, str(interaction.user.id), command)
+            embeds = with_outcome(pressed.embeds, reply)
             try:
                 await interaction.edit_original_response(embeds=embeds, view=None)
             except SEND_ERRORS:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.kernel.render import STATUS_MARK, format_table, split_message
+from bot.kernel.render import STATUS_MARK, format_table, outcome_line, split_message
 from bot.kernel.reply import Button, Reply, Status
 
 TITLE_LIMIT = 256
@@ -111,13 +111,11 @@ def command_of(custom: str) -> str | None:
     return custom[len(CUSTOM_ID_PREFIX) :] or None
 
 
-def with_outcome(
-    embeds: Sequence[discord.Embed], reply: Reply, presser_id: str, command: str
-) -> list[discord.Embed]:
-    """A pressed message's embeds plus one line saying who pressed what and what came of
-    it, within the message limits (the reply itself follows as its own message)."""
+def with_outcome(embeds: Sequence[discord.Embed], reply: Reply) -> list[discord.Embed]:
+    """A pressed message's embeds plus the outcome line ("✅ approved by bob"), within
+    the message limits (the reply itself follows as its own message)."""
     kept = [discord.Embed.from_dict(e.to_dict()) for e in embeds][: EMBEDS_PER_MESSAGE - 1]
-    line = f"{STATUS_MARK[reply.status]} <@{presser_id}> `{command}`: {_escape(reply.title)}"
+    line = _escape(outcome_line(reply))
     room = min(DESCRIPTION_LIMIT, MESSAGE_TOTAL_LIMIT - sum(len(e) for e in kept))
     while room < 40 and kept:  # no room left: the oldest details give way to the outcome
         kept.pop()

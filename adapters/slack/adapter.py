@@ -52,7 +52,6 @@ log = structlog.get_logger("opsbot.slack")
 
 PLATFORM = "slack"
 # Usage mistakes and refusals go to the person who typed the slash command only.
-_PRIVATE = frozenset({Status.DENIED, Status.USAGE})
 _KEYED_MESSAGES = 1000  # posts remembered for later edits (job progress), oldest dropped
 _CONNECT_TIMEOUT = 15.0
 # Seconds per Web API call: an unreachable Slack must not hold up the bot's start for long.
@@ -313,25 +312,29 @@ class SlackAdapter:
         if reply is None:
             return
         if response_url:
-            private = reply.status in _PRIVATE
+            private = reply.is_private
             await self._respond(response_url, reply, "ephemeral" if private else "in_channel")
         else:
             await self._send(message.channel_id, message.thread_id, reply)
 
     async def _answer_in_thread(self, message: Message) -> None:
         reply = await self._ask(message)
-        if reply is not None:
+        if reply is None:
+            return
+        if reply.is_private and not _is_direct(message.channel_id):
+            await self._send_ephemeral(message, reply)
+        else:
             await self._send(message.channel_id, message.thread_id, reply)
 
     async def _answer_button(self, press: ButtonPress) -> None:
         reply = await self._ask(press.message)
         if reply is None:
             return
-        if reply.is_failure:
+        if reply.is_failure or reply.is_private:
             # Only the presser sees why; the message and its buttons stay for others.
             await self._respond(press.response_url, reply, "ephemeral")
             return
-        blocks = outcome_blocks(press.original_blocks, press.message.user_id, press.label, reply)
+        blocks = outcome_blocks(press.original_blocks, reply)
         client = self._require_client()
         try:
             await self._api(
@@ -369,6 +372,20 @@ class SlackAdapter:
             )
             first = first or str(response.get("ts") or "")
         return first
+
+    async def _send_ephemeral(self, message: Message, reply: Reply) -> None:
+        """chat.postEphemeral: a refusal in a channel, seen by the person it answers."""
+        client = self._require_client()
+        for part in render(reply):
+            await self._api(
+                "chat.postEphemeral",
+                client.chat_postEphemeral(
+                    channel=message.channel_id,
+                    user=message.user_id,
+                    thread_ts=message.thread_id,
+                    **part.payload(),
+                ),
+            )
 
     async def _respond(self, response_url: str, reply: Reply, response_type: str) -> None:
         for part in render(reply):
@@ -544,6 +561,11 @@ def event_message(
         received_at=now,
         addressed=True,
     )
+
+
+def _is_direct(channel_id: str) -> bool:
+    # Slack's ids say the kind: D… is a direct message, where every reply is private.
+    return channel_id.startswith("D")
 
 
 def button_press(body: Mapping[str, Any], now: datetime) -> ButtonPress | None:

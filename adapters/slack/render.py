@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.kernel.render import STATUS_MARK, format_table, render_text
+from bot.kernel.render import STATUS_MARK, format_table, outcome_line, render_text
 from bot.kernel.reply import Button, Field, Reply
 
 SECTION_LIMIT = 3000  # characters of a section's text
@@ -55,14 +55,11 @@ def render(reply: Reply) -> list[SlackMessage]:
     ]
 
 
-def outcome_blocks(
-    original: Sequence[Mapping[str, Any]], presser: str, label: str, reply: Reply
-) -> list[Block]:
+def outcome_blocks(original: Sequence[Mapping[str, Any]], reply: Reply) -> list[Block]:
     """The pressed message after a button did its work: the same content without the
-    buttons, and one line saying who pressed what and how it ended."""
+    buttons, and the outcome line ("✅ approved by bob")."""
     kept = [dict(block) for block in original if block.get("type") != "actions"]
-    head = f"{STATUS_MARK[reply.status]} <@{escape(presser)}> pressed *{fit(label, 80)}*: "
-    line = head + fit(_title_line(reply), SECTION_LIMIT - len(head))
+    line = fit(escape(outcome_line(reply)), SECTION_LIMIT)
     kept.append({"type": "context", "elements": [_mrkdwn(line)]})
     return kept[-BLOCKS_PER_MESSAGE:]
 

@@ -377,13 +377,14 @@ class TelegramAdapter:
             reply = await task
             if reply is None:
                 return
-            if reply.is_failure and not answered:
+            private = reply.is_failure or reply.is_private
+            if private and not answered:
+                # Shown to the presser alone; the message and its buttons stay for others.
                 answered = await self._answer(query, alert_text(reply), alert=True)
                 return
-            if not reply.is_failure:
+            if not private:
                 answered = answered or await self._answer(query)
-                who = user.username or user.full_name
-                await self._mark_done(origin, reply, who, _label(origin, query.data))
+                await self._mark_done(origin, reply)
             await self._send(origin.chat.id, reply, reply_to=origin.message_id, topic=topic)
         finally:
             if not answered:
@@ -413,15 +414,13 @@ class TelegramAdapter:
             log.warning("telegram.answer_failed", error=self._scrub(exc))
         return True
 
-    async def _mark_done(
-        self, origin: MaybeInaccessibleMessage, reply: Reply, who: str, label: str
-    ) -> None:
+    async def _mark_done(self, origin: MaybeInaccessibleMessage, reply: Reply) -> None:
         """Append the outcome to the message whose button was pressed; drop its keyboard."""
         bot = self._bot()
         chat, message_id = origin.chat.id, origin.message_id
         try:
             if isinstance(origin, TgMessage) and origin.text:
-                added, visible = outcome(reply, who, label)
+                added, visible = outcome(reply)
                 text = f"{origin.text_html}\n\n{added}"
                 if utf16_len(f"{origin.text}\n\n{visible}") <= TEXT_LIMIT:
                     await bot.edit_message_text(
@@ -544,17 +543,6 @@ def _topic(origin: MaybeInaccessibleMessage) -> int | None:
     if isinstance(origin, TgMessage) and origin.is_topic_message:
         return origin.message_thread_id
     return None
-
-
-def _label(origin: MaybeInaccessibleMessage, data: str | None) -> str:
-    """The pressed button's label, from the message's own keyboard."""
-    if not isinstance(origin, TgMessage) or origin.reply_markup is None:
-        return ""
-    for row in origin.reply_markup.inline_keyboard:
-        for button in row:
-            if button.callback_data == data:
-                return button.text
-    return ""
 
 
 def _chat_id(channel_id: str) -> int | str:

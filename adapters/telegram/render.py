@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.kernel.render import STATUS_MARK, format_table, render_text
+from bot.kernel.render import STATUS_MARK, format_table, outcome_line, render_text
 from bot.kernel.reply import Button, Reply
 
 TEXT_LIMIT = 4096  # visible characters (UTF-16 units) of one message
@@ -63,13 +63,10 @@ def alert_text(reply: Reply) -> str:
     return cut_utf16(text, ALERT_LIMIT - 1) + "…"
 
 
-def outcome(reply: Reply, presser: str, label: str) -> tuple[str, str]:
-    """The line appended to a message whose button was pressed (what happened, and who),
-    as (HTML, visible text)."""
-    title = reply.title or reply.text.partition("\n")[0]
-    who = f"{label} by {presser}" if label else presser
-    mark = STATUS_MARK[reply.status]
-    return f"{mark} <i>{_esc(who)}</i>: {_esc(title)}", f"{mark} {who}: {title}"
+def outcome(reply: Reply) -> tuple[str, str]:
+    """The line appended to a message whose button was pressed, as (HTML, visible text)."""
+    line = outcome_line(reply)
+    return f"<i>{_esc(line)}</i>", line
 
 
 def _esc(text: str) -> str:

@@ -34,7 +34,7 @@ from bot.cluster.http_clients import HttpClients
 from bot.cluster.leader import leadership_for
 from bot.cluster.pauses import RedisPauses
 from bot.cluster.redis_clients import RedisClients
-from bot.cluster.scheduler import Scheduler
+from bot.cluster.scheduler import Every, Scheduler
 from bot.delivery.adapters import AdapterBoard
 from bot.delivery.outbox import Outbox
 from bot.delivery.store import OutboxStore
@@ -47,6 +47,9 @@ from bot.features.alerts.checks import Checks, Measurer
 from bot.features.alerts.config import AlertsSection
 from bot.features.alerts.inbox import AlertInbox
 from bot.features.alerts.intake import AlertIntake, alert_routes
+from bot.features.alerts.silence_ends import EVERY as SILENCE_ENDS_EVERY
+from bot.features.alerts.silence_ends import JOB_NAME as SILENCE_ENDS_JOB
+from bot.features.alerts.silence_ends import SilenceEnds
 from bot.features.alerts.silences import Silences, SilenceStore
 from bot.features.alerts.store import AlertStore
 from bot.features.alerts.streaks import LocalStreaks, RedisStreaks
@@ -187,6 +190,8 @@ class Bot:
             metrics=self.metrics,
             inbox=AlertInbox(alert_inbox_path(config)),
         )
+        self.silence_ends = SilenceEnds(self.silences, self.alert_board, self.outbox)
+        self.scheduler.add(SILENCE_ENDS_JOB, self.silence_ends.tell, Every(SILENCE_ENDS_EVERY))
         self.checks = Checks(
             config.checks,
             scheduler=self.scheduler,

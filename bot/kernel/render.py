@@ -15,6 +15,15 @@ STATUS_MARK = {
 }
 
 
+def outcome_line(reply: Reply) -> str:
+    """The line a message shows in place of its buttons once one was pressed: the
+    command's own ("✅ approved by bob"), else its title with its mark. The same words
+    on every platform; no platform id, only the names the config gives people."""
+    if reply.outcome:
+        return reply.outcome
+    return f"{STATUS_MARK[reply.status]} {reply.title or reply.text.partition(chr(10))[0]}"
+
+
 def render_text(reply: Reply) -> str:
     lines: list[str] = []
     title = reply.title or reply.text.partition("\n")[0]

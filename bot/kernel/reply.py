@@ -54,6 +54,12 @@ class Reply:
     code: str | None = None
     buttons: tuple[Button, ...] = ()
     request_id: str = ""
+    # When a button's press got this reply: the one line its message shows from then on,
+    # in place of the buttons ("✅ approved by bob"), the same on every platform.
+    outcome: str = ""
+    # Only the person who asked should see it (an "already acknowledged" after a press),
+    # where the platform can show a reply to one person; denials and usage errors are.
+    private: bool = False
 
     def with_request_id(self, request_id: str) -> Reply:
         # Positional, not dataclasses.replace(): this runs for every reply, and replace()
@@ -67,11 +73,20 @@ class Reply:
             self.code,
             self.buttons,
             request_id,
+            self.outcome,
+            self.private,
         )
 
     @property
     def is_failure(self) -> bool:
         return self.status in _FAILURES
 
+    @property
+    def is_private(self) -> bool:
+        """For the asker alone, where the platform allows it: a refusal (denied, usage)
+        or a reply marked private. Other failures (a job that failed) are for everyone."""
+        return self.private or self.status in _PRIVATE
+
 
 _FAILURES = frozenset({Status.WARNING, Status.ERROR, Status.DENIED, Status.USAGE})
+_PRIVATE = frozenset({Status.DENIED, Status.USAGE})

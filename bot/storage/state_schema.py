@@ -87,4 +87,10 @@ silences = sa.Table(
     sa.Column("ends_at", UTCDateTime, nullable=False),
     sa.Column("ended_by", sa.Text, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
+    # Where it was made: that conversation is told when it ends (migration 0007).
+    sa.Column("notify_platform", sa.Text, nullable=True),
+    sa.Column("notify_workspace", sa.Text, nullable=True),
+    sa.Column("notify_channel", sa.Text, nullable=True),
+    sa.Column("notify_thread", sa.Text, nullable=True),
+    sa.Column("told_at", UTCDateTime, nullable=True),
 )

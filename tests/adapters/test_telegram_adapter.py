@@ -231,7 +231,7 @@ async def test_approve_button_runs_the_action_once_and_edits_the_request(
         assert "rollback tag=v1.2 finished" in result.text and "rolling back to v1.2" in result.text
         edit = await tg.wait_call("editMessageText")
         assert edit.params["message_id"] == message["message_id"]
-        assert "Approval needed" in edit.text and "Approve by bob: " in edit.text
+        assert "Approval needed" in edit.text and edit.text.endswith("\n\n✅ approved by bob")
         assert "reply_markup" not in tg.message_of(tg.calls_of("sendMessage")[0])
         assert scripts.runs() == ["v1.2"]
 
@@ -268,7 +268,7 @@ async def test_deny_button_closes_the_request(tg: FakeTelegram, scripts: Scripts
         reply = await tg.wait_call("sendMessage", replying_to=press)
         assert "denied by bob" in reply.text
         edit = await tg.wait_call("editMessageText")
-        assert "Deny by bob: " in edit.text
+        assert edit.text.endswith("\n\n❌ denied by bob")
         assert "reply_markup" not in tg.message_of(tg.calls_of("sendMessage")[0])
         assert scripts.runs() == []
 

@@ -139,8 +139,12 @@ class JobBoard:
 
     # ------------------------------------------------------------------ starting
 
-    async def start(self, prepared: PreparedAction, requester: Requester) -> Job:
-        """Start ``prepared`` as a job; UserError when it may not start now."""
+    async def start(
+        self, prepared: PreparedAction, requester: Requester, *, follow_up: bool = False
+    ) -> Job:
+        """Start ``prepared`` as a job; UserError when it may not start now. ``follow_up``:
+        its progress and result are posted to the requester whatever :meth:`answer` does
+        (the person answered is not the requester: an approver elsewhere)."""
         from bot.features.actions.process import ActionProcess, job_marker
 
         if self._stopping_orphans is not None:
@@ -156,6 +160,7 @@ class JobBoard:
             requester=requester,
             started_at=self._clock.now(),
             process=ActionProcess(prepared, self._redactor, job=marker),
+            follow_up=follow_up,
         )
         # Claimed before the first await: a second /rollback arriving meanwhile sees it.
         self._running[job.id] = job

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,9 +132,13 @@ class ActionService:
             title = f"Request {approval.id} ({_describe(approval)}) denied by {who}"
             # INFO, not a warning: the deny worked (a pressed Deny button then closes).
             reply = Reply(
-                title=title, status=Status.INFO, text=f"Reason: {reason}" if reason else ""
+                title=title,
+                status=Status.INFO,
+                text=f"Reason: {reason}" if reason else "",
+                outcome=f"❌ denied by {who}" + (f": {reason}" if reason else ""),
             )
-            await self._tell_requester(request, approval, reply)
+            if not _same_conversation(request, approval):
+                await self._outbox.post(approval.destination, reply)
             return reply
         assert prepared is not None
         requester = Requester(
@@ -145,17 +150,31 @@ class ActionService:
             approved_by=who,
             rule=f"approval:{approval.id}",
         )
-        job = await self.jobs.start(prepared, requester)
-        await self._tell_requester(
-            request,
-            approval,
+        outcome = f"✅ approved by {who}"
+        if _same_conversation(request, approval):
+            # The requester reads this answer: the result itself, or that it follows here.
+            job = await self.jobs.start(prepared, requester)
+            return replace(await self.jobs.answer(job), outcome=outcome)
+        # The requester waits elsewhere (another channel, another platform): progress and
+        # the result go there, whenever the job ends; the approver is told where.
+        job = await self.jobs.start(prepared, requester, follow_up=True)
+        await self._outbox.post(
+            approval.destination,
             Reply(
-                title=f"Request {approval.id} ({_describe(approval)}) approved by "
-                f"{who}; running as job {job.id}",
+                title=f"Request {approval.id} ({_describe(approval)}) approved by {who}; "
+                f"running as job {job.id}",
                 status=Status.INFO,
+                text=f"Progress and the result follow here. /cancel {job.id} stops it.",
             ),
         )
-        return await self.jobs.answer(job)
+        return Reply(
+            title=f"{outcome}: request {approval.id} ({_describe(approval)}) is running "
+            f"as job {job.id}",
+            status=Status.OK,
+            text=f"The result goes to {approval.requester}, where they asked "
+            f"({_platform_name(approval.destination.platform)}).",
+            outcome=outcome,
+        )
 
     async def _explain_if_not_pending(self, request: Request, approval: Approval) -> None:
         now = self._clock.now()
@@ -207,18 +226,6 @@ class ActionService:
             ),
         )
 
-    async def _tell_requester(self, request: Request, approval: Approval, reply: Reply) -> None:
-        """The requester waits in the conversation where they asked; tell them there too
-        (unless this is that conversation: a button pressed under the request)."""
-        here = request.message.location
-        there = approval.destination
-        if (there.platform, there.workspace, there.channel_id) != (
-            here.platform,
-            here.workspace,
-            here.channel_id,
-        ):
-            await self._outbox.post(there, reply)
-
     async def _record(
         self, request: Request, approval: Approval, status: str, reason: str | None = None
     ) -> None:
@@ -260,6 +267,23 @@ def _dry_run(prepared: PreparedAction, needs_approval: bool) -> Reply:
         status=Status.INFO,
         fields=tuple(fields),
     )
+
+
+def _same_conversation(request: Request, approval: Approval) -> bool:
+    """Whether the approver answers in the channel where the request was made (a button
+    pressed under it): the requester then sees the approver's answer. Threads are not
+    told apart: each platform makes them differently, and a channel's people see them."""
+    here = request.message.location
+    there = approval.destination
+    return (here.platform, here.workspace, here.channel_id) == (
+        there.platform,
+        there.workspace,
+        there.channel_id,
+    )
+
+
+def _platform_name(platform: str) -> str:
+    return {"slack": "Slack", "telegram": "Telegram", "discord": "Discord"}.get(platform, platform)
 
 
 def _requester(request: Request, rule: str) -> Requester:

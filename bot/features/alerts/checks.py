@@ -38,7 +38,7 @@ import structlog
 from bot.cluster.scheduler import Every, Scheduler
 from bot.features.alerts.board import ActiveAlert, AlertBoard
 from bot.features.alerts.check_config import CheckConfig, CheckKind, OnError
-from bot.features.alerts.intake import short_id
+from bot.features.alerts.intake import alert_buttons, short_id
 from bot.features.alerts.streaks import LocalStreaks
 from bot.features.probes.config import Service
 from bot.features.queues.config import QueueConfig
@@ -437,6 +437,7 @@ def _alert_reply(
         status=Status.ERROR if reading.level is Severity.CRITICAL else Status.WARNING,
         text=f"{text}\n/ack {alert.id} stops the reminders.",
         fields=tuple(fields),
+        buttons=alert_buttons(alert.id),
     )
 
 

@@ -49,8 +49,8 @@ from bot.kernel.clock import Clock
 from bot.kernel.errors import DependencyError
 from bot.kernel.failures import report_failure
 from bot.kernel.message import Location
+from bot.kernel.reply import Button, Reply, Status
 from bot.kernel.reply import Field as ReplyField
-from bot.kernel.reply import Reply, Status
 
 if TYPE_CHECKING:
     from bot.delivery.adapters import AdapterBoard
@@ -517,11 +517,30 @@ class AlertIntake:
 
 def _firing_reply(group: AlertGroup, alerts: Sequence[Alert]) -> Reply:
     critical = any(a.severity.lower() in ("critical", "page") for a in alerts)
+    apart = _telling_apart(group, alerts)
     return Reply(
         title=f"FIRING ({len(alerts)}): {_names(alerts)}",
         status=Status.ERROR if critical else Status.WARNING,
-        text="\n".join(_line(a) for a in alerts),
+        text="\n".join(_line(a, apart) for a in alerts),
         fields=_label_fields(group),
+        buttons=alert_buttons(alerts[0].id, whole_group=len(alerts) > 1),
+    )
+
+
+SILENCE_CHOICES = ("1h", "4h", "24h")
+
+
+def alert_buttons(alert_id: str, *, whole_group: bool = False) -> tuple[Button, ...]:
+    """Ack and Silence 1h / 4h / 24h for one alert, or for its whole group (the firing
+    alerts posted together with ``alert_id``). The buttons hold a short command, never
+    the labels: the alert's fingerprint and its group live on the board (the server),
+    and Telegram's callback data is 64 bytes."""
+    target = f"group:{alert_id}" if whole_group else alert_id
+    ack = Button("Ack all" if whole_group else "Ack", f"/ack {target}", "primary")
+    what = "group " if whole_group else ""
+    return (
+        ack,
+        *(Button(f"Silence {what}{d}", f"/silence {target} {d}") for d in SILENCE_CHOICES),
     )
 
 
@@ -543,10 +562,28 @@ def _names(alerts: Sequence[Alert]) -> str:
     return ", ".join(dict.fromkeys(a.name for a in alerts))
 
 
-def _line(alert: Alert) -> str:
+def _line(alert: Alert, apart: Sequence[str] = ()) -> str:
     severity = f"[{alert.severity}] " if alert.severity else ""
     summary = f": {alert.summary}" if alert.summary else ""
-    return f"• {severity}{alert.name}{summary} (id {alert.id})"
+    shown = [f"{k}={alert.labels[k]}" for k in apart if k in alert.labels]
+    labels = f" · {', '.join(shown)}" if shown else ""
+    return f"• {severity}{alert.name}{summary} (id {alert.id}){labels}"
+
+
+# Labels that usually tell a group's alerts apart, shown first.
+_APART_FIRST = ("instance", "job", "pod", "namespace", "service")
+_APART_SHOWN = 3
+
+
+def _telling_apart(group: AlertGroup, alerts: Sequence[Alert]) -> list[str]:
+    """The labels whose values differ between the group's alerts (instance, job, ...):
+    without them, three lines of "HighCPU" read as one alert three times."""
+    if len(alerts) < 2:
+        return []
+    names = {k for a in alerts for k in a.labels} - set(group.labels) - {"alertname", "severity"}
+    differing = [k for k in names if len({a.labels.get(k) for a in alerts}) > 1]
+    differing.sort(key=lambda k: (_APART_FIRST.index(k) if k in _APART_FIRST else 99, k))
+    return differing[:_APART_SHOWN]
 
 
 def _label_fields(group: AlertGroup) -> tuple[ReplyField, ...]:

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import DependencyError, InternalError
+from bot.kernel.message import Location
 from bot.kernel.regex import LinearRegex, RegexError, compile_linear
 from bot.storage.database import StateDatabase
 from bot.storage.state_schema import silences
@@ -48,6 +49,10 @@ MAX_REASON = 500  # characters
 MAX_MATCHERS = 20
 MAX_VALUE = 1000  # characters of one matcher's value (a regex is run on every alert)
 REFRESH_S = 2.0  # how stale the alert path's list of active silences may be
+# An end is told at most this long after it: a bot down for a week does not announce
+# last week's silences when it comes back.
+TELL_WITHIN = timedelta(hours=6)
+TELL_BATCH = 50  # ends told per run: a burst of ends is told over the next runs
 
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest operators first: "a=~b" is a regex matcher, not "a" = "~b".
@@ -170,6 +175,7 @@ class Silence:
     ends_at: datetime
     ended_by: str | None = None  # who ended it early (/unsilence)
     ended_at: datetime | None = None
+    notify: Location | None = None  # where it was made: told there when it ends
 
     def active_at(self, now: datetime) -> bool:
         return self.ended_at is None and now < self.ends_at
@@ -258,6 +264,40 @@ class SilenceStore:
             )
         return _silence(row)
 
+    async def ended_untold(self, now: datetime, *, since: datetime) -> list[Silence]:
+        """Silences that ran out between ``since`` and ``now`` with somewhere to tell and
+        nobody told yet, the earliest end first (at most :data:`TELL_BATCH`)."""
+        async with self._db.transaction() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        sa.select(silences)
+                        .where(
+                            silences.c.ended_at.is_(None),
+                            silences.c.told_at.is_(None),
+                            silences.c.notify_channel.is_not(None),
+                            silences.c.ends_at <= now,
+                            silences.c.ends_at > since,
+                        )
+                        .order_by(silences.c.ends_at, silences.c.id)
+                        .limit(TELL_BATCH)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [_silence(row) for row in rows]
+
+    async def mark_told(self, silence_id: str, now: datetime) -> bool:
+        """Mark the end told; False when another replica did first."""
+        async with self._db.transaction() as conn:
+            result = await conn.execute(
+                silences.update()
+                .where(silences.c.id == silence_id, silences.c.told_at.is_(None))
+                .values(told_at=now)
+            )
+        return result.rowcount == 1
+
     async def active(self, now: datetime) -> list[Silence]:
         """The silences in force at ``now``, newest first."""
         async with self._db.transaction() as conn:
@@ -310,9 +350,11 @@ class Silences:
         duration: timedelta,
         reason: str,
         created_by: str,
+        notify: Location | None = None,
     ) -> Silence:
         """A new silence with a free id, checked against the limits (ValueError), not in
-        force until :meth:`create`: audit it in between."""
+        force until :meth:`create`: audit it in between. ``notify``: the conversation to
+        tell when it runs out."""
         reason = " ".join(reason.split())
         check_silence(matchers, duration, reason)
         now = self._clock.now()
@@ -326,6 +368,7 @@ class Silences:
                     created_by=created_by,
                     created_at=now,
                     ends_at=now + duration,
+                    notify=notify,
                 )
         raise InternalError("could not draw a free silence id in 5 tries")
 
@@ -345,6 +388,16 @@ class Silences:
             self._known = [s for s in self._known if s.id != ended.id]
             log.info("silences.ended", silence=ended.id, by=by)
         return ended
+
+    async def take_ended(self) -> list[Silence]:
+        """The silences that ran out (not ended early) and whose end nobody told yet,
+        each now marked told: of several replicas asking at once, one gets each."""
+        now = self._clock.now()
+        taken = []
+        for silence in await self._store.ended_untold(now, since=now - TELL_WITHIN):
+            if await self._store.mark_told(silence.id, now):
+                taken.append(silence)
+        return taken
 
     async def _current(self) -> list[Silence]:
         if self._fresh():
@@ -397,6 +450,10 @@ def _row(silence: Silence) -> dict[str, Any]:
         "ends_at": silence.ends_at,
         "ended_by": silence.ended_by,
         "ended_at": silence.ended_at,
+        "notify_platform": silence.notify.platform if silence.notify else None,
+        "notify_workspace": silence.notify.workspace if silence.notify else None,
+        "notify_channel": silence.notify.channel_id if silence.notify else None,
+        "notify_thread": silence.notify.thread_id if silence.notify else None,
     }
 
 
@@ -412,4 +469,14 @@ def _silence(row: RowMapping) -> Silence:
         ends_at=row["ends_at"],
         ended_by=row["ended_by"],
         ended_at=row["ended_at"],
+        notify=(
+            Location(
+                platform=row["notify_platform"] or "",
+                channel_id=row["notify_channel"],
+                thread_id=row["notify_thread"],
+                workspace=row["notify_workspace"] or "",
+            )
+            if row["notify_channel"] is not None
+            else None
+        ),
     )
