@@ -58,6 +58,7 @@ class ConsoleAdapter:
             event_id=f"console-{self._session}-{next(self._event_ids)}",
             received_at=self._clock.now(),
             addressed=True,
+            private_replies=True,  # a terminal is read by the person typing
         )
         return await self._handler(message)
 

@@ -251,6 +251,7 @@ class DiscordAdapter:
                 user_name=message.author.name,
                 addressed=True,
                 parent_channel_id=_parent_of(message.channel),
+                private_replies=message.guild is None,  # a direct message
             )
             reply = await handler(incoming)
             if reply is None:
@@ -368,6 +369,7 @@ class DiscordAdapter:
             addressed=True,
             parent_channel_id=_parent_of(interaction.channel),
             invocation=invocation,
+            private_replies=True,  # an interaction's answer can be ephemeral
         )
         return await handler(message)
 

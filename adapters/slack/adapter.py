@@ -521,6 +521,7 @@ def command_message(
         received_at=now,
         user_name=_text(body, "user_name"),
         addressed=True,
+        private_replies=True,  # answered ephemeral through the response_url
     )
 
 
@@ -560,6 +561,7 @@ def event_message(
         event_id=_text(body, "event_id") or f"event-{channel}-{ts}",
         received_at=now,
         addressed=True,
+        private_replies=True,  # ephemeral messages, or a direct message
     )
 
 
@@ -605,6 +607,7 @@ def button_press(body: Mapping[str, Any], now: datetime) -> ButtonPress | None:
         received_at=now,
         user_name=_text(user, "username") or _text(user, "name"),
         addressed=True,
+        private_replies=True,  # a refusal goes to the presser alone (ephemeral)
     )
     return ButtonPress(
         message=message,

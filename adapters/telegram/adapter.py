@@ -322,6 +322,7 @@ class TelegramAdapter:
             received_at=self._clock.now(),
             user_name=user.username or user.full_name,
             addressed=True,
+            private_replies=tg.chat.type == ChatType.PRIVATE,
         )
         reply = await handler(message)
         if reply is not None:
@@ -367,6 +368,7 @@ class TelegramAdapter:
             received_at=self._clock.now(),
             user_name=user.username or user.full_name,
             addressed=True,
+            private_replies=True,  # a refusal is a callback alert, for the presser alone
         )
         answered = False
         try:

@@ -60,6 +60,11 @@ class Message:
     # slash command): the core binds these values instead of parsing ``text`` again.
     # ``text`` stays what the person would have typed, for the audit log.
     invocation: ParsedCommand | None = None
+    # Whether a private reply (Reply.is_private) reaches this person alone: a direct
+    # message, a Slack command or mention (ephemeral), a Discord interaction. Elsewhere
+    # (a Telegram group, a Discord channel message) everyone reads it, so it must not
+    # carry what only the asker should see, such as their platform id.
+    private_replies: bool = False
 
     @property
     def platform(self) -> str:

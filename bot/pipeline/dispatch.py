@@ -204,11 +204,7 @@ class Dispatcher:
         principal = self._directory.principal_for(message.qualified_user)
         if principal is None:
             self._count_or_open(Outcome.DENIED, message, inv)
-            raise Denied(
-                f"I don't know you ({message.qualified_user}); ask an admin to add this id "
-                "under 'identities' in the opsbot config",
-                UNKNOWN_USER_RULE,
-            )
+            raise Denied(_unknown_sender(message), UNKNOWN_USER_RULE)
         inv.principal = principal.name
         channel = self._directory.channel_name(
             message.qualified_channel, message.qualified_parent_channel
@@ -421,3 +417,16 @@ def _internal_title(command: str | None, exc: Exception) -> str:
     if isinstance(exc, DependencyError):
         return f"/{command} could not reach {exc.dependency}; the details are in the log"
     return f"/{command} failed inside the bot; the details are in the log"
+
+
+def _unknown_sender(message: Message) -> str:
+    if message.private_replies:
+        return (
+            f"I don't know you ({message.qualified_user}); ask an admin to add this id "
+            "under 'identities' in the opsbot config"
+        )
+    # Everyone here reads the answer: no platform id in it.
+    return (
+        "I don't know you; send me a direct message to see the id an admin adds under "
+        "'identities' in the opsbot config"
+    )

@@ -130,8 +130,12 @@ async def test_unknown_user_is_denied(fake: FakeDiscord) -> None:
         reply = await fake.wait_call("POST", f"/channels/{CHANNEL_ID}/messages")
         [embed] = reply.embeds
         assert embed["title"].startswith("⛔ Denied: I don't know you")
-        assert f"discord:{STRANGER}" in embed["title"]
-        [entry] = await tb.commands_audited()
+        # A channel message's answer is public: no platform id in it; a direct message's is.
+        assert STRANGER not in reply.text and "send me a direct message" in reply.text
+        await fake.message("whoami", user=STRANGER, channel=DM_CHANNEL, guild=False)
+        private = await fake.wait_call("POST", f"/channels/{DM_CHANNEL}/messages")
+        assert f"discord:{STRANGER}" in private.text
+        entry = (await tb.commands_audited())[0]
         assert entry.status == "denied" and embed["footer"]["text"] == f"request {entry.request_id}"
 
 
