@@ -38,6 +38,7 @@ from adapters.discord.render import Outgoing, command_of, render, with_outcome
 from adapters.discord.sync import (
     OptionValue,
     command_text,
+    invoked,
     login,
     new_client,
     point_at,
@@ -293,9 +294,9 @@ class DiscordAdapter:
     ) -> None:
         if not await _acknowledge(interaction):
             return
-        name = str(data.get("name", ""))
+        name, options = invoked(data, self._section.umbrella_command)
         values: dict[str, OptionValue] = {
-            str(o["name"]): o["value"] for o in data.get("options", ()) if "value" in o
+            str(o["name"]): o["value"] for o in options if "value" in o
         }
         spec = self._specs.get(name)
         text = command_text(spec, name, values)

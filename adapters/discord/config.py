@@ -21,6 +21,9 @@ class DiscordSection(Strict):
     # `opsbot discord-sync` registers slash commands in these guilds (at once) or, when
     # empty, globally (Discord may take up to an hour to show them).
     sync_guild_ids: list[Annotated[str, StringConstraints(pattern=r"^\d{17,20}$")]] = []
+    # Set: one slash command with a subcommand per opsbot command (`/ops health`,
+    # `/ops rollback tag:v1.2`), as on Slack, instead of one top-level command each.
+    umbrella_command: Annotated[str, StringConstraints(pattern=r"^[-_a-z0-9]{1,32}$")] | None = None
 
 
 # key -> environment variable, for start-up errors that name what to set.

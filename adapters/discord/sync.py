@@ -115,6 +115,46 @@ def command_payload(spec: CommandSpec[Any, Any]) -> dict[str, Any]:
     }
 
 
+def umbrella_payload(name: str, commands: Sequence[CommandSpec[Any, Any]]) -> dict[str, Any]:
+    """One command, each opsbot command a subcommand of it (``/ops rollback tag:v1.2``)."""
+    if len(commands) > OPTIONS_LIMIT:
+        # Discord's limit on subcommands; groups of groups would hide commands deeper.
+        raise AdapterError(
+            f"discord.umbrella_command: Discord allows {OPTIONS_LIMIT} subcommands and there "
+            f"are {len(commands)} commands; unset umbrella_command to register each alone"
+        )
+    return {
+        "name": name,
+        "type": discord.AppCommandType.chat_input.value,
+        "description": "opsbot: every command (help lists them)",
+        "options": [
+            {
+                "name": spec.name,
+                "type": discord.AppCommandOptionType.subcommand.value,
+                "description": _clip(spec.summary, DESCRIPTION_LIMIT),
+                "options": [option.payload() for option in slash_options(spec)],
+            }
+            for spec in commands
+        ],
+    }
+
+
+def invoked(data: Mapping[str, Any], umbrella: str | None) -> tuple[str, list[Any]]:
+    """The command an interaction runs and its options: under the umbrella, the
+    subcommand's (``/ops rollback tag:v1.2`` is ``rollback`` with ``tag``)."""
+    name = str(data.get("name", ""))
+    options = list(data.get("options") or ())
+    if umbrella is not None and name == umbrella:
+        sub = next(
+            (o for o in options if o.get("type") == discord.AppCommandOptionType.subcommand.value),
+            None,
+        )
+        if sub is None:
+            return "help", []
+        return str(sub.get("name", "")), list(sub.get("options") or ())
+    return name, options
+
+
 def command_text(
     spec: CommandSpec[Any, Any] | None, name: str, values: Mapping[str, OptionValue]
 ) -> str:
@@ -214,7 +254,10 @@ async def sync_commands(
     at once) or, without any, globally. Returns a one-line summary."""
     token = token_of(section)
     section = section or DiscordSection()
-    payload = [command_payload(spec) for spec in commands]
+    if section.umbrella_command is not None:
+        payload = [umbrella_payload(section.umbrella_command, commands)]
+    else:
+        payload = [command_payload(spec) for spec in commands]
     point_at(section)
     client = new_client(discord.Intents.none())
     try:
@@ -243,6 +286,8 @@ async def sync_commands(
         where = f"in guild(s) {', '.join(section.sync_guild_ids)} (shown at once)"
     else:
         where = "globally (Discord may take up to an hour to show them)"
+    if section.umbrella_command is not None:
+        return f"registered /{section.umbrella_command} with {len(commands)} subcommands {where}"
     return f"registered {len(payload)} slash commands {where}: {names}"
 
 

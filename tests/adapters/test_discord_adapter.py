@@ -371,6 +371,36 @@ async def test_discord_sync_puts_every_command_with_typed_options(fake: FakeDisc
         assert 1 <= len(command["description"]) <= 100
 
 
+async def test_umbrella_command_registers_one_command_and_runs_its_subcommands(
+    fake: FakeDiscord,
+) -> None:
+    extra = f'sync_guild_ids = ["{fake.guild_id}"]\numbrella_command = "ops"\n'
+    config = parse_config(
+        BASE_CONFIG + fake.config(extra=extra), "test", {}, [s.name for s in COMMANDS]
+    )
+    summary = await sync_commands(config.discord, COMMANDS)
+    put = await fake.wait_call(
+        "PUT", f"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands"
+    )
+    [umbrella] = put.body
+    assert umbrella["name"] == "ops" and summary.startswith(
+        f"registered /ops with {len(COMMANDS)} subcommands"
+    )
+    subcommands = {o["name"]: o for o in umbrella["options"]}
+    assert list(subcommands) == [s.name for s in COMMANDS]
+    assert {o["type"] for o in subcommands.values()} == {1}  # SUB_COMMAND
+    assert [o["name"] for o in subcommands["deny"]["options"]] == ["id", "reason"]
+
+    async with running_bot(
+        BASE_CONFIG + fake.config(extra='umbrella_command = "ops"\n'), adapters=[discord_adapter]
+    ):
+        ran = await fake.slash("whoami", user=BOB, umbrella="ops")
+        answer = await fake.first_followup(ran)
+        assert "You are bob" in answer.text
+        bare = await fake.slash("ops", user=BOB)  # the umbrella alone is /help
+        assert "/whoami" in (await fake.first_followup(bare)).text
+
+
 async def test_discord_sync_cli_registers_globally(fake: FakeDiscord, tmp_path: Path) -> None:
     config = tmp_path / "opsbot.toml"
     config.write_text(BASE_CONFIG + f'\n[discord]\napi_url = "{fake.api_url}"\n')

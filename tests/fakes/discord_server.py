@@ -266,16 +266,17 @@ class FakeDiscord:
         *,
         user: str,
         channel: str = CHANNEL_ID,
+        umbrella: str | None = None,
     ) -> dict[str, Any]:
-        """A person runs a slash command (INTERACTION_CREATE type 2); returns the payload."""
-        data = {
-            "id": self._new_id(),
-            "name": name,
-            "type": 1,
-            "options": [
-                {"name": k, "type": _option_type(v), "value": v} for k, v in (options or {}).items()
-            ],
-        }
+        """A person runs a slash command (INTERACTION_CREATE type 2); returns the payload.
+        ``umbrella``: ``name`` is a subcommand of that command (``/ops rollback``)."""
+        values = [
+            {"name": k, "type": _option_type(v), "value": v} for k, v in (options or {}).items()
+        ]
+        if umbrella is not None:
+            values = [{"name": name, "type": 1, "options": values}]
+            name = umbrella
+        data = {"id": self._new_id(), "name": name, "type": 1, "options": values}
         payload = self._interaction(2, data, user=user, channel=channel)
         await self.send_event("INTERACTION_CREATE", payload)
         return payload
