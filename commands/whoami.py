@@ -8,18 +8,18 @@ from bot.kernel.reply import Field, Reply
 
 async def run(request: Request, _: NoArgs, __: NoDeps) -> Reply:
     message = request.message
-    return Reply(
-        title=f"You are {request.principal.name}",
-        fields=(
-            Field("principal", request.principal.name),
-            Field("roles", ", ".join(sorted(request.principal.roles)) or "none"),
-            Field("platform id", message.qualified_user),
-            Field(
-                "channel",
-                request.channel or f"{message.qualified_channel} (not a configured channel)",
-            ),
-        ),
-    )
+    # Platform ids only where the answer reaches the asker alone (a direct message, an
+    # ephemeral reply): in a Telegram group everyone would read them.
+    shown = message.private_replies
+    fields = [
+        Field("principal", request.principal.name),
+        Field("roles", ", ".join(sorted(request.principal.roles)) or "none"),
+    ]
+    if shown:
+        fields.append(Field("platform id", message.qualified_user))
+    unnamed = f"{message.qualified_channel} " if shown else ""
+    fields.append(Field("channel", request.channel or f"{unnamed}(not a configured channel)"))
+    return Reply(title=f"You are {request.principal.name}", fields=tuple(fields))
 
 
 SPEC = CommandSpec(

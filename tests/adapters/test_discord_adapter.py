@@ -104,7 +104,7 @@ async def test_prefix_mention_and_direct_messages_are_answered_as_replies(
         reply = await fake.wait_call("POST", f"/channels/{CHANNEL_ID}/messages")
         assert reply.replies_to == typed["id"]
         assert reply.embeds[0]["title"] == "ℹ️ You are bob"
-        assert f"discord:{BOB}" in reply.text
+        assert f"discord:{BOB}" not in reply.text  # a channel reads it: no platform id
 
         mention = await fake.message(f"<@{fake.bot_id}> whoami", user=CAROL, channel=THREAD_ID)
         in_thread = await fake.wait_call("POST", f"/channels/{THREAD_ID}/messages")
@@ -114,7 +114,7 @@ async def test_prefix_mention_and_direct_messages_are_answered_as_replies(
         direct = await fake.message("whoami", user=DAVE, channel=DM_CHANNEL, guild=False)
         in_dm = await fake.wait_call("POST", f"/channels/{DM_CHANNEL}/messages")
         assert in_dm.replies_to == direct["id"]
-        assert "You are dave" in in_dm.text
+        assert "You are dave" in in_dm.text and f"discord:{DAVE}" in in_dm.text
 
         referenced = {c.replies_to for c in fake.calls_to("POST", "/messages")}
         assert chat["id"] not in referenced
