@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -50,6 +51,7 @@ from bot.kernel.adapter import (
     PlatformLimits,
     Rate,
     RetryAfter,
+    check_post_attempt,
     keyed_slot,
 )
 from bot.kernel.clock import Clock
@@ -100,6 +102,12 @@ class DiscordAdapter:
         self._stopping = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._posted: OrderedDict[str, list[int]] = OrderedDict()
+        self._identity = ""
+
+    @property
+    def identity(self) -> str:
+        """The bot user's name people mention (``@opsbot``), from READY."""
+        return self._identity
 
     async def start(self, handler: MessageHandler) -> None:
         """Logs in, connects the gateway in a background task, returns once READY. On
@@ -122,13 +130,15 @@ class DiscordAdapter:
             raise AdapterError(
                 f"Discord was not ready within {self._ready_timeout:g} s "
                 f"(API {self._section.api_url}, gateway "
-                f"{self._section.gateway_url or 'from discord.py'})"
+                f"{self._section.gateway_url or 'from discord.py'})",
+                transient=True,
             ) from exc
         except BaseException:
             await self._close()
             raise
         gateway.add_done_callback(self._gateway_ended)
         user = client.user
+        self._identity = f"@{user.name} ({user.id})" if user else ""
         log.info("discord.ready", bot_user=user.id if user else None, guilds=len(client.guilds))
 
     async def stop(self) -> None:
@@ -209,7 +219,12 @@ class DiscordAdapter:
             # the outbox lane behind it) for as long as Discord asks: the outbox pauses
             # the channel and the other channels keep going.
             max_ratelimit_timeout=MAX_RATELIMIT_WAIT_S,
+            # A shorter wait is slept out inside discord.py, which then sends again (and
+            # retries a 5xx): each request first checks that an outbox post is still this
+            # replica's, so one frozen during the wait cannot post what another took over.
+            http_trace=_lease_check(),
         )
+        _skip_unreadable_events(client)
 
         @client.event
         async def on_message(message: discord.Message) -> None:
@@ -465,6 +480,26 @@ class DiscordAdapter:
                     log.warning("discord.gateway_error_on_close", error=repr(exc))
 
 
+def _skip_unreadable_events(client: discord.Client) -> None:
+    """discord.py parses each gateway dispatch inside its connection loop, and a parser
+    that raises (a payload without a field it expects: seen with MESSAGE_CREATE) ends the
+    loop: ``connect()`` re-raises, and the adapter would stay dead until a restart.
+    discord.py has no public hook for it (``on_error`` covers event handlers, not the
+    parsers), so each parser in the connection state's table, the one dict the gateway
+    looks them up in, is wrapped: a dispatch it cannot read is reported and skipped, and
+    the session goes on with the next one."""
+    parsers = client._connection.parsers
+    for event, parse in list(parsers.items()):
+        parsers[event] = functools.partial(_parse_or_skip, event, parse)
+
+
+def _parse_or_skip(event: str, parse: Callable[[Any], None], data: Any) -> None:
+    try:
+        parse(data)
+    except Exception as exc:
+        report_failure("discord.gateway_event", exc, discord_event=event, skipped=True)
+
+
 def _send_kwargs(out: Outgoing, reference: discord.MessageReference | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"embeds": out.embeds}
     if out.view is not None:
@@ -508,8 +543,19 @@ async def _until_ready(client: discord.Client, gateway: asyncio.Task[None]) -> N
     if gateway.done():
         failure = _failure(gateway)
         if failure is None:
-            raise AdapterError("the Discord gateway connection ended before READY")
-        raise AdapterError(_gateway_problem(failure)) from failure
+            raise AdapterError("the Discord gateway connection ended before READY", transient=True)
+        raise AdapterError(_gateway_problem(failure), transient=_transient(failure)) from failure
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth trying again: not a refused token or intent, which the same config repeats."""
+    if isinstance(exc, discord.PrivilegedIntentsRequired | discord.LoginFailure):
+        return False
+    return not (isinstance(exc, discord.ConnectionClosed) and exc.code in _REFUSED_CLOSE_CODES)
+
+
+# The gateway's close codes that refuse the bot's token, shards, version or intents.
+_REFUSED_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
 
 
 def _failure(task: asyncio.Task[None]) -> BaseException | None:
@@ -538,6 +584,15 @@ def _parent_of(channel: object) -> str | None:
     if isinstance(channel, discord.Thread) and channel.parent_id is not None:
         return str(channel.parent_id)
     return None
+
+
+def _lease_check() -> aiohttp.TraceConfig:
+    async def on_request_start(*_: object) -> None:
+        check_post_attempt()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
 
 
 def _retry_after(exc: BaseException) -> float | None:

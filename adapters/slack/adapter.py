@@ -41,7 +41,14 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack.config import TOKEN_VARIABLES, SlackSection
 from adapters.slack.render import ACTION_PREFIX, SlackMessage, outcome_blocks, render
-from bot.kernel.adapter import AdapterError, MessageHandler, PlatformLimits, Rate, keyed_slot
+from bot.kernel.adapter import (
+    AdapterError,
+    MessageHandler,
+    PlatformLimits,
+    Rate,
+    check_post_attempt,
+    keyed_slot,
+)
 from bot.kernel.clock import Clock
 from bot.kernel.command import CommandSpec
 from bot.kernel.failures import failure_line, report_failure
@@ -98,7 +105,15 @@ class SlackAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._keyed: OrderedDict[str, tuple[str, str]] = OrderedDict()  # key -> (channel, ts)
         self._bot_user_id = ""
+        self._bot_user_name = ""
         self.http_port: int | None = None  # the bound port in HTTP mode (config may say 0)
+
+    @property
+    def identity(self) -> str:
+        """The bot user people mention, from auth.test: ``@opsbot (U0BOT0001)``."""
+        if not self._bot_user_id:
+            return ""
+        return f"@{self._bot_user_name or '?'} ({self._bot_user_id})"
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -112,7 +127,9 @@ class SlackAdapter:
         )
         self._handler = handler
         # slack_sdk applies its own timeout only to sessions it makes: this one carries it.
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_API_TIMEOUT))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=_API_TIMEOUT), trace_configs=[_lease_check()]
+        )
         try:
             client = AsyncWebClient(
                 token=bot_token,
@@ -124,6 +141,7 @@ class SlackAdapter:
             self._client = client
             auth = await self._api("auth.test", client.auth_test())
             self._bot_user_id = str(auth.get("user_id") or "")
+            self._bot_user_name = str(auth.get("user") or "")
             app = self._build_app(client, signing_secret)
             if http_mode:
                 await self._serve_http(app)
@@ -224,7 +242,8 @@ class SlackAdapter:
                 await socket.connect_async()  # type: ignore[no-untyped-call]  # untyped in bolt
         except TimeoutError as exc:
             raise AdapterError(
-                f"slack: Socket Mode websocket did not connect within {_CONNECT_TIMEOUT:.0f} s"
+                f"slack: Socket Mode websocket did not connect within {_CONNECT_TIMEOUT:.0f} s",
+                transient=True,
             ) from exc
 
     async def _serve_http(self, app: AsyncApp) -> None:
@@ -472,13 +491,17 @@ class SlackAdapter:
         try:
             return await call
         except SlackApiError as exc:
+            status = getattr(exc.response, "status_code", 200)
             raise AdapterError(
-                f"slack: {method} failed: {_error_code(exc)}", retry_after=_retry_after(exc)
+                f"slack: {method} failed: {_error_code(exc)}",
+                retry_after=_retry_after(exc),
+                transient=status >= 500,  # invalid_auth and the like are answered 200
             ) from exc
         except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AdapterError(
                 f"slack: {method} failed: cannot reach {self._section.api_url} "
-                f"({type(exc).__name__}: {exc})"
+                f"({type(exc).__name__}: {exc})",
+                transient=True,
             ) from exc
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
@@ -682,6 +705,19 @@ def _error_code(exc: SlackApiError) -> str:
     response = exc.response
     error = response.get("error") if response is not None else None
     return str(error or exc)
+
+
+def _lease_check() -> aiohttp.TraceConfig:
+    """Every request on the adapter's session, slack-sdk's own retries included (it sleeps
+    out a 429 and sends again), first checks that an outbox post is still this replica's:
+    one frozen during the sleep must not post what another replica took over."""
+
+    async def on_request_start(*_: object) -> None:
+        check_post_attempt()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace
 
 
 def _retry_handlers() -> list[AsyncRetryHandler]:

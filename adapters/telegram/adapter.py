@@ -32,12 +32,14 @@ Out
     reply, key)`` replies to ``destination.thread_id``; a key seen before edits that
     message instead (editMessageText; a bounded map of key -> message). Sends go through
     PTB's AIORateLimiter (30 msg/s overall, 20 msg/min per group) with retries on
-    RetryAfter (429).
+    RetryAfter (429); for an outbox post each attempt first checks that the outbox still
+    holds the message (adapters/telegram/limiter.py).
 
 Connection
     Long polling by default (PTB's updater retries a failed getUpdates with back-off), or a
     webhook server (``mode = "webhook"``) that answers 403 to a request without the secret
-    token. ``start`` returns once connected; a missing or refused token is an AdapterError.
+    token. ``start`` returns once connected; a missing or refused token is an AdapterError,
+    an unreachable Bot API a transient one (the bot tries again until it answers).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from telegram import (
 from telegram import Message as TgMessage
 from telegram.constants import ChatType, MessageEntityType, ParseMode
 from telegram.error import BadRequest, InvalidToken, TelegramError
-from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
+from telegram.ext import Application, ContextTypes, TypeHandler
 
 from adapters.telegram.commands import (
     apply_commands,
@@ -73,6 +75,7 @@ from adapters.telegram.commands import (
     scrub,
 )
 from adapters.telegram.config import TOKEN_VARIABLES, TelegramSection
+from adapters.telegram.limiter import LeaseCheckingRateLimiter
 from adapters.telegram.render import (
     TEXT_LIMIT,
     alert_text,
@@ -180,6 +183,11 @@ class TelegramAdapter:
         """The bot's @username, from getMe (empty before start)."""
         return self._username
 
+    @property
+    def identity(self) -> str:
+        # Groups address commands to it: /status@<username>.
+        return f"@{self._username}" if self._username else ""
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, handler: MessageHandler) -> None:
@@ -193,7 +201,7 @@ class TelegramAdapter:
             .base_url(section.api_url)
             .base_file_url(section.file_url)
             .rate_limiter(
-                AIORateLimiter(
+                LeaseCheckingRateLimiter(
                     overall_max_rate=self._limits.overall_per_second,
                     group_max_rate=self._limits.group_per_minute,
                     max_retries=self._limits.max_retries,
@@ -212,11 +220,15 @@ class TelegramAdapter:
         except InvalidToken as exc:
             await app.bot.shutdown()
             raise refused_token_error() from exc
-        except TelegramError as exc:
+        except TelegramError as exc:  # unreachable, timed out, 5xx, 429: the bot tries again
             await app.bot.shutdown()
             raise AdapterError(
-                f"cannot reach the Telegram Bot API at {section.api_url}: {scrub(exc, token)}"
+                f"cannot reach the Telegram Bot API at {section.api_url}: {scrub(exc, token)}",
+                transient=True,
             ) from exc
+        except BaseException:  # cancelled (the bot stopped): leave nothing open
+            await app.bot.shutdown()
+            raise
         self._username = app.bot.username
         self._handler = handler
         if section.set_commands_on_start:
@@ -245,11 +257,15 @@ class TelegramAdapter:
                     secret_token=secret,
                     allowed_updates=_UPDATES,
                 )
-        except (TelegramError, OSError) as exc:
+        except BaseException as exc:
             self._app = None
             await self._close(app)
+            if not isinstance(exc, TelegramError | OSError):
+                raise
             raise AdapterError(
-                f"Telegram {section.mode} did not start: {scrub(exc, token)}"
+                f"Telegram {section.mode} did not start: {scrub(exc, token)}",
+                # A network error, or Telegram busy; not a port we may not listen on.
+                transient=isinstance(exc, TelegramError) and not isinstance(exc, InvalidToken),
             ) from exc
         log.info("telegram.connected", username=self._username, mode=section.mode)
 

@@ -6,6 +6,7 @@ own every connection and background task.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from bot.app.config.models import Config
+from bot.app.connecting import AdapterKeeper, Backoff
 from bot.app.http_server import HttpServer, build_app
 from bot.app.services import Services
 from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
@@ -32,7 +34,7 @@ from bot.cluster.dedup import (
 )
 from bot.cluster.http_clients import HttpClients
 from bot.cluster.leader import leadership_for
-from bot.cluster.pauses import RedisPauses
+from bot.cluster.pauses import RedisPauses, SqlPauses
 from bot.cluster.redis_clients import RedisClients
 from bot.cluster.scheduler import Every, Scheduler
 from bot.delivery.adapters import AdapterBoard
@@ -54,11 +56,11 @@ from bot.features.alerts.silences import Silences, SilenceStore
 from bot.features.alerts.store import AlertStore
 from bot.features.alerts.streaks import LocalStreaks, RedisStreaks
 from bot.features.heartbeats.service import Heartbeats
-from bot.features.policy.store import RedisPolicyStore
+from bot.features.policy.store import RedisPolicyStore, SqlPolicyStore
 from bot.features.policy.switch import PolicySwitch
 from bot.features.probes.targets import ServiceTargets
 from bot.features.queues.watched import WatchedQueues
-from bot.kernel.adapter import Adapter, AdapterError
+from bot.kernel.adapter import Adapter
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.command import CommandSpec
 from bot.kernel.errors import DependencyError
@@ -73,6 +75,7 @@ from bot.pipeline.dispatch import Dispatcher
 from bot.pipeline.flood import FloodGuard
 from bot.pipeline.identify import Directory
 from bot.storage.database import StateDatabase
+from bot.storage.shared_values import SharedValues
 
 
 class Bot:
@@ -91,6 +94,10 @@ class Bot:
         self.metrics = Metrics()
         self.directory = Directory(config.identities, config.roles, config.channels)
         self.redis_clients = RedisClients()
+        self.state_db = StateDatabase(database_url(config))
+        # Without Redis the policy mode and pauses live in the state database: every
+        # process on one data directory (a console beside `opsbot run`) sees the same.
+        shared_values = SharedValues(self.state_db)
         self.policy = PolicySwitch(
             config.policy,
             self.clock,
@@ -99,15 +106,15 @@ class Bot:
             shared=(
                 RedisPolicyStore(self.redis_clients, config.state.redis_url.get_secret_value())
                 if config.state.redis_url is not None
-                else None
+                else SqlPolicyStore(shared_values)
             ),
         )
         self.adapters = AdapterBoard()
         self.http_clients = HttpClients()
-        self.state_db = StateDatabase(database_url(config))
         self.outbox = Outbox(
             OutboxStore(self.state_db),
             owner=config.bot.replica_id,
+            lease=config.state.outbox_lease.total_seconds(),
             clock=self.clock,
             metrics=self.metrics,
         )
@@ -150,7 +157,7 @@ class Bot:
             shared_pauses=(
                 RedisPauses(self.redis_clients, config.state.redis_url.get_secret_value())
                 if config.state.redis_url is not None
-                else None
+                else SqlPauses(shared_values, self.clock)
             ),
         )
         self.witness = AuditWitness(
@@ -229,7 +236,8 @@ class Bot:
             dedup=self.dedup,
         )
         self.http_server: HttpServer | None = None
-        self._attached: list[Adapter] = []
+        self._keepers: list[AdapterKeeper] = []
+        self.reconnect = Backoff()  # how adapters that cannot reach their platform retry
         self._scheduled = False
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
         self.metrics.audit_writable.set_function(lambda: self.audit.store.unwritable is None)
@@ -290,6 +298,16 @@ class Bot:
         if not defer_scheduled:
             await self.start_scheduled()
 
+    async def start_on_demand(self) -> None:
+        """For a console: scheduled work (heartbeats, checks, silence ends) runs only when
+        a person asks for it (``/heartbeat now``, ``/checks now``), and this process never
+        competes for the leader's lease. A console next to ``opsbot run`` is a client of
+        the shared state, never a second bot doing the bot's work."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        await self.scheduler.start(scheduling=False)
+
     async def start_scheduled(self) -> None:
         """Compete for the lease and start the scheduled work (heartbeats, checks).
         ``opsbot run`` calls it once its adapters are attached: a replica that led before
@@ -301,27 +319,37 @@ class Bot:
         await self.scheduler.start()
 
     async def attach(self, adapters: Sequence[Adapter]) -> None:
-        """Start each adapter; one that fails is reported (log, /ready, /status) and the
-        others keep running."""
-        for adapter in adapters:
-            self.adapters.set(adapter.name, "starting")
-            try:
-                await adapter.start(self.handle)
-            except AdapterError as exc:
-                self.adapters.set(adapter.name, f"error: {exc}")
-                _log.error("adapter.failed", adapter=adapter.name, error=str(exc))
-                continue
-            except Exception as exc:
-                self.adapters.set(adapter.name, f"error: {type(exc).__name__}: {exc}")
-                _log.exception("adapter.failed", adapter=adapter.name)
-                continue
-            self._attached.append(adapter)
-            self.outbox.register(adapter.name, adapter.post, adapter.limits)
-            self.adapters.set(adapter.name, "connected")
-            self.adapters.watch(adapter.name, adapter.state)
-            _log.info("adapter.connected", adapter=adapter.name)
+        """Start the adapters, together; returns after each one's first try. One that
+        cannot reach its platform is tried again in the background until it connects
+        (bot/app/connecting.py); one that fails for good is reported (log, /ready,
+        /status). The others, and the HTTP server, serve meanwhile."""
+        keepers = [
+            AdapterKeeper(
+                adapter,
+                self.handle,
+                self.adapters,
+                connected=self._connected,
+                lost=self._lost,
+                backoff=self.reconnect,
+            )
+            for adapter in adapters
+        ]
+        self._keepers.extend(keepers)
+        await asyncio.gather(*(keeper.start() for keeper in keepers))
+
+    def _connected(self, adapter: Adapter) -> None:
+        # Posts queued for the platform meanwhile go out from here on.
+        self.outbox.register(adapter.name, adapter.post, adapter.limits)
+        self.adapters.named(adapter.name, adapter.identity)
+
+    def _lost(self, adapter: Adapter) -> None:
+        self.outbox.unregister(adapter.name)  # posts wait in the queue until it is back
 
     async def stop(self) -> None:
+        # No more connecting: a pending retry is cancelled, a start in progress undone.
+        # The adapters that are connected stay up until what they post has gone out.
+        for keeper in self._keepers:
+            await keeper.stop_trying()
         # Scheduled work first: a heartbeat running now still posts through the adapters.
         await self.scheduler.stop()
         await self.leadership.stop()
@@ -333,14 +361,14 @@ class Bot:
         # the rest stays queued in the database for the next start.
         await self.alert_intake.stop()  # what is not processed waits in the inbox
         await self.outbox.stop(grace=OUTBOX_GRACE_S)
-        for adapter in reversed(self._attached):
+        for keeper in reversed(self._keepers):
+            adapter = keeper.adapter
             self.outbox.unregister(adapter.name)
-            self.adapters.unwatch(adapter.name)
             try:
                 await adapter.stop()
             except Exception:
                 _log.exception("adapter.stop_failed", adapter=adapter.name)
-        self._attached.clear()
+        self._keepers.clear()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.policy.close()

@@ -1,4 +1,5 @@
-"""Config of what replicas share: the state Redis, event dedup, the leader lease."""
+"""Config of what replicas share: the state Redis, event dedup, the leader and outbox
+leases."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from datetime import timedelta
 from pydantic import model_validator
 
 from bot.kernel.settings import Duration, RedisUrl, Strict
+
+# A post must fit well inside a fifth of the outbox lease.
+OUTBOX_LEASE_MIN = timedelta(seconds=3)
+OUTBOX_LEASE_MAX = timedelta(hours=1)
 
 
 class StateSection(Strict):
@@ -22,9 +27,19 @@ class StateSection(Strict):
     # held and renewed the same way: a dead replica's slots free themselves after a lease.
     leader_lease: Duration = timedelta(seconds=15)
     leader_renew_every: Duration = timedelta(seconds=5)
+    # How long a replica's hold on a queued outbox message lasts unrenewed (renewed every
+    # third of it): a replica that dies with messages queued leaves them this long before
+    # another replica posts them. Shorter hands over sooner, but a replica stalled (or
+    # cut off from the database) for 4/5 of it stops posting until it is sure again.
+    outbox_lease: Duration = timedelta(seconds=60)
 
     @model_validator(mode="after")
     def _renewed_in_time(self) -> StateSection:
+        if not OUTBOX_LEASE_MIN <= self.outbox_lease <= OUTBOX_LEASE_MAX:
+            raise ValueError(
+                f"outbox_lease must be between {OUTBOX_LEASE_MIN.total_seconds():g}s and "
+                f"{OUTBOX_LEASE_MAX.total_seconds():g}s"
+            )
         if self.leader_renew_every * 2 > self.leader_lease:
             raise ValueError(
                 "leader_renew_every must be at most half of leader_lease, so one late "

@@ -41,13 +41,21 @@ owner delivers it.
   renewal first; the renewal names the rows another replica took over meanwhile, and
   those are dropped undelivered. So while the database is unreachable stored messages
   wait (a message the database could not take at all goes out from memory).
+* That check holds for every request a poster sends, not only the first: the outbox runs
+  the poster under :func:`~bot.kernel.adapter.posting_while`, and each adapter calls
+  :func:`~bot.kernel.adapter.check_post_attempt` from its SDK's per-request hook. An SDK
+  that sleeps out a 429 and retries on its own (python-telegram-bot's rate limiter,
+  slack-sdk's retry handlers, discord.py's buckets) cannot post after the lease could have
+  lapsed, e.g. in a process that was frozen during the sleep: the request is not sent
+  (:class:`~bot.kernel.adapter.LeaseLapsed`), no attempt is counted, and a renewal says
+  whether the row is still ours.
 * ``stop()`` delivers what it can within its grace, then releases the rest (the lease ends
   now): another replica claims them within ``lease / 3`` s. After a crash they wait until
   the lease runs out. A post after ``stop()`` is queued already released.
 
-The remaining window: a delivery in flight when its lease runs out (the post outlasting
-``lease * 0.2``, or the process freezing between the check and the post) can be made again
-by the replica that takes the row over. The lease (a minute) is long next to a post (a
+The remaining window: a request already sent when its lease runs out (the request
+outlasting ``lease * 0.2``, or the process freezing between the check and the send) can be
+made again by the replica that takes the row over. The lease (a minute) is long next to a post (a
 second or two), so that takes a stall about as long as the lease. Also: a delivered row
 whose delete fails stays leased while the delete is retried, but is delivered again if this
 replica stops first; a dead letter whose state could not be written is retried once its
@@ -69,12 +77,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
 from aiolimiter import AsyncLimiter
 
-from bot.kernel.adapter import PlatformLimits, Poster, Rate
+from bot.kernel.adapter import LeaseLapsed, PlatformLimits, Poster, Rate, posting_while
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError
 from bot.kernel.message import Location
@@ -379,15 +388,24 @@ class Outbox:
                     continue
                 lane.in_flight = batch
                 try:
-                    await poster(
-                        destination, _merge(batch), batch[0].key if len(batch) == 1 else None
-                    )
+                    # Each request the poster's SDK makes, its own retries included,
+                    # checks the lease again (check_post_attempt): a 429 slept out inside
+                    # the SDK must not post after another replica took the row over.
+                    with posting_while(partial(self._still_ours, batch)):
+                        await poster(
+                            destination, _merge(batch), batch[0].key if len(batch) == 1 else None
+                        )
                 except Exception as exc:
                     for item in batch:
                         if item.lost:  # the replica that took it over retries it
                             lane.items.remove(item)
                     kept = [item for item in batch if not item.lost]
-                    if kept:
+                    if kept and _lapsed(exc):
+                        # Not sent, and no attempt spent: ask whether the rows are still
+                        # ours before trying again (the check above waits for the answer).
+                        log.info("outbox.lease_unconfirmed", platform=destination.platform)
+                        self._renew_now.set()
+                    elif kept:
                         await self._failed(destination, lane, kept, exc)
                 else:
                     await self._delivered(lane, batch)
@@ -485,6 +503,10 @@ class Outbox:
             self._settling.difference_update(ids)
 
     # ------------------------------------------------------------------ leases
+
+    def _still_ours(self, batch: Sequence[_Item]) -> bool:
+        """Checked before each request a poster makes: leased, and none taken over."""
+        return not any(item.lost for item in batch) and self._leased(batch)
 
     def _leased(self, batch: Iterable[_Item]) -> bool:
         """Whether every stored message in ``batch`` is still surely this replica's."""
@@ -675,6 +697,19 @@ def _headline(reply: Reply) -> str:
 
 def _merge(batch: Sequence[_Item]) -> Reply:
     return merge_replies([item.reply for item in batch])
+
+
+def _lapsed(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, the lease check refusing a request (an adapter may
+    wrap it, as it wraps vendor errors)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, LeaseLapsed):
+            return True
+        seen = getattr(seen, "original", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 def _retry_after(exc: BaseException) -> float | None:

@@ -180,6 +180,7 @@ class FakeTelegram:
     handed_at: dict[int, float] = field(default_factory=dict)  # update_id -> given out
     on_call: Callable[[Call], None] | None = None  # the bench's hook
     rate_limited: int = 0  # sendMessage calls refused by enforce_limits()
+    listen_port: int = 0  # a fixed port, for a test that configures the bot before it runs
 
     def __post_init__(self) -> None:
         self._limiter: _Limiter | None = None
@@ -193,7 +194,7 @@ class FakeTelegram:
         self._changed = asyncio.Event()  # replaced by a fresh one at every change
         self._runner: web.AppRunner | None = None
         self._closing = False
-        self.port = 0
+        self.port = self.listen_port
 
     # -- server ----------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class FakeTelegram:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.listen_port).start()
         self.port = self._runner.addresses[0][1]
         return self
 
@@ -306,10 +307,11 @@ class FakeTelegram:
         drop: bool = False,
         times: int = 1,
     ) -> None:
-        """The next ``times`` calls of ``method`` fail: HTTP ``status`` (429 with
-        ``retry_after``), or the connection is dropped without an answer."""
+        """The next ``times`` calls of ``method`` fail: HTTP ``status`` (429 whenever
+        ``retry_after`` is given), or the connection is dropped without an answer."""
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": "Bad Gateway"}
         if retry_after is not None:
+            status = 429
             body = {
                 "ok": False,
                 "error_code": 429,
