@@ -241,10 +241,13 @@ async def login(client: discord.Client, token: str, section: DiscordSection) -> 
         ) from exc
     except discord.HTTPException as exc:
         raise AdapterError(
-            f"Discord API at {section.api_url} answered {exc.status} on login: {exc.text}"
+            f"Discord API at {section.api_url} answered {exc.status} on login: {exc.text}",
+            transient=exc.status == 429 or exc.status >= 500,
         ) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise AdapterError(f"cannot reach the Discord API at {section.api_url}: {exc}") from exc
+        raise AdapterError(
+            f"cannot reach the Discord API at {section.api_url}: {exc}", transient=True
+        ) from exc
 
 
 async def sync_commands(

@@ -12,10 +12,16 @@ class AdapterBoard:
     """Each adapter's state as /status and /ready report it."""
 
     states: dict[str, str] = field(default_factory=dict)
+    # Who the bot is on each platform it connected to ("@opsbot_bot"), for /status.
+    identities: dict[str, str] = field(default_factory=dict)
     _probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
 
     def set(self, adapter: str, state: str) -> None:
         self.states[adapter] = state
+
+    def named(self, adapter: str, identity: str) -> None:
+        if identity:
+            self.identities[adapter] = identity
 
     def watch(self, adapter: str, probe: Callable[[], Awaitable[str]]) -> None:
         """Ask ``probe`` for the adapter's state whenever the states are read."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.telegram.adapter import TelegramAdapter
@@ -375,6 +377,44 @@ async def test_missing_token_is_reported_and_the_bot_keeps_serving(tg: FakeTeleg
         assert state.startswith("error: ") and "OPSBOT_TELEGRAM_TOKEN" in state
         assert "You are alice" in await tb.exec("/whoami")
         assert tg.calls == []
+
+
+@pytest.mark.parametrize("down", ["not listening", "answering 502"])
+async def test_an_unreachable_bot_api_is_tried_again_until_it_answers(down: str) -> None:
+    """Telegram down when the bot starts: /ready says so (503) while the bot keeps trying
+    in the background; once the Bot API answers, the adapter connects by itself, /ready
+    is 200 and commands are answered, without a restart."""
+    port = _free_port()
+    tg = FakeTelegram(listen_port=port)
+    if down == "answering 502":
+        tg.fail_next("getMe", 502, times=2)
+        await tg.__aenter__()
+    async with running_bot(BASE_CONFIG + tg.config(), adapters=[telegram()], serve_http=True) as tb:
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            ready = await client.get("/ready")
+            assert ready.status_code == 503
+            state = ready.json()["checks"]["adapter:telegram"]
+            assert re.fullmatch(
+                r"connecting: cannot reach the Telegram Bot API at .*, next try in \d+ s", state
+            ), state
+            assert tg.token not in state
+            assert "You are alice" in await tb.exec("/whoami")  # the rest serves meanwhile
+            if down == "not listening":
+                await tg.__aenter__()
+            try:
+                for _ in range(100):  # 1 s, then 2 s of back-off (at most), and jitter
+                    ready = await client.get("/ready")
+                    if ready.status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                assert ready.json()["checks"]["adapter:telegram"] == "connected"
+                update = tg.command("/whoami", user_id=ALICE)
+                call = await tg.wait_call("sendMessage", replying_to=update)
+                assert "You are alice" in call.text
+            finally:
+                await tg.__aexit__(None, None, None)
 
 
 async def test_refused_token_is_reported_without_the_token(tg: FakeTelegram) -> None:
