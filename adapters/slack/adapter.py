@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ from bot.kernel.adapter import (
     MessageHandler,
     PlatformLimits,
     Rate,
+    Refused,
     check_post_attempt,
     keyed_slot,
 )
@@ -63,6 +65,7 @@ _KEYED_MESSAGES = 1000  # posts remembered for later edits (job progress), oldes
 _CONNECT_TIMEOUT = 15.0
 # Seconds per Web API call: an unreachable Slack must not hold up the bot's start for long.
 _API_TIMEOUT = 10
+SIGNATURE_WINDOW_S = 300  # slack_sdk's SignatureVerifier: 5 minutes either way
 _T = TypeVar("_T")
 
 
@@ -82,10 +85,13 @@ class SlackAdapter:
         *,
         ping_interval: float = 10.0,
         stop_grace: float = 10.0,
+        refused: Refused | None = None,
     ) -> None:
         """No I/O here: ``start()`` connects. ``ping_interval`` is how often Socket Mode
         checks its websocket (and so how soon it notices a silent drop); ``stop_grace``
-        how long ``stop()`` waits for answers in flight before cancelling them."""
+        how long ``stop()`` waits for answers in flight before cancelling them;
+        ``refused`` is told why each HTTP request Bolt's signature check refused was
+        refused."""
         self._section: SlackSection = section or SlackSection()
         # The slash commands this app answers: the umbrella and those listed on their own.
         self._commands = tuple(
@@ -96,6 +102,7 @@ class SlackAdapter:
         )
         self._clock = clock
         self._ping_interval = ping_interval
+        self._refused = refused
         self._stop_grace = stop_grace
         self._handler: MessageHandler | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -249,9 +256,12 @@ class SlackAdapter:
     async def _serve_http(self, app: AsyncApp) -> None:
         section = self._section
         # Bolt's own aiohttp app: request signatures (and their 5-minute window) are
-        # checked by its middleware before any listener runs.
+        # checked by its middleware before any listener runs. Its refusal (401, the only
+        # one Bolt answers without a verification token) is then told, with the reason.
+        web_app = app.web_app(path=section.http_path, port=section.http_port)
+        web_app.middlewares.append(self._count_refusals)
         runner = web.AppRunner(
-            app.web_app(path=section.http_path, port=section.http_port),
+            web_app,
             access_log=None,
             shutdown_timeout=min(self._stop_grace, 5.0),
         )
@@ -267,6 +277,21 @@ class SlackAdapter:
             ) from exc
         address = runner.addresses[0]
         self.http_port = int(address[1])
+
+    @web.middleware
+    async def _count_refusals(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if refusal_reason(request.headers, 0) == "bad_timestamp":
+            # Bolt's check would raise on it: a 500 and an error with a traceback in the
+            # log, for each such request. Refused here, as Bolt refuses the others.
+            if self._refused is not None:
+                self._refused("bad_timestamp")
+            return web.json_response({"error": "invalid request"}, status=401)
+        response = await handler(request)
+        if response.status == 401 and self._refused is not None:
+            self._refused(refusal_reason(request.headers, time.time()))
+        return response
 
     # -- incoming -------------------------------------------------------------------
     # Bolt passes listener arguments by parameter name: these must be called ack and body.
@@ -671,6 +696,19 @@ def plain_text(text: str) -> str:
         return text
     unlinked = _LINK.sub(link, text)
     return unlinked.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def refusal_reason(headers: Mapping[str, str], now: float) -> str:
+    """Why Bolt's signature check refused a request, from what it checked (the headers
+    and the 5-minute window; a signature present and in time was simply wrong)."""
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    if not timestamp or not headers.get("X-Slack-Signature"):
+        return "missing_headers"
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return "bad_timestamp"
+    return "stale_timestamp" if abs(now - sent) > SIGNATURE_WINDOW_S else "bad_signature"
 
 
 def _retry_after(exc: SlackApiError) -> float | None:

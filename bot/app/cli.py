@@ -409,7 +409,7 @@ async def _serve(config: Config, source: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await bot.start(defer_scheduled=True)
-    await bot.attach(build_adapters(config, COMMANDS, bot.clock))
+    await bot.attach(build_adapters(config, COMMANDS, bot.clock, bot.metrics))
     await bot.start_scheduled()
     # Everything made while starting lives as long as the process: move it out of the
     # collector's sight, so the first full collection does not stall commands in flight

@@ -25,6 +25,11 @@ from bot.kernel.reply import Reply
 
 MessageHandler = Callable[[Message], Awaitable[Reply | None]]
 
+Refused = Callable[[str], None]
+"""How an adapter reports a request it turned away before anything was read from it (a
+Slack request with a bad signature: ``"bad_signature"``); the bot counts them by reason in
+/metrics and logs them, at most a line per reason a minute."""
+
 Poster = Callable[[Location, Reply, str | None], Awaitable[None]]
 """How an adapter posts to its platform: ``(location, reply, key)``. It raises on
 failure (the outbox retries); :class:`RetryAfter` when the platform asked to wait."""

@@ -100,6 +100,13 @@ class Metrics:
             "Alerts firing now (inbound and checks), as this replica last read them",
             registry=self.registry,
         )
+        self.refused_requests = Counter(
+            "opsbot_refused_requests",
+            "Requests a platform adapter refused before reading them, by platform and reason "
+            "(Slack HTTP mode: bad_signature, stale_timestamp, missing_headers, bad_timestamp)",
+            ["platform", "reason"],
+            registry=self.registry,
+        )
         self.check_state = Gauge(
             "opsbot_check_state",
             "Each check's state: 0 ok, 1 warn, 2 critical",

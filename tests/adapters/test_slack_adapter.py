@@ -15,15 +15,18 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.slack.adapter import SlackAdapter, plain_text, strip_mention
 from adapters.slack.builtins import SLACK_BUILTIN_COMMANDS
 from adapters.slack.manifest import manifest
 from adapters.slack.render import BLOCKS_PER_MESSAGE, SECTION_LIMIT, render
+from bot.app.adapters import build_adapters, refusals
 from bot.app.cli import EXIT_CONFIG, main
 from bot.app.config import parse_config
 from bot.kernel.command import CommandSpec
 from bot.kernel.message import Location
+from bot.kernel.metrics import Metrics
 from bot.kernel.reply import Button, Reply, Status
 from commands import COMMANDS
 from tests.actionkit import Scripts, actions_config
@@ -243,6 +246,62 @@ async def test_http_mode_checks_signatures_and_answers_valid_requests(scripts: S
         assert scripts.runs() == ["v1.2"]
         requested = [e.args for e in await tb.audit() if e.status == "requested"]
         assert requested == [{"tag": "v1.2"}, {"tag": "v1.3"}]
+
+
+async def test_refused_http_requests_are_counted_by_reason_and_logged_rate_limited() -> None:
+    """Requests Bolt's signature check refuses show in /metrics by reason, and in the log
+    as one warning per reason a minute, however many come."""
+    async with FakeSlack() as slack:
+        config = BASE_CONFIG + slack.config(mode="http", signing_secret=SECRET, http_port=0)
+        async with running_bot(config, serve_http=True) as tb:
+            bot = tb.bot
+            [adapter] = build_adapters(bot.config, COMMANDS, bot.clock, bot.metrics)
+            await bot.attach([adapter])
+            assert isinstance(adapter, SlackAdapter) and bot.http_server is not None
+            url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
+            body = urlencode(slack.slash_command("/ops", "whoami", user=ALICE)).encode()
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            sent = {
+                "bad_signature": {**sign("not-the-secret", body), **form},
+                "stale_timestamp": {**sign(SECRET, body, int(time.time()) - 301), **form},
+                "missing_headers": form,
+                "bad_timestamp": {**sign(SECRET, body), "X-Slack-Request-Timestamp": "x", **form},
+            }
+            with capture_logs() as logs:
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(3):
+                        for headers in sent.values():
+                            async with http.post(url, data=body, headers=headers) as response:
+                                assert response.status == 401
+                    signed = {**sign(SECRET, body), **form}
+                    async with http.post(url, data=body, headers=signed) as response:
+                        assert response.status == 200
+                    base = f"http://127.0.0.1:{bot.http_server.bound_port}"
+                    async with http.get(f"{base}/metrics") as response:
+                        metrics = await response.text()
+            await slack.wait_for(lambda: slack.find_response("You are alice"))
+    for reason in sent:
+        line = f'opsbot_refused_requests_total{{platform="slack",reason="{reason}"}} 3.0'
+        assert line in metrics, reason
+    warnings = [e for e in logs if e["event"] == "adapter.requests_refused"]
+    assert sorted(e["reason"] for e in warnings) == sorted(sent)  # one line per reason
+    assert all(e["log_level"] == "warning" and e["count"] == 1 for e in warnings)
+    assert "Bad signature" not in str(logs) and "not-the-secret" not in str(logs)
+
+
+def test_refusals_are_logged_once_a_minute_per_reason_with_the_count_since() -> None:
+    clock = [0.0]
+    refused = refusals(Metrics(), "slack", now=lambda: clock[0])
+    with capture_logs() as logs:
+        for at in (0.0, 1.0, 2.0, 59.0, 61.0, 62.0):
+            clock[0] = at
+            refused("bad_signature")
+        refused("stale_timestamp")
+    assert [(e["reason"], e["count"]) for e in logs] == [
+        ("bad_signature", 1),
+        ("bad_signature", 4),  # the three since the first line, and this one
+        ("stale_timestamp", 1),
+    ]
 
 
 async def test_http_mode_binds_loopback_by_default() -> None:
