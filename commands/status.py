@@ -34,6 +34,8 @@ async def run(request: Request, _: NoArgs, deps: StatusDeps) -> Reply:
     adapters = ", ".join(
         f"{name}: {state}" for name, state in sorted((await deps.adapters.refresh()).items())
     )
+    # The name people address the bot by, which each platform gave it when connecting.
+    names = ", ".join(f"{name} {who}" for name, who in sorted(deps.adapters.identities.items()))
     return Reply(
         title=f"opsbot {__version__} up {format_duration(deps.clock.now() - deps.info.started_at)}",
         status=Status.OK,
@@ -41,6 +43,7 @@ async def run(request: Request, _: NoArgs, deps: StatusDeps) -> Reply:
             Field("version", __version__),
             Field("started", f"{deps.info.started_at:%Y-%m-%d %H:%M:%S} UTC"),
             Field("adapters", adapters or "none"),
+            *((Field("answers to", names),) if names else ()),
             Field("policy", mode),
             Field("config", deps.info.config_source),
         ),

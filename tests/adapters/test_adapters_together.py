@@ -10,8 +10,11 @@ from adapters.discord.adapter import DiscordAdapter
 from adapters.slack.adapter import SlackAdapter
 from adapters.telegram.adapter import TelegramAdapter
 from tests.botharness import BASE_CONFIG, running_bot
+from tests.fakes.discord_server import BOT_ID as DISCORD_BOT
 from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.slack_server import BOT_USER_ID as SLACK_BOT
 from tests.fakes.slack_server import FakeSlack
+from tests.fakes.telegram_server import BOT_USERNAME as TELEGRAM_BOT
 from tests.fakes.telegram_server import FakeTelegram
 
 ROUNDS = 5  # /whoami per platform, all in flight together
@@ -31,7 +34,7 @@ def _discord(config: Any, commands: Any, clock: Any) -> DiscordAdapter:
     )
 
 
-async def test_three_platforms_in_one_process_answer_concurrently() -> None:
+async def test_three_platforms_in_one_process_answer_concurrently_and_say_who_they_are() -> None:
     async with FakeSlack() as slack, FakeTelegram() as telegram, FakeDiscord() as discord:
         config = BASE_CONFIG + slack.config() + telegram.config() + discord.config()
         adapters = [_slack, _telegram, _discord]
@@ -42,6 +45,13 @@ async def test_three_platforms_in_one_process_answer_concurrently() -> None:
                 "telegram": "connected",
                 "discord": "connected",
             }
+            # /status says the name to address the bot by on each platform.
+            status = await tb.exec("/status")
+            [line] = [line for line in status.splitlines() if "answers to" in line]
+            assert line.split() == [
+                *("answers", "to", "discord", "@opsbot", f"({DISCORD_BOT}),"),
+                *("slack", "@opsbot", f"({SLACK_BOT}),", "telegram", f"@{TELEGRAM_BOT}"),
+            ]
 
             async def on_slack(i: int) -> str:
                 await slack.send(
