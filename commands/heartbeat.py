@@ -14,7 +14,7 @@ from bot.features.heartbeats.service import Heartbeats
 from bot.kernel.clock import Clock
 from bot.kernel.command import Args, CommandSpec, Request, Risk
 from bot.kernel.durations import format_duration, parse_duration
-from bot.kernel.errors import UsageError, UserError
+from bot.kernel.errors import DependencyError, UsageError, UserError
 from bot.kernel.reply import Field, Reply, Status, Table
 
 USAGE = "/heartbeat [now [name] | pause <duration> [name]]"
@@ -125,18 +125,19 @@ async def _pause(
     for name in names:
         try:
             next_run = await deps.scheduler.pause_everywhere(name, until)
-        except StateRedisUnavailable as exc:
+        except DependencyError as exc:
+            where = "Redis" if isinstance(exc, StateRedisUnavailable) else "state database"
             await deps.audit.record_event(
                 request,
                 kind="heartbeat",
                 command="heartbeat",
                 args={"heartbeats": [name]},
                 status="pause_failed",
-                detail="not paused: Redis unreachable",
+                detail=f"not paused: {where} unreachable",
             )
             raise UserError(
-                f"{_heartbeats([name])} not paused: opsbot cannot reach its Redis, so the "
-                "replica that posts heartbeats cannot be told; try again shortly"
+                f"{_heartbeats([name])} not paused: opsbot cannot reach its {where}, so the "
+                "process that posts heartbeats cannot be told; try again shortly"
             ) from exc
         rows.append((name, _when(next_run, now) if next_run else "not scheduled"))
     return Reply(

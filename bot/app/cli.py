@@ -308,7 +308,8 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
     # SIGTERM: stop reading, let running jobs finish within jobs.shutdown_grace, cancel
     # the rest (bot.stop() does that), as `opsbot run` does.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await bot.start(serve_http=False if args.no_http else None)
+    await bot.start(serve_http=False if args.no_http else None, defer_scheduled=True)
+    await bot.start_on_demand()
     try:
         await console.start(bot.handle)
         bot.outbox.register("console", console.post, console.limits)

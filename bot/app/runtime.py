@@ -18,7 +18,7 @@ import structlog
 
 from bot.app.config.models import Config
 from bot.app.connecting import AdapterKeeper, Backoff
-from bot.app.http_server import HttpServer, build_app
+from bot.app.http_server import DEGRADED, HttpServer, build_app
 from bot.app.services import Services
 from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
 from bot.app.witness import AuditWitness
@@ -33,7 +33,7 @@ from bot.cluster.dedup import (
     WriterProcessClaims,
 )
 from bot.cluster.http_clients import HttpClients
-from bot.cluster.leader import leadership_for
+from bot.cluster.leader import Leadership, LeaderView, leadership_for
 from bot.cluster.pauses import RedisPauses, SqlPauses
 from bot.cluster.redis_clients import RedisClients
 from bot.cluster.scheduler import Every, Scheduler
@@ -242,6 +242,14 @@ class Bot:
         self.metrics.audit_spool.set_function(lambda: self.audit.store.spool_depth)
         self.metrics.audit_writable.set_function(lambda: self.audit.store.unwritable is None)
         self.metrics.alerts_firing.set_function(lambda: self.alert_board.known)
+        self.metrics.track_cluster(
+            is_leader=lambda: float(self.leadership.view().leading),
+            redis_up=(
+                (lambda: float(self.leadership.view().redis == "ok"))
+                if config.state.redis_url is not None
+                else None
+            ),
+        )
 
     def _services(self) -> Services:
         """What commands may ask for, by type (each command's ``needs`` names its own)."""
@@ -263,6 +271,7 @@ class Bot:
         services.add(Checks, self.checks)
         services.add(Authorizer, self.authorizer)
         services.add(Catalog, self.catalog)
+        services.add(Leadership, self.leadership)
         services.add(ServiceTargets, ServiceTargets(self.config.services))
         services.add(WatchedQueues, WatchedQueues(self.config.queues))
         return services
@@ -289,6 +298,7 @@ class Bot:
                     self.metrics,
                     self.readiness,
                     alert_routes(self.alert_intake, self.config.alerts),
+                    self.cluster if self.config.state.redis_url is not None else None,
                 ),
                 self.config.http.host,
                 self.config.http.port,
@@ -398,7 +408,14 @@ class Bot:
         checks = {"audit": self.audit.state()}
         states = await self.adapters.refresh()
         checks.update({f"adapter:{name}": state for name, state in states.items()})
+        if self.config.state.redis_url is not None:
+            checks["redis"] = _redis_readiness(self.leadership.view())
         return checks
+
+    def cluster(self) -> dict[str, str]:
+        """This replica, its Redis and the leader, for /ready."""
+        view = self.leadership.view()
+        return {"replica": self.config.bot.replica_id, "redis": view.redis, "leader": view.leader}
 
     async def __aenter__(self) -> Bot:
         await self.start()
@@ -415,6 +432,18 @@ class Bot:
 
 _log = structlog.get_logger("opsbot.runtime")
 OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _redis_readiness(view: LeaderView) -> str:
+    # Degraded, not unready: every replica shares this Redis, so a 503 would take them all
+    # out of the load balancer at once, and with them alert intake and Slack's HTTP events,
+    # which keep working without Redis. Commands are answered too; what stops is said here.
+    if view.redis == "ok":
+        return "ok"
+    return (
+        f"{DEGRADED}: Redis {view.redis}; no replica leads, so checks and heartbeats wait "
+        "for it, and alerts are deduplicated per replica"
+    )
 
 
 def _shared_job_slots(config: Config, clients: RedisClients) -> RedisJobLocks | None:

@@ -9,16 +9,42 @@ expiring with it. The leader reads it before each scheduled run
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
+from bot.kernel.clock import Clock
+from bot.storage.shared_values import SharedValues
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from bot.cluster.redis_clients import RedisClients
+
+
+class SharedPauses(Protocol):
+    """Where pauses are kept for every process; DependencyError when it cannot be asked."""
+
+    async def until(self, job: str) -> datetime | None: ...
+
+    async def pause(self, job: str, until: datetime, now: datetime) -> None: ...
+
+
+class SqlPauses:
+    """The same in the state database, for a bot without Redis: a ``/heartbeat pause`` typed
+    in a console beside ``opsbot run`` holds for the bot."""
+
+    def __init__(self, values: SharedValues, clock: Clock) -> None:
+        self._values = values
+        self._clock = clock
+
+    async def until(self, job: str) -> datetime | None:
+        value = await self._values.get(_key(job), self._clock.now())
+        return datetime.fromisoformat(value) if value is not None else None
+
+    async def pause(self, job: str, until: datetime, now: datetime) -> None:
+        await self._values.set(_key(job), until.isoformat(), expires_at=until)
 
 
 class RedisPauses:

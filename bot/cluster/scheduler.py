@@ -15,6 +15,15 @@
   the system clock.
 * Schedules: :class:`Every` (an interval, its grid starting one interval after
   ``start()``) or :class:`Cron` (a standard 5-field crontab line, in UTC).
+* A job added with :meth:`Scheduler.add_catching_up` (heartbeats) runs each slot of its
+  schedule once across replicas: a scheduled run first claims its slot, fenced
+  (``Leadership.claim_slot``: the lease and its token checked and the slot recorded in one
+  step), and does nothing if it was claimed already. A slot that came while no replica
+  led (a leader killed just before it, a Redis outage) is run late, once: a replica that
+  becomes leader runs the job's latest slot if it is not older than ``misfire_grace`` and
+  a slot was claimed before it but not this one. The function gets the :class:`Slot`
+  (``late`` set), so the post can say so. A claim is made before the work: a leader that
+  dies between the two loses the slot rather than posting it twice.
 """
 
 from __future__ import annotations
@@ -30,15 +39,28 @@ from typing import Any
 import structlog
 
 from bot.cluster.leader import Leadership, LostLeadership, SoleLeader
-from bot.cluster.pauses import RedisPauses
-from bot.cluster.redis_clients import StateRedisUnavailable
+from bot.cluster.pauses import SharedPauses
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
+from bot.kernel.errors import DependencyError
 from bot.kernel.failures import report_failure
 
 log = structlog.get_logger("opsbot.scheduler")
 
 JobFunc = Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """The time of the schedule a run is for; ``late``: run after a hand-over or an
+    outage, not at that time."""
+
+    at: datetime
+    late: bool = False
+
+
+# What add_catching_up() takes: the run's slot, None when a person asked for the run.
+SlotFunc = Callable[[Slot | None], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +100,9 @@ class JobView:
 @dataclass(slots=True, eq=False)
 class _Job:
     name: str
-    func: JobFunc
+    func: SlotFunc
     schedule: Schedule
+    catch_up: bool = False
     trigger: Any = None  # the APScheduler trigger, made at start()
     paused_until: datetime | None = None
     task: asyncio.Task[None] | None = None
@@ -93,7 +116,7 @@ class Scheduler:
         shutdown_grace: timedelta = timedelta(seconds=10),
         misfire_grace: timedelta = timedelta(minutes=5),
         leadership: Leadership | None = None,
-        shared_pauses: RedisPauses | None = None,
+        shared_pauses: SharedPauses | None = None,
     ) -> None:
         """No I/O and no event loop needed: APScheduler is created in ``start()``.
 
@@ -109,15 +132,28 @@ class Scheduler:
         self._jobs: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._aps: Any = None  # AsyncIOScheduler while started
+        self._leadership.on_change(self._leadership_changed)
+        # False in a console: jobs run when a person asks (run_now), never on their own.
+        self._scheduling = True
 
     # ------------------------------------------------------------------ jobs
 
     def add(self, name: str, func: JobFunc, schedule: Schedule) -> None:
-        if name in self._jobs:
-            raise ValueError(f"a job named '{name}' is already scheduled")
-        job = _Job(name, func, schedule)
-        self._jobs[name] = job
-        if self._aps is not None:
+        async def run(_: Slot | None) -> object:
+            return await func()
+
+        self._add(_Job(name, run, schedule))
+
+    def add_catching_up(self, name: str, func: SlotFunc, schedule: Schedule) -> None:
+        """Like :meth:`add`, for a job whose every slot must run once across replicas,
+        late rather than never (see the module docstring)."""
+        self._add(_Job(name, func, schedule, catch_up=True))
+
+    def _add(self, job: _Job) -> None:
+        if job.name in self._jobs:
+            raise ValueError(f"a job named '{job.name}' is already scheduled")
+        self._jobs[job.name] = job
+        if self._aps is not None and self._scheduling:
             self._schedule(job)
 
     @property
@@ -149,16 +185,17 @@ class Scheduler:
         short pause also ends a long one."""
         job = self._get(name)
         job.paused_until = until
-        if self._aps is None:
-            return None  # start() takes the pause into account
+        if self._aps is None or job.trigger is None:
+            return None  # start() takes the pause into account; on demand: no schedule
         when = next_fire_time(job.trigger, until)
         self._aps.modify_job(name, next_run_time=when)
         log.info("scheduler.paused", job=name, until=until.isoformat(), next_run=_iso(when))
         return when
 
     async def pause_everywhere(self, name: str, until: datetime) -> datetime | None:
-        """:meth:`pause` here, and on every replica (StateRedisUnavailable when they cannot be
-        told, before anything is paused); returns the job's next run here."""
+        """:meth:`pause` here, and on every replica and process sharing the state
+        (DependencyError when they cannot be told, before anything is paused); returns the
+        job's next run here."""
         if self._shared_pauses is not None:
             await self._shared_pauses.pause(name, until, self._clock.now())
         return self.pause(name, until)
@@ -171,7 +208,7 @@ class Scheduler:
             return here
         try:
             shared = await self._shared_pauses.until(name)
-        except StateRedisUnavailable:
+        except DependencyError:
             return here
         if shared is None or shared <= self._clock.now():
             return here
@@ -200,9 +237,18 @@ class Scheduler:
 
     # ------------------------------------------------------------------ life cycle
 
-    async def start(self) -> None:
+    @property
+    def scheduling(self) -> bool:
+        """Whether jobs run on their schedules (False: only when asked, in a console)."""
+        return self._scheduling
+
+    async def start(self, *, scheduling: bool = True) -> None:
+        """Start running jobs on their schedules; ``scheduling=False``: only when asked
+        (``run_now``), as a console next to a running bot must never do the bot's
+        scheduled work."""
         if self._aps is not None:
             raise RuntimeError("the scheduler is already started")
+        self._scheduling = scheduling
         from apscheduler.schedulers.asyncio import (  # type: ignore[import-untyped]
             AsyncIOScheduler,
         )
@@ -219,9 +265,14 @@ class Scheduler:
         )
         aps.start()  # binds to the running loop
         self._aps = aps
+        if not scheduling:
+            log.info("scheduler.on_demand", jobs=len(self._jobs))
+            return
         for job in self._jobs.values():
             self._schedule(job)
         log.info("scheduler.started", jobs=len(self._jobs))
+        if self._leadership.is_leader:  # it led before the scheduler ran
+            self._leadership_changed(True)
 
     async def stop(self) -> None:
         """Stop scheduling, then wait for the running jobs (cancelled after the grace)."""
@@ -291,9 +342,34 @@ class Scheduler:
             return
         if await self._paused_elsewhere(name):
             return
+        slot = None
+        if job.catch_up:
+            at = latest_slot(job, _wall_now(), self._misfire_grace)
+            slot = None if at is None else Slot(at)
         # A fresh context: APScheduler's timer callback may carry whichever request last
         # touched the scheduler (a /heartbeat pause), and this run is not part of it.
-        self._launch(job, contextvars.Context(), fenced=True)
+        self._launch(job, contextvars.Context(), fenced=True, slot=slot)
+
+    def _leadership_changed(self, leading: bool) -> None:
+        """On becoming leader: run, late, the slots no replica ran (module docstring)."""
+        if not leading or self._aps is None or not self._scheduling:
+            return
+        for job in self._jobs.values():
+            if not job.catch_up:
+                continue
+            at = latest_slot(job, _wall_now(), self._misfire_grace)
+            if at is None or (job.paused_until is not None and job.paused_until > at):
+                continue
+            task = asyncio.create_task(self._catch_up(job, Slot(at, late=True)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, job: _Job, slot: Slot) -> None:
+        if await self._paused_elsewhere(job.name):
+            return
+        if job.task is not None and not job.task.done():
+            return  # a run started meanwhile (its own slot is the latest)
+        self._launch(job, contextvars.Context(), fenced=True, slot=slot)
 
     async def _paused_elsewhere(self, name: str) -> bool:
         """A pause asked for on another replica (this one's own moved the schedule)."""
@@ -301,9 +377,9 @@ class Scheduler:
             return False
         try:
             until = await self._shared_pauses.until(name)
-        except StateRedisUnavailable as exc:
+        except DependencyError as exc:
             # A heartbeat is a dead man's switch: when in doubt, it goes out.
-            log.warning("scheduler.pause_unknown", job=name, error=str(exc.original))
+            log.warning("scheduler.pause_unknown", job=name, error=str(exc))
             return False
         if until is None or until <= self._clock.now():
             return False
@@ -311,26 +387,35 @@ class Scheduler:
         return True
 
     def _launch(
-        self, job: _Job, context: contextvars.Context, *, fenced: bool = False
+        self,
+        job: _Job,
+        context: contextvars.Context,
+        *,
+        fenced: bool = False,
+        slot: Slot | None = None,
     ) -> asyncio.Task[None]:
         if job.task is not None and not job.task.done():
             return job.task
-        task = asyncio.create_task(self._run(job, fenced), name=f"job:{job.name}", context=context)
+        task = asyncio.create_task(
+            self._run(job, fenced, slot), name=f"job:{job.name}", context=context
+        )
         job.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job: _Job, fenced: bool = False) -> None:
+    async def _run(self, job: _Job, fenced: bool = False, slot: Slot | None = None) -> None:
         """The one sink for every job failure: logged with the job's name, never raised
         into APScheduler (the job keeps its schedule)."""
         with structlog.contextvars.bound_contextvars(job=job.name):
             try:
                 if fenced:
                     # A stalled old leader learns here that another replica took over.
+                    if slot is not None and not await self._claim(job, slot):
+                        return
                     await self._leadership.check_fence()
                     _FENCED.set(True)  # this task's own context
-                await job.func()
+                await job.func(slot)
             except LostLeadership as exc:
                 log.warning("scheduler.not_leader_any_more", job=job.name, reason=str(exc))
             except asyncio.CancelledError:
@@ -338,6 +423,41 @@ class Scheduler:
                 raise
             except Exception as exc:
                 report_failure("scheduler.job", exc, job=job.name)
+
+    async def _claim(self, job: _Job, slot: Slot) -> bool:
+        """Claim ``slot`` for this run; False (logged) when it ran already."""
+        won = await self._leadership.claim_slot(
+            f"opsbot:schedule:{job.name}:last",
+            round(slot.at.timestamp() * 1000),
+            only_after_a_claim=slot.late,
+        )
+        if won and slot.late:
+            log.warning("scheduler.slot_run_late", slot=slot.at.isoformat())
+        elif not won and not slot.late:
+            log.info("scheduler.slot_already_run", slot=slot.at.isoformat())
+        return bool(won)
+
+
+def _wall_now() -> datetime:
+    # Not the Clock: slots are the times APScheduler fires at, by the wall clock.
+    return datetime.now(UTC)
+
+
+def latest_slot(job: _Job, now: datetime, within_s: int) -> datetime | None:
+    """The last time ``job``'s schedule gave at or before ``now``, if within ``within_s``
+    seconds of it."""
+    earliest = now - timedelta(seconds=within_s)
+    if isinstance(job.schedule, Every):
+        # The grid is counted from the epoch (make_trigger), before this process started.
+        step = job.schedule.interval
+        at = _EPOCH + ((now - _EPOCH) // step) * step
+        return at if at >= earliest else None
+    found = None
+    when = next_fire_time(job.trigger, earliest)
+    while when is not None and when <= now:
+        found = when
+        when = next_fire_time(job.trigger, when + timedelta(microseconds=1))
+    return found
 
 
 # Set in a scheduled (leader-only) run's task; run_now() runs anywhere and is not fenced.

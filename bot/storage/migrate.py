@@ -24,7 +24,7 @@ _PG_MIGRATION_LOCK = 0x6F707362_6F7401  # "opsbot" + 1; any constant shared by a
 # Every revision in migrations/versions, oldest first. Start-up checks the schema against
 # this list without importing Alembic (a tenth of a second on every `opsbot` start); a
 # test keeps it equal to Alembic's own history.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -94,3 +94,14 @@ silences = sa.Table(
     sa.Column("notify_thread", sa.Text, nullable=True),
     sa.Column("told_at", UTCDateTime, nullable=True),
 )
+
+# Small shared values for one host without Redis (migration 0008): the policy mode and
+# heartbeat pauses, so every process on one data directory (a console beside `opsbot run`)
+# agrees. With Redis configured these live there instead.
+shared_state = sa.Table(
+    "shared_state",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
 from bot.features.policy.config import PolicyMode
+from bot.kernel.errors import DependencyError
+from bot.storage.shared_values import SharedValues
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -44,6 +46,44 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class SharedPolicyStore(Protocol):
+    """Where the mode is kept for every process; DependencyError when it cannot be asked."""
+
+    async def load(self) -> tuple[PolicyState, str] | None: ...
+
+    async def save(self, state: PolicyState) -> None: ...
+
+    async def save_if_absent(self, state: PolicyState) -> bool: ...
+
+    async def expire(self, stored: str, strict: PolicyState) -> bool: ...
+
+
+class SqlPolicyStore:
+    """The same, in the state database: for a bot without Redis, so every process on one
+    data directory (a console beside ``opsbot run``) sees the same mode."""
+
+    def __init__(self, values: SharedValues) -> None:
+        self._values = values
+
+    async def load(self) -> tuple[PolicyState, str] | None:
+        text = await self._values.get(KEY)
+        if text is None:
+            return None
+        try:
+            return decode(text), text
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DependencyError("state database", f"unreadable policy state ({exc})") from exc
+
+    async def save(self, state: PolicyState) -> None:
+        await self._values.set(KEY, encode(state))
+
+    async def save_if_absent(self, state: PolicyState) -> bool:
+        return await self._values.set_if_absent(KEY, encode(state))
+
+    async def expire(self, stored: str, strict: PolicyState) -> bool:
+        return await self._values.swap(KEY, stored, encode(strict))
 
 
 class RedisPolicyStore:

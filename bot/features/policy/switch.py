@@ -3,10 +3,11 @@
 In ``off`` high-risk actions may skip second-person approval; roles still apply
 and unknown users are still denied. Every switch, and every expiry, is audited.
 
-With several replicas (``state.redis_url``) the mode lives in Redis
-(:mod:`bot.features.policy.store`) and every replica reads it when it is needed: a switch typed to
-one replica holds on all. A replica that cannot reach Redis applies strict, and a switch
-that cannot reach it is refused.
+The mode lives in shared state (:mod:`bot.features.policy.store`): Redis with several
+replicas (``state.redis_url``), else the state database, so a console beside ``opsbot run``
+on the same data directory agrees with it. Every process reads it when it is needed: a
+switch typed to one holds on all. A process that cannot reach the store applies strict, and
+a switch that cannot reach it is refused.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from bot.audit import AuditEntry
 from bot.audit.trail import AuditTrail
 from bot.cluster.redis_clients import StateRedisUnavailable
 from bot.features.policy.config import PolicyMode, PolicySection
-from bot.features.policy.store import PolicyState, RedisPolicyStore, encode
+from bot.features.policy.store import PolicyState, SharedPolicyStore, encode
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
-from bot.kernel.errors import UsageError, UserError
+from bot.kernel.errors import DependencyError, UsageError, UserError
 from bot.kernel.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -40,7 +41,7 @@ class PolicySwitch:
         clock: Clock,
         audit: AuditTrail,
         metrics: Metrics,
-        shared: RedisPolicyStore | None = None,
+        shared: SharedPolicyStore | None = None,
     ) -> None:
         self._section = section
         self._clock = clock
@@ -56,8 +57,8 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._refresh()
-            except StateRedisUnavailable as exc:
-                log.warning("policy.shared_unreachable", error=str(exc.original))
+            except DependencyError as exc:
+                log.warning("policy.shared_unreachable", error=str(exc))
                 return
             if self._stored is not None:
                 # A replica (re)starting must not reopen a window that was closed, or
@@ -77,10 +78,13 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._refresh()
-            except StateRedisUnavailable as exc:
-                log.warning("policy.shared_unreachable", error=str(exc.original))
+            except DependencyError as exc:
+                log.warning("policy.shared_unreachable", error=str(exc))
                 return PolicyState(
-                    PolicyMode.STRICT, None, "opsbot", "Redis unreachable: strict until it is back"
+                    PolicyMode.STRICT,
+                    None,
+                    "opsbot",
+                    f"{_store_name(exc)} unreachable: strict until it is back",
                 )
         await self._expire_if_due()
         return self._state
@@ -95,10 +99,10 @@ class PolicySwitch:
             )
         try:
             await self._switch_off(ttl, principal, reason, request_id)
-        except StateRedisUnavailable as exc:
+        except DependencyError as exc:
             raise UserError(
-                "policy stays strict: opsbot cannot reach its Redis, so the replicas cannot "
-                "all be switched off"
+                f"policy stays strict: opsbot cannot reach its {_store_name(exc)}, so not "
+                "every process can be switched off"
             ) from exc
         return self._state
 
@@ -107,11 +111,11 @@ class PolicySwitch:
             await self._set(
                 PolicyState(PolicyMode.STRICT, None, principal, reason), request_id, "strict"
             )
-        except StateRedisUnavailable as exc:
+        except DependencyError as exc:
             ends = self._state.until
             raise UserError(
                 "could not switch every replica back to strict: opsbot cannot reach its "
-                "Redis. Replicas that cannot reach it apply strict anyway"
+                f"{_store_name(exc)}. Replicas that cannot reach it apply strict anyway"
                 + (f"; the off window ends by itself at {ends:%H:%M} UTC" if ends else "")
             ) from exc
         return self._state
@@ -135,7 +139,7 @@ class PolicySwitch:
         if self._shared is not None:
             try:
                 await self._shared.save(state)
-            except StateRedisUnavailable:
+            except DependencyError:
                 if loosening:
                     await self._record_quietly(
                         self._entry(state, request_id, "off_failed", _NOT_APPLIED)
@@ -218,8 +222,8 @@ class PolicySwitch:
             if not won:
                 await self._refresh()
                 return
-        except StateRedisUnavailable as exc:
-            log.warning("policy.shared_unreachable", error=str(exc.original))
+        except DependencyError as exc:
+            log.warning("policy.shared_unreachable", error=str(exc))
             # Past its end, so strict here; once Redis is back the next read takes the
             # stale window again and swaps it.
             self._stored = None
@@ -229,3 +233,7 @@ class PolicySwitch:
         self._apply(expired)
         await self._audit.record_durably(self._entry(expired, "", "expired"))
         log.info("policy.switched", mode=str(expired.mode), until="", by=expired.changed_by)
+
+
+def _store_name(exc: DependencyError) -> str:
+    return "Redis" if isinstance(exc, StateRedisUnavailable) else "state database"

@@ -1,0 +1,129 @@
+"""A console opened next to a running bot is a client of the shared state, never a second
+bot: it runs no scheduled work, claims no alert, never leads; what it changes (the policy
+mode, a heartbeat pause) holds for every process on the same data directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.processes import ROOT, clean_env, run_opsbot
+
+# A check that fails on its first run (nothing listens on port 9), every 10 s.
+CONFIG = """
+[bot]
+name = "opsbot"
+
+[console]
+principal = "alice"
+channel = "ops"
+
+[roles.oncall]
+[identities.alice]
+roles = ["oncall"]
+ids = ["console:alice"]
+[channels.ops]
+ids = ["console:ops"]
+
+[policy]
+admin_roles = ["oncall"]
+[policy.commands.checks]
+roles = ["oncall"]
+[policy.commands.policy]
+roles = ["oncall"]
+[policy.commands.heartbeat]
+roles = ["oncall"]
+
+[[heartbeat]]
+name = "ops"
+channels = ["ops"]
+interval = "30m"
+
+[[services]]
+name = "nothing"
+health_url = "http://127.0.0.1:9/health"
+timeout = "1s"
+
+[[checks]]
+name = "nothing-up"
+kind = "health"
+service = "nothing"
+interval = "10s"
+channels = ["ops"]
+"""
+
+
+def test_a_console_runs_no_scheduled_check_and_claims_no_alert(tmp_path: Path) -> None:
+    config = tmp_path / "opsbot.toml"
+    config.write_text(CONFIG)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "console", "--no-http", "--config", str(config)],
+        cwd=ROOT,
+        env=clean_env(OPSBOT_DATA_DIR=str(tmp_path)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdin is not None
+        time.sleep(12.5)  # past the check's first scheduled run (10 s after start)
+        out, errors = proc.communicate("/checks\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "Traceback" not in errors, errors
+    assert "nothing-up" in out  # the console answered /checks
+    assert "FIRING" not in out and "CRITICAL" not in out, out
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
+
+    # Asked for, the check runs in the console: the person sees what they asked for.
+    asked = run_opsbot(
+        "console",
+        "--no-http",
+        "--config",
+        str(config),
+        "-c",
+        "/checks now nothing-up",
+        env=clean_env(OPSBOT_DATA_DIR=str(tmp_path)),
+    )
+    assert "nothing-up" in asked.stdout, asked.stdout + asked.stderr
+
+
+def test_a_policy_window_and_a_pause_made_in_one_process_hold_in_the_next(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "opsbot.toml"
+    config.write_text(CONFIG)
+    env = clean_env(OPSBOT_DATA_DIR=str(tmp_path))
+
+    def console(command: str) -> str:
+        done = run_opsbot("console", "--no-http", "--config", str(config), "-c", command, env=env)
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.stdout
+
+    assert "OFF until" in console("/policy off 30m maintenance")
+    later = console("/policy")
+    assert "OFF until" in later and "maintenance" in later, later
+    assert "Paused" in console("/heartbeat pause 1h ops")
+    listing = console("/heartbeat")
+    assert "paused until" in listing.lower(), listing
+    strict = console("/policy strict done")
+    assert "STRICT" in strict and "STRICT" in console("/policy")
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        outcomes = [
+            row[0]
+            for row in db.execute(
+                "SELECT status FROM audit_log WHERE kind = 'policy' ORDER BY seq"
+            ).fetchall()
+        ]
+    # One window, opened and closed by people: never "changed by config" behind their back.
+    assert outcomes == ["off", "strict"], outcomes
