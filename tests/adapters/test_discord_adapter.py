@@ -321,6 +321,29 @@ async def test_an_event_discord_py_cannot_parse_is_logged_and_skipped(
         assert skipped["error"].startswith("KeyError")
 
 
+async def test_a_gateway_connection_discord_py_gives_up_on_is_started_again(
+    fake: FakeDiscord,
+) -> None:
+    """A dispatch discord.py's own gateway loop cannot read (a RESUMED without data) ends
+    its connection task for good; the bot notices (the adapter says "error"), closes the
+    client and connects afresh, as at start-up, without a restart."""
+    fake.garble_next_resumed = True
+    async with discord_bot(fake) as tb:
+        with capture_logs() as logs:
+            await fake.drop_gateway()
+            for _ in range(200):  # the bot looks every 5 s
+                if fake.identifies == 2 and tb.bot.adapters.states["discord"] == "connected":
+                    break
+                await asyncio.sleep(0.05)
+        assert (fake.identifies, fake.resumes) == (2, 1)
+        lost = [e for e in logs if e["event"] == "adapter.lost"]
+        assert len(lost) == 1 and "TypeError" in lost[0]["error"], lost
+        interaction = await fake.slash("whoami", user=CAROL)
+        reply = await fake.wait_call("POST", followups(fake, interaction))
+        assert "You are carol" in reply.text
+        assert (await tb.bot.readiness())["adapter:discord"] == "connected"
+
+
 async def test_missing_token_names_the_variable_and_the_bot_keeps_serving(
     fake: FakeDiscord,
 ) -> None:

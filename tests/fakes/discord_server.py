@@ -162,6 +162,9 @@ class FakeDiscord:
         # The Message Content intent is not enabled for the app: IDENTIFY is refused (4014).
         self.refuse_message_content = False
         self.silent = False  # never answer IDENTIFY (a gateway that hangs)
+        # Answer the next RESUME with a RESUMED whose data discord.py's gateway loop cannot
+        # read (null): the library's connection task ends with a TypeError.
+        self.garble_next_resumed = False
         self.rate_limited = 0  # channel messages refused by enforce_limits()
         self._window: SlidingWindow | None = None
         self._ids = itertools.count(500_000_000_000_000_001)
@@ -438,6 +441,11 @@ class FakeDiscord:
             await ws.send_str(json.dumps({"op": 9, "d": False}))
             return
         self.resumes += 1
+        if self.garble_next_resumed:
+            self.garble_next_resumed = False
+            self._seq += 1
+            await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._seq, "d": None}))
+            return
         await self._send(ws, "RESUMED", {})
         self._live.set()
 
