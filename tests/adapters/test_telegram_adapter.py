@@ -417,6 +417,16 @@ async def test_an_unreachable_bot_api_is_tried_again_until_it_answers(down: str)
                 await tg.__aexit__(None, None, None)
 
 
+async def test_stopping_cancels_a_pending_retry() -> None:
+    tg = FakeTelegram(listen_port=_free_port())
+    async with asyncio.timeout(5):
+        async with running_bot(BASE_CONFIG + tg.config(), adapters=[telegram()]) as tb:
+            assert tb.bot.adapters.states["telegram"].startswith("connecting: ")
+    async with tg:  # the Bot API is back, and nobody asks it any more
+        await asyncio.sleep(2.5)
+        assert tg.calls == []
+
+
 async def test_refused_token_is_reported_without_the_token(tg: FakeTelegram) -> None:
     config = BASE_CONFIG + tg.config().replace(tg.token, "999:WRONG-token")
     async with running_bot(config, adapters=[telegram()]) as tb:
