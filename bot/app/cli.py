@@ -246,6 +246,10 @@ def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
         f"{len(config.channels)} channels, {len(config.services)} services, "
         f"{len(config.policy.commands)} command rules)"
     )
+    from bot.app.config.reach import nowhere_to_post
+
+    for line in nowhere_to_post(config):
+        print(f"warning: {line}")
     return 0
 
 
@@ -427,6 +431,10 @@ async def _serve(config: Config, source: str) -> int:
     )
     if not bot.adapters.states:
         log.warning("opsbot.no_adapters", hint="no chat adapter is configured; serving HTTP only")
+    from bot.app.config.reach import nowhere_to_post
+
+    for line in nowhere_to_post(config):
+        log.warning("config.nowhere_to_post", problem=line)
     await stop.wait()
     log.info("opsbot.stopping")
     await bot.stop()

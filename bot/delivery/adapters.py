@@ -39,7 +39,8 @@ class AdapterBoard:
         return dict(self.states)
 
     def serves(self, platform: str) -> bool:
-        """Is an adapter for ``platform`` running here (an id on a platform this process
-        does not serve is skipped, not queued forever)."""
+        """Is an adapter for ``platform`` part of this process, connected or on its way
+        (starting, reconnecting: the outbox keeps its posts until it is); one that failed
+        for good, or none at all, is skipped rather than queued forever."""
         state = self.states.get(platform)
-        return state is not None and not state.startswith(("error", "starting"))
+        return state is not None and not state.startswith("error")

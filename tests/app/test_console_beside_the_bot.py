@@ -127,3 +127,26 @@ def test_a_policy_window_and_a_pause_made_in_one_process_hold_in_the_next(
         ]
     # One window, opened and closed by people: never "changed by config" behind their back.
     assert outcomes == ["off", "strict"], outcomes
+
+
+def test_check_config_names_what_opsbot_run_could_post_nowhere(tmp_path: Path) -> None:
+    config = tmp_path / "opsbot.toml"
+    # #ops has a console id only, and the config runs no chat platform.
+    config.write_text(CONFIG)
+    checked = run_opsbot("check-config", str(config))
+    assert checked.returncode == 0, checked.stderr
+    warnings = [line for line in checked.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: heartbeat[0] (ops): nowhere to post: channel(s) ops have ids only on "
+        "console, and this config runs no chat platform",
+        "warning: checks[0] (nothing-up): nowhere to post: channel(s) ops have ids only on "
+        "console, and this config runs no chat platform",
+    ]
+    # A Telegram id in #ops and a [telegram] section: nothing to say.
+    reachable = (
+        CONFIG.replace('ids = ["console:ops"]', 'ids = ["console:ops", "telegram:-100123"]')
+        + '\n[telegram]\ntoken = "123:abc"\n'
+    )
+    config.write_text(reachable)
+    checked = run_opsbot("check-config", str(config))
+    assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
