@@ -1,9 +1,11 @@
-"""/status: the bot itself: version, uptime, adapters, policy mode."""
+"""/status: the bot itself: version, uptime, adapters, policy mode; with replicas, Redis and
+the leader."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.cluster.leader import Leadership
 from bot.delivery.adapters import AdapterBoard
 from bot.features.policy.config import PolicyMode
 from bot.features.policy.switch import PolicySwitch
@@ -17,13 +19,14 @@ from bot.kernel.version import __version__
 
 @dataclass(frozen=True, slots=True)
 class StatusDeps:
-    """When the bot started and from which config, its adapters, its policy mode and
-    the clock for its uptime."""
+    """When the bot started and from which config, its adapters, its policy mode, the
+    clock for its uptime, and the leader lease (Redis reachability, who leads)."""
 
     info: BotInfo
     adapters: AdapterBoard
     policy: PolicySwitch
     clock: Clock
+    leadership: Leadership
 
 
 async def run(request: Request, _: NoArgs, deps: StatusDeps) -> Reply:
@@ -45,9 +48,20 @@ async def run(request: Request, _: NoArgs, deps: StatusDeps) -> Reply:
             Field("adapters", adapters or "none"),
             *((Field("answers to", names),) if names else ()),
             Field("policy", mode),
+            *_cluster(deps.leadership),
             Field("config", deps.info.config_source),
         ),
     )
+
+
+def _cluster(leadership: Leadership) -> tuple[Field, ...]:
+    """With replicas on a Redis: whether it answers, and which replica leads (runs the
+    checks and heartbeats); "unknown" while Redis is down, when none can lead."""
+    view = leadership.view()
+    if view.redis == "not used":
+        return ()
+    leader = f"{view.leader} (this replica)" if view.leading else view.leader
+    return (Field("redis", view.redis), Field("leader", leader))
 
 
 SPEC = CommandSpec(

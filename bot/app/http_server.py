@@ -43,8 +43,14 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def build_app(
-    metrics: Metrics, readiness: ReadinessProbe, extra_routes: Sequence[BaseRoute] = ()
+    metrics: Metrics,
+    readiness: ReadinessProbe,
+    extra_routes: Sequence[BaseRoute] = (),
+    cluster: Callable[[], dict[str, str]] | None = None,
 ) -> Starlette:
+    """``cluster``: what /ready also shows of the replicas (this one's id, Redis, the
+    leader), for a person looking; it does not decide readiness."""
+
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -53,9 +59,10 @@ def build_app(
         is_ready = all(
             state in READY_STATES or state.startswith(DEGRADED) for state in checks.values()
         )
-        return JSONResponse(
-            {"ready": is_ready, "checks": checks}, status_code=200 if is_ready else 503
-        )
+        body: dict[str, object] = {"ready": is_ready, "checks": checks}
+        if cluster is not None:
+            body["cluster"] = cluster()
+        return JSONResponse(body, status_code=200 if is_ready else 503)
 
     async def version(_: Request) -> Response:
         return JSONResponse({"name": "opsbot", "version": __version__})

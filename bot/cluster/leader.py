@@ -38,6 +38,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
@@ -114,6 +115,24 @@ return 0
 """
 
 
+# KEYS[3] a scheduled job's record of the last slot it ran (ms since the epoch).
+# ARGV[1] our value, ARGV[2] our token, ARGV[3] the slot, ARGV[4] '1': only if a record
+# exists. -1: not the leader; 0: that slot (or a later one) ran, or no record; 1: ours.
+_CLAIM_SLOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+local last = redis.call('GET', KEYS[3])
+if last == false then
+  if ARGV[4] == '1' then return 0 end
+elseif tonumber(last) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
+
+
 class LostLeadership(InternalError):
     """This replica is not the leader, or could not prove it is: the work was not done."""
 
@@ -121,6 +140,16 @@ class LostLeadership(InternalError):
         super().__init__(f"{holder} is not the leader: {reason}", original)
         self.holder = holder
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderView:
+    """What /ready, /status and /metrics show of the cluster, as of the lease task's last
+    round trip (every ``leader_renew_every``): no I/O to read it."""
+
+    redis: str  # "ok", "unreachable", "not used" (one process alone)
+    leader: str  # the leading replica's id, "none", or "unknown" (Redis unreachable)
+    leading: bool  # this replica leads (its own conservative view)
 
 
 class Leadership(Protocol):
@@ -134,6 +163,10 @@ class Leadership(Protocol):
     @property
     def fence(self) -> int | None:
         """The token of the current term, None when not leading."""
+        ...
+
+    def view(self) -> LeaderView:
+        """Redis reachability and who leads, as last seen; no I/O."""
         ...
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
@@ -153,6 +186,13 @@ class Leadership(Protocol):
     async def run_if_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
         """``check_fence()``, then ``fn()``; raises :class:`LostLeadership` without
         calling ``fn`` when this replica does not lead."""
+        ...
+
+    async def claim_slot(self, key: str, slot: int, *, only_after_a_claim: bool = False) -> bool:
+        """Fenced, in one step: record in ``key`` that this term runs ``slot`` (an
+        increasing number), True unless that slot or a later one was claimed before (by
+        any leader). ``only_after_a_claim``: False too when nothing was ever claimed.
+        Raises :class:`LostLeadership` when this replica does not lead."""
         ...
 
 
@@ -199,6 +239,8 @@ class LeaderLease:
         self._reported: int | None = None  # the token on_change last announced, if any
         self._failures = 0
         self._last_failure_log = -_UNREACHABLE_LOG_EVERY
+        self._redis_ok: bool | None = None  # None: not asked yet
+        self._leader: str | None = None  # the holder's replica id Redis last named
 
     @property
     def is_leader(self) -> bool:
@@ -207,6 +249,15 @@ class LeaderLease:
     @property
     def fence(self) -> int | None:
         return self._token if self.is_leader else None
+
+    def view(self) -> LeaderView:
+        if self._redis_ok is None:
+            return LeaderView("not asked yet", "unknown", leading=False)
+        if not self._redis_ok:
+            # The key may still name a replica, but nobody can renew it: nobody leads.
+            return LeaderView("unreachable", "unknown", leading=self.is_leader)
+        leading = self.is_leader
+        return LeaderView("ok", self.holder if leading else self._leader or "none", leading)
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         self._callbacks.append(callback)
@@ -261,6 +312,24 @@ class LeaderLease:
         _honour_cancellation()  # a job cancelled during the check must not go on to fn
         return await fn()
 
+    async def claim_slot(self, key: str, slot: int, *, only_after_a_claim: bool = False) -> bool:
+        token = self._token
+        if token is None or not self.is_leader:
+            raise LostLeadership(self.holder, "no current lease")
+        try:
+            won = await self._script("claim_slot", _CLAIM_SLOT)(
+                keys=[self._key, self._fence_key, key],
+                args=[self._value, token, slot, "1" if only_after_a_claim else "0"],
+            )
+        except (RedisError, OSError) as exc:
+            raise LostLeadership(self.holder, f"Redis could not confirm it ({exc})", exc) from exc
+        if int(won) < 0:
+            if self._token == token:
+                self._token = None
+                self._publish("fenced: the lease or its token changed in Redis")
+            raise LostLeadership(self.holder, "another replica holds the lease")
+        return bool(won)
+
     # -- the background task -------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -288,6 +357,7 @@ class LeaderLease:
             self._reachable()
             if renewed:
                 self._confirmed(sent)
+                self._leader = self.holder
                 return
             self._token = None
             self._publish("the lease expired or changed hands in Redis")
@@ -298,6 +368,15 @@ class LeaderLease:
         if token:
             self._token = int(token)
             self._confirmed(sent)
+            self._leader = self.holder
+        else:
+            self._leader = await self._holder_now()
+
+    async def _holder_now(self) -> str | None:
+        """The replica id in the lease key (its value is ``<replica id>/<suffix>``)."""
+        client = self._clients.client(self._url, timeout=self._timeout)
+        value = await client.get(self._key)
+        return None if value is None else str(value).rpartition("/")[0] or str(value)
 
     def _confirmed(self, sent: float) -> None:
         self._confirmed_at = sent
@@ -328,6 +407,7 @@ class LeaderLease:
                 log.exception("leader.callback_failed", holder=self.holder)
 
     def _unreachable(self, now: float, exc: BaseException) -> None:
+        self._redis_ok = False
         self._failures += 1
         if now - self._last_failure_log >= _UNREACHABLE_LOG_EVERY:
             self._last_failure_log = now
@@ -340,6 +420,7 @@ class LeaderLease:
             )
 
     def _reachable(self) -> None:
+        self._redis_ok = True
         if self._failures:
             log.info("leader.redis_back", holder=self.holder, failures=self._failures)
             self._failures = 0
@@ -361,6 +442,7 @@ class SoleLeader:
         self._stopped = False
         self._started = False
         self._callbacks: list[Callable[[bool], None]] = []
+        self._slots: dict[str, int] = {}  # claim_slot's records: this process is alone
 
     @property
     def is_leader(self) -> bool:
@@ -369,6 +451,9 @@ class SoleLeader:
     @property
     def fence(self) -> int | None:
         return 1 if self.is_leader else None
+
+    def view(self) -> LeaderView:
+        return LeaderView("not used", self.holder, leading=self.is_leader)
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         self._callbacks.append(callback)
@@ -391,6 +476,14 @@ class SoleLeader:
     async def run_if_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self.check_fence()
         return await fn()
+
+    async def claim_slot(self, key: str, slot: int, *, only_after_a_claim: bool = False) -> bool:
+        await self.check_fence()
+        last = self._slots.get(key)
+        if (last is None and only_after_a_claim) or (last is not None and last >= slot):
+            return False
+        self._slots[key] = slot
+        return True
 
     def _notify(self, leading: bool) -> None:
         for callback in list(self._callbacks):
@@ -425,4 +518,11 @@ def leadership_for(state: StateSection, clients: RedisClients, holder: str) -> L
     )
 
 
-__all__ = ["LeaderLease", "Leadership", "LostLeadership", "SoleLeader", "leadership_for"]
+__all__ = [
+    "LeaderLease",
+    "LeaderView",
+    "Leadership",
+    "LostLeadership",
+    "SoleLeader",
+    "leadership_for",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -113,6 +114,25 @@ class Metrics:
             ["check"],
             registry=self.registry,
         )
+
+    def track_cluster(
+        self, *, is_leader: Callable[[], float], redis_up: Callable[[], float] | None
+    ) -> None:
+        """Who leads, and (with replicas on a Redis) whether that Redis answers: read when
+        scraped. ``sum(opsbot_is_leader)`` 0 across replicas means checks and heartbeats
+        are not running anywhere."""
+        Gauge(
+            "opsbot_is_leader",
+            "1 while this replica leads the scheduled work (checks, heartbeats)",
+            registry=self.registry,
+        ).set_function(is_leader)
+        if redis_up is not None:
+            Gauge(
+                "opsbot_redis_up",
+                "1 while the state Redis answered this replica's last leader-lease call "
+                "(every leader_renew_every), 0 while it does not",
+                registry=self.registry,
+            ).set_function(redis_up)
 
     def count(self, command: str, outcome: str, seconds: float) -> None:
         """One handled command. Children are cached: labels() takes a lock and builds a
