@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -36,11 +37,29 @@ class ArgSchema(Strict):
     values_from: list[str] = []
     values_timeout: Duration = timedelta(seconds=5)
     required: bool = True
+    # A string, or a whole number for kind = "integer" (`default = 10`); kept as the text
+    # a person would type, which is what the argument's checks read.
     default: str | None = None
     max_length: int = Field(default=128, ge=1, le=4096)
 
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default_as_typed(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
     @model_validator(mode="after")
     def _constrained(self) -> ArgSchema:
+        if self.kind == "integer" and self.default is not None:
+            try:
+                number = int(self.default)
+            except ValueError:
+                raise ValueError(f"default '{self.default}' is not a whole number") from None
+            if (self.min is not None and number < self.min) or (
+                self.max is not None and number > self.max
+            ):
+                raise ValueError(f"default {number} is outside min/max")
         if self.kind == "string" and not (self.pattern or self.choices or self.values_from):
             raise ValueError(
                 f"argument '{self.name}' needs a pattern, choices or values_from: "

@@ -13,12 +13,15 @@ every destination took it, ``opsbot_heartbeat_last_success_timestamp_seconds{hea
 is set: a dead man's switch for the alerting system.
 
 The :class:`~bot.cluster.scheduler.Scheduler` runs each heartbeat; ``/heartbeat`` shows, runs and
-pauses them.
+pauses them. With several replicas each slot of a heartbeat's schedule is posted once, by
+the leader; a slot that fell while no replica led (a hand-over, a Redis outage) is posted
+late by the next leader, once, and says so ("heartbeat for 10:05:00 UTC, posted late").
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from bot.cluster.scheduler import Cron, Every, Schedule, Scheduler
+from bot.cluster.scheduler import Cron, Every, Schedule, Scheduler, Slot
 from bot.delivery.channels import channel_destinations
 from bot.delivery.config import ChannelGroup
 from bot.features.heartbeats.config import HeartbeatConfig
@@ -99,7 +102,7 @@ class Heartbeats:
         self._samples: dict[tuple[str, str], deque[int | None]] = {}
         self._last_success: dict[str, datetime] = {}
         for beat in beats:
-            scheduler.add(beat.name, partial(self.beat, beat.name), schedule_of(beat))
+            scheduler.add_catching_up(beat.name, partial(self.beat, beat.name), schedule_of(beat))
 
     # ------------------------------------------------------------------ what /heartbeat reads
 
@@ -119,11 +122,19 @@ class Heartbeats:
 
     # ------------------------------------------------------------------ one heartbeat
 
-    async def beat(self, name: str) -> bool:
+    async def beat(self, name: str, slot: Slot | None = None) -> bool:
         """Compose the heartbeat and post it everywhere; True when every destination took
-        it (then the dead man's switch gauge moves)."""
+        it (then the dead man's switch gauge moves). ``slot``: the scheduled time it is
+        for (None: asked for by a person)."""
         beat = self._beats[name]
         reply = await self.compose(beat)
+        if slot is not None and slot.late:
+            due = slot.at.strftime("%Y-%m-%d %H:%M:%S")
+            note = (
+                f"Heartbeat for {due} UTC, posted late: no replica was leading when it was "
+                "due (a leader hand-over or a Redis outage)."
+            )
+            reply = dataclasses.replace(reply, text=f"{reply.text}\n{note}".strip())
         targets: list[Location] = []
         for destination in self.destinations(beat):
             if self._serves(destination.platform):
@@ -145,7 +156,13 @@ class Heartbeats:
             now = self._clock.now()
             self._last_success[name] = now
             self._metrics.heartbeat_last_success.labels(name).set(now.timestamp())
-            log.info("heartbeat.posted", heartbeat=name, destinations=len(targets))
+            log.info(
+                "heartbeat.posted",
+                heartbeat=name,
+                destinations=len(targets),
+                slot=None if slot is None else slot.at.isoformat(),
+                late=slot is not None and slot.late,
+            )
             return True
         log.error(
             "heartbeat.incomplete",
@@ -306,7 +323,9 @@ def _failing(health: Sequence[HealthResult], reports: Sequence[QueueReport]) -> 
             continue
         figures = [*report.stream_figures, *(f for g in report.groups for f in g.figures)]
         critical = [
-            f"{f.name} {_number(f.value)}" for f in figures if f.severity is Severity.CRITICAL
+            f"{f.name.replace('_', ' ')} {f.shown}"
+            for f in figures
+            if f.severity is Severity.CRITICAL
         ]
         items.append(f"queue {report.queue} critical: {', '.join(critical)}")
     return items

@@ -16,6 +16,7 @@ import asyncio
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ import structlog
 from pydantic import SecretStr
 
 from bot.features.queues.config import FloorLevel, Level, QueueConfig, QueueThresholds
+from bot.kernel.durations import format_duration
 from bot.kernel.errors import exception_causes
 from bot.kernel.severity import Severity
 from bot.kernel.severity import above as _above
@@ -69,6 +71,19 @@ class Figure:
     name: str
     value: float | None  # None: Redis did not say (lag before Redis 7, or after XDEL)
     severity: Severity
+
+    @property
+    def shown(self) -> str:
+        """The value as people read it, the same in /queue, heartbeats and alerts: a
+        duration for times (``1h 6m``), a whole number for counts."""
+        if self.value is None:
+            return "-"
+        if self.name in _SECONDS:
+            return format_duration(timedelta(seconds=round(self.value)))
+        return f"{self.value:g}" if not float(self.value).is_integer() else f"{self.value:.0f}"
+
+
+_SECONDS = frozenset({"oldest_pending_idle"})
 
 
 @dataclass(frozen=True, slots=True)

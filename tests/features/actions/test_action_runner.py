@@ -193,6 +193,19 @@ async def test_integers_are_ascii_within_range_and_normalised() -> None:
         assert caught.value.reason.endswith("must be an integer from 1 to 10"), value
 
 
+async def test_an_integer_argument_takes_a_number_as_its_default() -> None:
+    # As TOML gives it: `default = 10`, a number, not the string "10".
+    config = action(
+        args=[{"name": "count", "kind": "integer", "max": 50, "required": False, "default": 10}],
+        argv=["./echo_args.sh", "--count={count}"],
+    )
+    assert (await prepared(config)).argv[1:] == ("--count=10",)
+    with pytest.raises(ValueError, match="default 99 is outside min/max"):
+        action(args=[{"name": "count", "kind": "integer", "max": 50, "default": 99}])
+    with pytest.raises(ValueError, match="default 'ten' is not a whole number"):
+        action(args=[{"name": "count", "kind": "integer", "default": "ten"}])
+
+
 async def test_integers_are_not_negative_unless_min_says_so() -> None:
     unset = action(args=[{"name": "count", "kind": "integer"}])
     with pytest.raises(UsageError, match="must be an integer of at least 0"):

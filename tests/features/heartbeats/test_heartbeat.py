@@ -363,6 +363,33 @@ thresholds.workers = {{ warn = 1, critical = 0 }}
         assert "  queue jobs  3 ▁█" in earlier[0].splitlines()
 
 
+async def test_a_waiting_entry_is_said_in_time_as_queue_says_it(
+    rds: tuple[aioredis.Redis, str],
+) -> None:
+    client, prefix = rds
+    stream = f"{prefix}slow"
+    await client.xgroup_create(stream, "workers", id="$", mkstream=True)
+    entry = await client.xadd(stream, {"n": "1"})
+    await client.xreadgroup("workers", "w1", {stream: ">"})
+    await client.xclaim(stream, "workers", "w1", 0, [entry], idle=3_953_240)  # 1h 5m 53s
+    queue = f"""
+[[queues]]
+name = "slow"
+redis_url = "{redis_url()}"
+stream = "{stream}"
+group = "workers"
+thresholds.oldest_pending_idle = {{ warn = 60, critical = 300 }}
+"""
+    text = config(heartbeat("ops", queues="true", failing="true")) + queue
+    async with running_bot(text, clock=ManualClock(FUTURE)) as tb:
+        await tb.exec("/heartbeat now")
+        await tb.bot.scheduler.join()
+        posted = await tb.posted("failing")
+    failing = next(line for line in posted.splitlines() if "failing" in line)
+    assert "queue slow critical: oldest pending idle 1h 5m" in failing, failing
+    assert "3953" not in posted
+
+
 async def test_an_unreachable_queue_is_a_dot_in_the_trend_and_failing() -> None:
     queue = f"""
 [[queues]]
