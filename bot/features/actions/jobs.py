@@ -90,6 +90,7 @@ class Job:
     stopped_by: str | None = None  # who cancelled it ("shutdown" on SIGTERM)
     follow_up: bool = False  # answered with an ack: progress and result are posted
     slots: HeldSlots | None = None  # its slots in Redis, shared with the other replicas
+    marker: str = ""  # OPSBOT_JOB of its processes
 
     @property
     def action(self) -> str:
@@ -161,6 +162,7 @@ class JobBoard:
             started_at=self._clock.now(),
             process=ActionProcess(prepared, self._redactor, job=marker),
             follow_up=follow_up,
+            marker=marker,
         )
         # Claimed before the first await: a second /rollback arriving meanwhile sees it.
         self._running[job.id] = job
@@ -222,10 +224,15 @@ class JobBoard:
             principal=job.requester.principal,
             replica=self._replica,
             since=job.started_at,
+            host=self._shared_slots.host,
+            marker=job.marker,
         )
         try:
             taken = await self._shared_slots.acquire(
-                job.prepared.action, holder, functools.partial(self.cancel, job)
+                job.prepared.action,
+                holder,
+                functools.partial(self.cancel, job),
+                lambda: job.process.spawned_at,
             )
         except StateRedisUnavailable as exc:
             log.warning("jobs.slots_unavailable", job=job.id, error=str(exc.original))
@@ -500,6 +507,16 @@ class JobBoard:
                 await self._audit.record_durably(self._orphan_entry(orphan))
             except Exception:
                 log.exception("jobs.audit_failed", request_id=orphan.request_id)
+        if self._shared_slots is not None:
+            # Their slots (and those of jobs that ended while nobody watched) are free now.
+            try:
+                await self._shared_slots.release_left_behind()
+            except StateRedisUnavailable as exc:
+                log.warning(
+                    "jobs.slots_not_released",
+                    error=str(exc.original),
+                    hint="they free themselves once their jobs' time limits have passed",
+                )
         return orphans
 
     # ------------------------------------------------------------------ audit

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from bot.features.actions.process import JOB_VARIABLE, process_identity
+from bot.features.actions.process import JOB_VARIABLE, marker_owner, process_identity
 
 log = structlog.get_logger("opsbot.actions")
 
@@ -99,6 +99,31 @@ def stop_orphans(replica: str, *, grace: float, keep: Collection[str] = ()) -> l
             log.error("actions.orphan_not_stopped", request_id=orphan.request_id, pgid=pgid)
         stopped.append(orphan)
     return stopped
+
+
+def job_ended(marker: str) -> bool:
+    """Whether the job of ``marker`` (its OPSBOT_JOB value) is known to be over, as far as
+    this host's /proc shows: the bot process that started it is gone and none of the
+    processes left carries the marker. Only meaningful on a replica of the same
+    ``host_identity()``; blocks for one scan of /proc."""
+    if _alive(marker_owner(marker)):
+        return False  # its bot runs: it releases the slot itself
+    try:
+        names = os.listdir(PROC)
+    except OSError:
+        return False  # no /proc: nothing can be shown
+    wanted = _NAME + marker.encode()
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{PROC}/{name}/environ", "rb") as environ:
+                data = environ.read(ENVIRON_MAX)
+        except OSError:
+            continue  # gone, or not ours to read (a job runs as the bot's user)
+        if wanted in data.split(b"\0"):
+            return False
+    return True
 
 
 def _wait(

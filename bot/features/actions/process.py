@@ -18,6 +18,13 @@ is found again after the bot was killed (``kill -9``, OOM) and the job orphaned:
 somewhere would not do: once the process is gone the number is reused, and a reused pid
 never carries our marker. It overrides an OPSBOT_JOB of the action's own ``env``.
 
+A job's process also ends at its time limit when the bot is gone (killed, stopped): it runs
+under coreutils ``timeout(1)`` (``timeout -k <kill_grace> <timeout + kill_grace + 2s>``),
+which stays the group's leader, signals the whole group (TERM, then KILL) and otherwise
+passes the command's exit status on. The bot, when alive, stops the job first (its own
+limit is ``timeout``); the watchdog is why a job's slot shared with other replicas can be
+trusted free after :func:`hard_limit` even if nobody is left to stop the job.
+
 Why ``loop.subprocess_exec`` with our own protocol rather than
 ``asyncio.create_subprocess_exec``: on Python 3.11 ``Process.wait()`` only returns once
 every holder of the output pipe has closed it, so a backgrounded grandchild (``sleep 1000
@@ -32,11 +39,14 @@ import codecs
 import enum
 import hashlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +56,7 @@ from bot.audit.redact import Redactor
 from bot.kernel.errors import DependencyError, InternalError
 
 if TYPE_CHECKING:
+    from bot.features.actions.config import ActionConfig
     from bot.features.actions.prepared import PreparedAction
 
 log = structlog.get_logger("opsbot.actions")
@@ -68,6 +79,39 @@ _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 # The environment variable that marks a job's processes (see the module docstring).
 JOB_VARIABLE = "OPSBOT_JOB"
 
+# How much later than the bot's own limit the watchdog steps in: a bot on a busy event
+# loop must still be the one that stops the job (it reports TIMEOUT, not exit code 124).
+WATCHDOG_MARGIN = timedelta(seconds=2)
+# Where timeout(1) is looked for: the standard places, not whatever PATH the bot was given.
+_WATCHDOG_PATH = "/usr/bin:/bin:/usr/local/bin"
+
+
+def hard_limit(action: ActionConfig) -> timedelta:
+    """How long after it started a job's process group may still live, whoever is left to
+    stop it: the watchdog's TERM after ``timeout + kill_grace + margin``, its KILL
+    ``kill_grace`` later."""
+    return action.timeout + 2 * action.kill_grace + WATCHDOG_MARGIN
+
+
+def watchdog() -> str | None:
+    """The path of timeout(1), None where there is none (a job then depends on the bot
+    to stop it at its time limit)."""
+    return shutil.which("timeout", path=_WATCHDOG_PATH)
+
+
+def _watched(argv: Sequence[str], action: ActionConfig) -> list[str]:
+    program = watchdog()
+    if program is None:
+        log.error(
+            "actions.no_watchdog",
+            hint="coreutils timeout(1) not found: a job outlives a killed bot until stopped",
+        )
+        return list(argv)
+    grace = action.kill_grace.total_seconds()
+    limit = (action.timeout + action.kill_grace + WATCHDOG_MARGIN).total_seconds()
+    # Options end at "--"; after the duration, the command's own arguments are its own.
+    return [program, "-k", f"{grace:.3f}s", "--", f"{limit:.3f}s", *argv]
+
 
 def job_marker(replica: str, request_id: str) -> str:
     """The value of OPSBOT_JOB for the job of ``request_id`` run by ``replica`` from this
@@ -85,6 +129,25 @@ def process_identity(pid: int) -> str:
         return f"{pid}.{int(fields[19])}"  # field 22 of the whole line: starttime
     except (OSError, ValueError, IndexError):
         return f"{pid}.0"
+
+
+def host_identity() -> str:
+    """Which processes this one can see in /proc: the host name, the boot and the pid
+    namespace. Two replicas with the same identity see each other's jobs (one host, or one
+    container); a pid or start time is only meaningful to a replica of the same identity."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            parts.append(boot.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("no-proc")  # not Linux: no other replica can check our jobs
+    return "/".join(parts)
+
+
+def marker_owner(marker: str) -> str:
+    """The owner (``<pid>.<start time>``) in an OPSBOT_JOB value."""
+    return marker.split("/")[1] if marker.count("/") >= 2 else ""
 
 
 class RunStatus(enum.StrEnum):
@@ -158,11 +221,17 @@ class ActionProcess:
         self._cancel_requested = False
         self._stop: asyncio.Future[None] | None = None
         self._pid: int | None = None
+        self._spawned_at: float | None = None
 
     @property
     def pid(self) -> int | None:
         """The main process's id (also its process group's), once started."""
         return self._pid
+
+    @property
+    def spawned_at(self) -> float | None:
+        """When (event loop time) the process was started; None before."""
+        return self._spawned_at
 
     def cancel(self) -> None:
         """Ask the run to stop: SIGTERM to the group, SIGKILL after ``kill_grace``.
@@ -193,16 +262,20 @@ class ActionProcess:
         if short:
             log.warning("actions.short_secrets_not_masked", action=action.name, env=short)
 
+        # A job runs under the watchdog; a lone process (tests, previews) does not need one.
+        argv = prepared.argv if self._job is None else _watched(prepared.argv, action)
         began = loop.time()
         try:
             child = await _Child.start(
-                prepared.argv, prepared.working_dir, _marked(prepared.env, self._job), self._output
+                argv, prepared.working_dir, _marked(prepared.env, self._job), self._output
             )
         except OSError as exc:
             raise DependencyError(
                 f"action {action.name}", _start_failure(prepared.argv[0], exc), exc
             ) from exc
         self._pid = child.pid
+        # After the spawn returned: never earlier than the watchdog's clock started.
+        self._spawned_at = loop.time()
         try:
             stopped = await child.supervise(
                 time_limit=action.timeout.total_seconds(),

@@ -24,7 +24,8 @@ from tests.audit.test_audit_lifecycle import (
 )
 from tests.processes import clean_env, spawn_console
 
-# A process group of three: the shell, a background sleep, a foreground sleep.
+# A process group of three: the shell, a background sleep, a foreground sleep; and, as a
+# job's, the watchdog (timeout(1)) that leads it: four.
 LINGER = "sleep 300 & sleep 300; wait"
 
 ACTION = f"""
@@ -70,7 +71,7 @@ async def test_kill_9_during_a_job_then_restart_stops_its_process_group(tmp_path
             proc.stdin.write(b"/run linger\n")
             await proc.stdin.drain()
             started = await _wait_for_started(database, "linger")
-            job = await _marked_processes(f"{replica}/", count=3, exact=False)
+            job = await _marked_processes(f"{replica}/", count=4, exact=False)
             assert all(_marker(pid).endswith(f"/{started}") for pid in job)
             group = os.getpgid(job[0])
             assert {os.getpgid(pid) for pid in job} == {group}
@@ -105,7 +106,7 @@ async def test_kill_9_during_a_job_then_restart_stops_its_process_group(tmp_path
             ("event", "job", "stopped", None),
         ]
         assert rows[2][4] == (
-            f"process group {group} (3 processes) of an interrupted job stopped after restart"
+            f"process group {group} (4 processes) of an interrupted job stopped after restart"
         )
         assert {row[5] for row in rows} == {replica}
     finally:
