@@ -115,6 +115,13 @@ async def run(_: Request, args: QueueArgs, deps: QueueDeps) -> Reply:
     reports = worst_first(await inspect_queues(deps.redis, queues))
     status, title = summary([(r.severity, isinstance(r, QueueFailure)) for r in reports])
     failures = [f"{r.queue}: {r.reason}" for r in reports if isinstance(r, QueueFailure)]
+    notes = [
+        f"{r.queue}: {note}"
+        for r in reports
+        if not isinstance(r, QueueFailure)
+        for group in r.groups
+        for note in group.notes
+    ]
     rows = tuple(
         _row(r, group)
         for r in reports
@@ -125,7 +132,7 @@ async def run(_: Request, args: QueueArgs, deps: QueueDeps) -> Reply:
     return Reply(
         title=title,
         status=status,
-        text="\n".join(failures),
+        text="\n".join([*failures, *notes]),
         table=Table(columns, rows) if rows else None,
     )
 

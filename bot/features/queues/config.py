@@ -56,6 +56,9 @@ class QueueConfig(Strict):
     group: str | None = None
     dead_letter_stream: str | None = None
     thresholds: QueueThresholds = QueueThresholds()
+    # False for a stream nobody is meant to read (a dead-letter stream watched on its own):
+    # its workers are shown but never judged, so it does not stay CRIT for want of them.
+    workers_expected: bool = True
     # A consumer idle longer than this counts as stalled.
     stalled_after: Duration = timedelta(minutes=5)
     # Per Redis call: an unreachable server must not hold the answer up.

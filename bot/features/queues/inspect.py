@@ -24,7 +24,7 @@ import redis.exceptions as redis_errors
 import structlog
 from pydantic import SecretStr
 
-from bot.features.queues.config import FloorLevel, Level, QueueConfig, QueueThresholds
+from bot.features.queues.config import FloorLevel, Level, QueueConfig
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import exception_causes
 from bot.kernel.severity import Severity
@@ -102,6 +102,7 @@ class GroupState:
     lag: Figure
     oldest_pending_idle: Figure  # seconds since the oldest pending entry was delivered
     workers: Figure  # consumers that are not stalled
+    notes: tuple[str, ...] = ()  # what Redis said that needs explaining (a lag past a trim)
 
     @property
     def figures(self) -> tuple[Figure, ...]:
@@ -214,11 +215,11 @@ async def _inspect(client: aioredis.Redis, queue: QueueConfig) -> QueueState:
 
     thresholds = queue.thresholds
     groups = [
-        _group_state(queue, info, _value(consumers, stream), _value(oldest, stream))
+        _group_state(queue, info, _value(consumers, stream), _value(oldest, stream), length)
         for info, (consumers, oldest) in zip(infos, details, strict=True)
     ]
     if not groups:
-        groups = [_no_group(thresholds)]
+        groups = [_no_group(queue)]
     return QueueState(
         queue=queue.name,
         stream=stream,
@@ -258,12 +259,24 @@ def _group_state(
     info: Mapping[str, Any],
     consumers: Sequence[Mapping[str, Any]],
     oldest: Sequence[Mapping[str, Any]],
+    length: int,
 ) -> GroupState:
     thresholds = queue.thresholds
     stalled_ms = queue.stalled_after.total_seconds() * 1000
     pending = _int(info.get("pending"))
     raw_lag = info.get("lag")
     lag = None if raw_lag is None else _int(raw_lag)
+    notes: tuple[str, ...] = ()
+    if lag is not None and lag > length:
+        # Redis counts the lag from entries ever added, trimmed ones included (XTRIM,
+        # MAXLEN): past a trim it can exceed what the stream holds. No more than the
+        # stream's length can be waiting, so that is the lag judged and shown.
+        notes = (
+            f"Redis reports a lag of {lag} for group {info.get('name', '?')}, more than the "
+            f"{length} entries the stream holds: entries were trimmed before the group read "
+            f"them; shown as at most {length}",
+        )
+        lag = length
     # Before Redis 7.2 (no "inactive" field) a poll that finds nothing leaves a consumer's
     # idle time running, so a healthy worker on a quiet stream looks idle. There, idle
     # means stalled only while work waits: its own pending entries, or unread ones.
@@ -289,19 +302,26 @@ def _group_state(
         oldest_pending_idle=Figure(
             "oldest_pending_idle", oldest_s, above(oldest_s, thresholds.oldest_pending_idle)
         ),
-        workers=Figure("workers", live, below(live, thresholds.workers)),
+        workers=Figure("workers", live, _workers_severity(queue, live)),
+        notes=notes,
     )
 
 
-def _no_group(thresholds: QueueThresholds) -> GroupState:
+def _no_group(queue: QueueConfig) -> GroupState:
     return GroupState(
         name=None,
         consumers=(),
         pending=Figure("pending", 0, Severity.OK),
         lag=Figure("lag", None, Severity.OK),
         oldest_pending_idle=Figure("oldest_pending_idle", None, Severity.OK),
-        workers=Figure("workers", 0, below(0, thresholds.workers)),
+        workers=Figure("workers", 0, _workers_severity(queue, 0)),
     )
+
+
+def _workers_severity(queue: QueueConfig, live: int) -> Severity:
+    if not queue.workers_expected:
+        return Severity.OK
+    return below(live, queue.thresholds.workers)
 
 
 def _int(value: object) -> int:

@@ -272,6 +272,41 @@ async def test_thresholds_from_the_config_and_lag_redis_cannot_tell(
     assert reply.status is Status.ERROR
 
 
+async def test_a_lag_past_a_trim_is_at_most_the_stream_and_explained(
+    rds: tuple[aioredis.Redis, str],
+) -> None:
+    client, p = rds
+    await add(client, f"{p}jobs", 10)
+    await client.xgroup_create(f"{p}jobs", "workers", id="0")
+    await read(client, f"{p}jobs", "workers", "w-1", 2)
+    # Redis counts the lag from entries ever added: 10 - 2 read = 8, with 3 left.
+    await client.xtrim(f"{p}jobs", maxlen=3, approximate=False)
+    text = config(queue_toml("jobs", f"{p}jobs", group='"workers"'))
+    async with running_bot(text) as tb:
+        reply = await tb.send("/queue", as_="bob")
+    rows = rows_of(reply)
+    assert rows[("jobs", "workers")][1:4] == ("3", "2", "3")  # length, pending, lag
+    assert reply is not None
+    assert "Redis reports a lag of 8 for group workers, more than the 3 entries" in reply.text
+    assert "trimmed before the group read them" in reply.text
+
+
+async def test_a_dead_letter_stream_watched_alone_needs_no_workers(
+    rds: tuple[aioredis.Redis, str],
+) -> None:
+    client, p = rds
+    await add(client, f"{p}dlq", 2)
+    text = config(
+        queue_toml("dlq", f"{p}dlq", workers_expected="false"),
+        queue_toml("jobs", f"{p}dlq"),  # the same stream, as a work queue: nobody reads it
+    )
+    async with running_bot(text) as tb:
+        reply = await tb.send("/queue", as_="bob")
+    rows = rows_of(reply)
+    assert rows[("dlq", "(none)")][0] == "ok"
+    assert rows[("jobs", "(none)")][0] == "CRIT workers"
+
+
 async def test_workers_counts_stalled_consumers(rds: tuple[aioredis.Redis, str]) -> None:
     client, p = rds
     await add(client, f"{p}jobs", 10)
