@@ -440,8 +440,10 @@ def _redis_readiness(view: LeaderView) -> str:
     # which keep working without Redis. Commands are answered too; what stops is said here.
     if view.redis == "ok":
         return "ok"
+    if view.redis != "unreachable":
+        return f"{DEGRADED}: Redis {view.redis}"  # not asked yet: the lease starts last
     return (
-        f"{DEGRADED}: Redis {view.redis}; no replica leads, so checks and heartbeats wait "
+        f"{DEGRADED}: Redis unreachable; no replica leads, so checks and heartbeats wait "
         "for it, and alerts are deduplicated per replica"
     )
 
