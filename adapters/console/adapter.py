@@ -24,6 +24,7 @@ QUIT_WORDS = frozenset({"/quit", "/exit", "quit", "exit"})
 class ConsoleAdapter:
     name = "console"
     limits = PlatformLimits()  # a terminal: no limit
+    identity = ""  # a terminal: nobody addresses the bot by a name
 
     def __init__(
         self, user: str, channel: str, clock: Clock, *, write: Callable[[str], None] | None = None
@@ -38,6 +39,7 @@ class ConsoleAdapter:
         self._event_ids = itertools.count(1)
         # What the bot posted on its own (job progress and results), oldest first.
         self.posted: deque[tuple[Location, Reply]] = deque(maxlen=1000)
+        self.posted_total = 0  # ever posted: post number n is posted[n - posted_total - 1]
         self._posted_changed = asyncio.Condition()
 
     async def start(self, handler: MessageHandler) -> None:
@@ -45,6 +47,9 @@ class ConsoleAdapter:
 
     async def stop(self) -> None:
         self._handler = None
+
+    async def state(self) -> str:
+        return "connected" if self._handler is not None else "stopped"
 
     async def send(
         self, text: str, *, user: str | None = None, channel: str | None = None
@@ -66,10 +71,25 @@ class ConsoleAdapter:
         """The outbound side: a terminal cannot edit what it printed, so progress updates
         (``key``) are printed as new lines like everything else."""
         self.posted.append((destination, reply))
+        self.posted_total += 1
         if self._write is not None:
             self._write(render_text(reply))
         async with self._posted_changed:
             self._posted_changed.notify_all()
+
+    def posted_after(self, seen: int) -> list[Reply]:
+        """What was posted after the first ``seen`` posts (those still kept)."""
+        new = max(0, min(self.posted_total - seen, len(self.posted)))
+        return [reply for _, reply in list(self.posted)[len(self.posted) - new :]]
+
+    async def wait_posted_after(self, seen: int, within: float) -> None:
+        """Return once more than ``seen`` posts were made, or after ``within`` seconds."""
+        async with self._posted_changed:
+            if self.posted_total <= seen:
+                try:
+                    await asyncio.wait_for(self._posted_changed.wait(), within)
+                except TimeoutError:
+                    return
 
     async def wait_posted(self, predicate: Callable[[Reply], bool]) -> Reply:
         """The first posted reply (old or new) ``predicate`` accepts (wrap it in a timeout)."""

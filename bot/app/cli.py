@@ -34,6 +34,15 @@ EXIT_CODES = {
 }
 EXIT_CONFIG = 78
 EXIT_SOFTWARE = 70
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69  # the running bot cannot be reached (--connect)
+
+
+def _exit_for(status: str, default: int = 0) -> int:
+    try:
+        return EXIT_CODES[Status(status)]
+    except ValueError:
+        return default
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--channel", help="console channel id (default: console.channel)")
     console.add_argument("-c", "--command", help="run one command, print the reply and exit")
     console.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
+    console.add_argument(
+        "--connect",
+        metavar="URL",
+        help="send commands to the opsbot run serving URL (e.g. http://127.0.0.1:8080) "
+        "instead of starting a bot here; needs OPSBOT_CONSOLE_TOKEN",
+    )
     console.add_argument("--verbose", action="store_true", help="log at the configured level")
 
     run = sub.add_parser("run", help="start the configured chat adapters and the HTTP server")
@@ -290,6 +305,8 @@ async def _outbox(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _console(args: argparse.Namespace, config: Config, source: str) -> int:
+    if args.connect:
+        return await _connected_console(args, config)
     from adapters.console.adapter import ConsoleAdapter
     from bot.app.runtime import Bot
     from commands import COMMANDS
@@ -399,6 +416,60 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[str
     return read_line
 
 
+async def _connected_console(args: argparse.Namespace, config: Config) -> int:
+    """A terminal as a client of the running bot: its identity, policy and audit."""
+    from bot.app.remote_console import RemoteConsole, RemoteError
+
+    token = config.console.token
+    if token is None:
+        print(
+            "opsbot: --connect needs the console token: set OPSBOT_CONSOLE_TOKEN", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    if args.principal or args.channel:
+        print(
+            "opsbot: --as and --channel do not go with --connect: the running bot's "
+            "[console] section says who a connected console is",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        async with RemoteConsole(args.connect, token.get_secret_value()) as remote:
+            if args.command is not None:
+                status, text, posted = await remote.send(args.command)
+                if text:
+                    print(text, flush=True)
+                code = _exit_for(status)
+                # As the local console: a job answered with its id ends with its result.
+                while True:
+                    posts, posted, running = await remote.posts(posted, wait=2.0)
+                    for post_status, post in posts:
+                        print(post, flush=True)
+                        if status == "info":
+                            code = _exit_for(post_status, code)
+                    if not posts and not running:
+                        return code
+            loop = asyncio.get_running_loop()
+            read = _stdin_reader(loop)
+            print(f"opsbot console connected to {args.connect}. Ctrl-D quits.", flush=True)
+            posted = 0
+            while (line := await read()) is not None:
+                if line.strip() in ("/quit", "/exit", "quit", "exit"):
+                    break
+                if not line.strip():
+                    continue
+                _, text, posted = await remote.send(line)
+                if text:
+                    print(text, flush=True)
+                posts, posted, _ = await remote.posts(posted, wait=0.0)
+                for _, post in posts:
+                    print(post, flush=True)
+            return 0
+    except RemoteError as exc:
+        print(f"opsbot: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
 async def _serve(config: Config, source: str) -> int:
     import structlog
 
@@ -414,7 +485,10 @@ async def _serve(config: Config, source: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await bot.start(defer_scheduled=True)
-    await bot.attach(build_adapters(config, COMMANDS, bot.clock, bot.metrics))
+    adapters = build_adapters(config, COMMANDS, bot.clock, bot.metrics)
+    if bot.remote_console is not None:
+        adapters.append(bot.remote_console)  # served on the HTTP server (--connect)
+    await bot.attach(adapters)
     await bot.start_scheduled()
     # Everything made while starting lives as long as the process: move it out of the
     # collector's sight, so the first full collection does not stall commands in flight

@@ -15,10 +15,13 @@ from types import TracebackType
 from typing import Any
 
 import structlog
+from starlette.routing import BaseRoute
 
+from adapters.console.adapter import ConsoleAdapter
 from bot.app.config.models import Config
 from bot.app.connecting import AdapterKeeper, Backoff
 from bot.app.http_server import DEGRADED, HttpServer, build_app
+from bot.app.remote_console import console_routes
 from bot.app.services import Services
 from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
 from bot.app.witness import AuditWitness
@@ -236,6 +239,12 @@ class Bot:
             dedup=self.dedup,
         )
         self.http_server: HttpServer | None = None
+        # `opsbot console --connect`: a console on the bot's HTTP server, when a token is set.
+        self.remote_console: ConsoleAdapter | None = None
+        if config.console.token is not None:
+            self.remote_console = ConsoleAdapter(
+                config.console.principal or "operator", config.console.channel, self.clock
+            )
         self._keepers: list[AdapterKeeper] = []
         self.reconnect = Backoff()  # how adapters that cannot reach their platform retry
         self._scheduled = False
@@ -297,7 +306,10 @@ class Bot:
                 build_app(
                     self.metrics,
                     self.readiness,
-                    alert_routes(self.alert_intake, self.config.alerts),
+                    [
+                        *alert_routes(self.alert_intake, self.config.alerts),
+                        *self._console_routes(),
+                    ],
                     self.cluster if self.config.state.redis_url is not None else None,
                 ),
                 self.config.http.host,
@@ -307,6 +319,14 @@ class Bot:
             self.http_server = server
         if not defer_scheduled:
             await self.start_scheduled()
+
+    def _console_routes(self) -> list[BaseRoute]:
+        token = self.config.console.token
+        if self.remote_console is None or token is None:
+            return []
+        return console_routes(
+            self.remote_console, token.get_secret_value(), lambda: len(self.jobs.running())
+        )
 
     async def start_on_demand(self) -> None:
         """For a console: scheduled work (heartbeats, checks, silence ends) runs only when

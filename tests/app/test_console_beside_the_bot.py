@@ -150,3 +150,72 @@ def test_check_config_names_what_opsbot_run_could_post_nowhere(tmp_path: Path) -
     config.write_text(reachable)
     checked = run_opsbot("check-config", str(config))
     assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
+
+
+def test_console_connect_is_a_client_of_the_running_bot(tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = tmp_path / "opsbot.toml"
+    config.write_text(CONFIG + '\n[policy.commands.whoami]\nroles = ["oncall"]\n')
+    env = clean_env(
+        OPSBOT_DATA_DIR=str(tmp_path),
+        OPSBOT_HTTP_PORT=str(port),
+        OPSBOT_CONSOLE_TOKEN="console-token-for-tests",
+    )
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def connect(*args: str, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
+            return run_opsbot(
+                "console",
+                "--config",
+                str(config),
+                "--connect",
+                url,
+                *args,
+                env={**env, **extra},
+                stdin=stdin,
+            )
+
+        answered = connect("-c", "/whoami")
+        assert answered.returncode == 0, answered.stderr
+        assert "You are alice" in answered.stdout
+        # The bot's own policy: a switch made through it holds in the bot.
+        assert "OFF until" in connect("-c", "/policy off 30m maintenance").stdout
+        assert "OFF until" in connect("-c", "/policy").stdout
+        wrong = connect("-c", "/whoami", OPSBOT_CONSOLE_TOKEN="not-the-token")
+        assert wrong.returncode == 69 and "401" in wrong.stderr, wrong.stderr
+        lines = connect(stdin="/whoami\n/policy strict done\n")
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        bot.communicate(timeout=20)
+    assert "You are alice" in lines.stdout and "STRICT" in lines.stdout, lines.stdout
+    # One bot did everything: the audit log shows these commands from the console.
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        commands = [
+            row[0]
+            for row in db.execute(
+                "SELECT command FROM audit_log WHERE stage = 'decided' ORDER BY seq"
+            ).fetchall()
+        ]
+    # The refused token reached no command: nothing of it in the log.
+    assert commands == ["whoami", "policy", "policy", "whoami", "policy"], commands

@@ -41,6 +41,10 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
         "Telegram webhook secret_token, for webhook mode (secret)",
     ),
     "OPSBOT_DISCORD_TOKEN": (("discord", "token"), "Discord bot token (secret)"),
+    "OPSBOT_CONSOLE_TOKEN": (
+        ("console", "token"),
+        "token `opsbot console --connect` presents to a running `opsbot run` (secret)",
+    ),
     "OPSBOT_ALERTS_TOKEN": (
         ("alerts", "token"),
         "bearer token alert senders present to POST /alerts and /alerts/alertmanager (secret)",

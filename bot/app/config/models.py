@@ -156,6 +156,9 @@ class AuditSection(Strict):
 class ConsoleSection(Strict):
     principal: Name | None = None
     channel: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "ops"
+    # Set (OPSBOT_CONSOLE_TOKEN): `opsbot run` serves its console on the HTTP server, for
+    # `opsbot console --connect` on this host (bot/app/remote_console.py).
+    token: SecretStr | None = None
 
 
 class Config(Strict):
