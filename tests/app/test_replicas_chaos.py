@@ -3,7 +3,8 @@ cluster meets: a replica frozen (SIGSTOP) while its platform client sleeps out a
 a Redis outage.
 
 Each process is started as tests/app/test_replicas_run.py starts them (``Replica``); the
-faults are real signals and a real Redis server stopped and started again.
+faults are real signals and a real Redis server stopped and started again. Each test runs
+a Redis server of its own, so no lease or dedup key of another test's bot is in the way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from bot.audit import upgrade
-from tests.app.test_replicas_run import START_WITHIN, Replica, Replicas, shared_redis
+from tests.app.test_replicas_run import START_WITHIN, Replica, Replicas
 from tests.auditlog_helpers import pg_database
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 
@@ -136,7 +137,7 @@ async def test_a_replica_frozen_during_a_429_does_not_post_what_another_took_ove
     bot's rate limiter would send it once its sleep was over)."""
     async with (
         pg_database() as database_url,
-        shared_redis() as redis,
+        redis_server(tmp_path) as (redis, _),
         FakeTelegram() as tg,
     ):
         await upgrade(database_url)
