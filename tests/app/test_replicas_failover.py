@@ -5,7 +5,8 @@ each talking to a fake Telegram (tests/fakes/telegram_server.py, in this process
   on. The other replica must not start the action again while that job's processes live,
   however long after the lease; once they are gone, it may.
 * A replica leading the heartbeats is killed just before a slot of the schedule: the
-  survivor takes the lease over after the slot and posts it once, marked late.
+  survivor takes the lease over after the slot and posts it once, marked late. The same
+  when Redis stops answering across a slot: the replica leading once it is back posts it.
 
 The config refuses heartbeats more often than every 5 minutes, so each process runs
 ``opsbot run`` with that constant lowered to 5 seconds (``_LAUNCH``); everything else is
@@ -18,24 +19,25 @@ import asyncio
 import contextlib
 import math
 import os
+import secrets
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bot.audit import upgrade
+from tests.app.test_replicas_chaos import redis_server
 from tests.app.test_replicas_run import (
     OPS,
     START_WITHIN,
     Replica,
     Replicas,
     heartbeats,
-    shared_redis,
     utc,
 )
 from tests.auditlog_helpers import pg_database
@@ -43,6 +45,8 @@ from tests.fakes.telegram_server import FakeTelegram
 from tests.processes import ROOT, clean_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(180)]
+# Each test has a redis-server of its own (tests/app/test_replicas_chaos.py): no lease or
+# slot left by a bot of another test in a shared database can hold its replicas off.
 
 SCRIPTS = ROOT / "tests" / "scripts"
 BOB = 222222222
@@ -184,11 +188,15 @@ max_concurrent = 1
 timeout = "60s"
 kill_grace = "1s"
 """
-    replicas = Replicas([FastReplica(n, tmp_path / f"{n}.log") for n in ("one", "two")])
+    # Replica ids of its own: a bot of another test starting as "one" on this host would
+    # stop the orphaned job (rightly: its own replica restarted) before the test is done.
+    tag = secrets.token_hex(3)
+    names = (f"one-{tag}", f"two-{tag}")
+    replicas = Replicas([FastReplica(n, tmp_path / f"{n}.log") for n in names])
     one, two = replicas.all
     async with (
         pg_database() as database_url,
-        shared_redis() as redis,
+        redis_server(tmp_path) as (redis, _),
         FakeTelegram() as tg_one,
         FakeTelegram() as tg_two,
     ):
@@ -231,7 +239,7 @@ kill_grace = "1s"
                     f"a second run started while the first still ran: {runs(record)}"
                 )
                 assert "/serial is already running once (max_concurrent = 1)" in refusal.text
-                assert "on replica one" in refusal.text, refusal.text
+                assert f"on replica {one.name}" in refusal.text, refusal.text
 
                 # Once the orphan has ended by itself, the slot is taken over.
                 await replicas.until(
@@ -261,8 +269,12 @@ def next_slot(margin: float) -> float:
     return float((math.floor((time.time() + margin) / EVERY) + 1) * EVERY)
 
 
-async def test_a_heartbeat_slot_that_falls_in_a_leader_hand_over_is_posted_once_late(
-    tmp_path: Path,
+# Called a second before a slot; returns once the slot has passed and a replica leads again.
+Interruption = Callable[[Replicas], Awaitable[None]]
+
+
+async def missed_slot_is_posted_once_late(
+    tmp_path: Path, redis: str, interrupt: Interruption
 ) -> None:
     replicas = Replicas([FastReplica(n, tmp_path / f"{n}.log") for n in ("one", "two")])
     beat = f"""
@@ -271,7 +283,7 @@ name = "ops"
 channels = ["ops"]
 interval = "{EVERY}s"
 """
-    async with pg_database() as database_url, shared_redis() as redis, FakeTelegram() as tg:
+    async with pg_database() as database_url, FakeTelegram() as tg:
         configs = [
             base_config(
                 r.name,
@@ -291,18 +303,12 @@ interval = "{EVERY}s"
             )
             # One slot posted on time: the shared record the next leader compares with.
             await replicas.until(lambda: bool(heartbeats(tg)), EVERY + 5, "a first heartbeat")
-            leader = next(r for r in replicas.all if r.leading)
-            survivor = next(r for r in replicas.all if r is not leader)
 
-            # Killed a second before a slot: the lease lapses only after it.
+            # A second before a slot: the lease lapses only after it.
             slot = next_slot(margin=3)
             await asyncio.sleep(max(0.0, slot - 1.0 - time.time()))
-            replicas.killed.add(leader.name)
-            await leader.kill()
-            await replicas.until(
-                lambda: survivor.leading, 10, f"{survivor.name} takes the lease over"
-            )
-            assert time.time() > slot, "the hand-over ended before the slot"
+            await interrupt(replicas)
+            assert time.time() > slot, "leading again before the slot came"
             # The slot after it, on time, and a few seconds more for any duplicate.
             await asyncio.sleep(max(0.0, slot + EVERY + 4 - time.time()))
 
@@ -323,3 +329,41 @@ interval = "{EVERY}s"
 
         slots = Counter(slot_of(at, call.text) for at, call in posts)
         assert max(slots.values()) == 1, shown
+
+
+async def test_a_heartbeat_slot_that_falls_in_a_leader_hand_over_is_posted_once_late(
+    tmp_path: Path,
+) -> None:
+    async def kill_the_leader(replicas: Replicas) -> None:
+        leader = next(r for r in replicas.all if r.leading)
+        survivor = next(r for r in replicas.all if r is not leader)
+        replicas.killed.add(leader.name)
+        await leader.kill()
+        await replicas.until(lambda: survivor.leading, 10, f"{survivor.name} takes over")
+
+    async with redis_server(tmp_path) as (redis, _):
+        await missed_slot_is_posted_once_late(tmp_path, redis, kill_the_leader)
+
+
+async def test_a_heartbeat_slot_that_falls_in_a_redis_outage_is_posted_once_late(
+    tmp_path: Path,
+) -> None:
+    """Redis frozen (SIGSTOP: its data kept, as in a network partition) across a slot: no
+    replica can lead; once it answers again, the one that leads posts the slot late."""
+    async with redis_server(tmp_path) as (redis, control):
+
+        async def freeze_redis(replicas: Replicas) -> None:
+            assert control.process is not None
+            control.process.send_signal(signal.SIGSTOP)
+            try:
+                await replicas.until(
+                    lambda: not any(r.leading for r in replicas.all), 10, "nobody leads"
+                )
+                await asyncio.sleep(2)
+            finally:
+                control.process.send_signal(signal.SIGCONT)
+            await replicas.until(
+                lambda: sum(r.leading for r in replicas.all) == 1, 15, "one leads again"
+            )
+
+        await missed_slot_is_posted_once_late(tmp_path, redis, freeze_redis)
