@@ -69,10 +69,13 @@ sys.exit(main())
 
 @dataclass
 class FastReplica(Replica):
-    """A Replica whose heartbeats may come every few seconds."""
+    """A Replica whose heartbeats may come every few seconds, and that may be started
+    again after a kill (its log goes on in the same file)."""
 
     async def start(self, config: Path) -> None:
-        self._log = self.log_path.open("wb")
+        if self._log is not None:  # started again after a kill
+            self._log.close()
+        self._log = self.log_path.open("ab")
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -166,9 +169,12 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.parametrize(("then", "seconds"), [("the job ends", 9), ("its replica restarts", 40)])
 async def test_a_killed_replicas_job_keeps_its_slot_while_its_processes_live(
-    tmp_path: Path,
+    tmp_path: Path, then: str, seconds: int
 ) -> None:
+    """Until the job ends by itself (the other replica, on the same host, sees it gone in
+    /proc), or until its replica restarts (it stops its orphans, then frees their slots)."""
     record = tmp_path / "runs.txt"
     action = f"""
 [policy.commands.run]
@@ -180,7 +186,7 @@ shutdown_grace = "1s"
 
 [[actions]]
 name = "serial"
-argv = ["{SCRIPTS}/record_run.sh", "9"]
+argv = ["{SCRIPTS}/record_run.sh", "{seconds}"]
 env = {{ RECORD = "{record}" }}
 risk = "write"
 roles = ["oncall"]
@@ -241,10 +247,23 @@ kill_grace = "1s"
                 assert "/serial is already running once (max_concurrent = 1)" in refusal.text
                 assert f"on replica {one.name}" in refusal.text, refusal.text
 
-                # Once the orphan has ended by itself, the slot is taken over.
-                await replicas.until(
-                    lambda: not alive(first_pid), 15, "the first job ends by itself"
-                )
+                if then == "the job ends":
+                    # Once the orphan has ended by itself, the slot is taken over.
+                    await replicas.until(
+                        lambda: not alive(first_pid), 15, "the first job ends by itself"
+                    )
+                else:
+                    await one.start(tmp_path / f"{one.name}.toml")
+                    replicas.killed.discard(one.name)
+                    await replicas.until(
+                        lambda: len(one.events("opsbot.started")) == 2,
+                        START_WITHIN,
+                        f"{one.name} starts again",
+                    )
+                    assert not alive(first_pid), replicas.report("the orphan was not stopped")
+                    assert one.events("jobs.slot_released_after_restart"), replicas.report(
+                        "its slot was not released"
+                    )
                 asked = len(tg_two.calls_of("sendMessage"))
                 tg_two.command("/run serial", user_id=BOB)
                 await replicas.until(
@@ -252,13 +271,17 @@ kill_grace = "1s"
                 )
                 answers = tg_two.calls_of("sendMessage")[asked:]
                 assert not any("already running" in c.text for c in answers), answers
-                assert two.events("jobs.slot_reclaimed"), replicas.report("not reclaimed")
+                if then == "the job ends":
+                    assert two.events("jobs.slot_reclaimed"), replicas.report("not reclaimed")
             finally:
                 for pid, _, _ in runs(record):
                     with contextlib.suppress(OSError):
                         os.killpg(os.getpgid(pid), signal.SIGKILL)
         (_, _, end_1), (_, start_2, _) = runs(record)
-        assert end_1 is not None and end_1 <= start_2, f"two runs at once: {runs(record)}"
+        if then == "the job ends":
+            assert end_1 is not None and end_1 <= start_2, f"two runs at once: {runs(record)}"
+        else:
+            assert end_1 is None, f"the orphan was not stopped: {runs(record)}"
 
 
 # ------------------------------------------------------------------------ heartbeats
