@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,13 +159,15 @@ async def running_bot(
     serve_http: bool = False,
     data_dir: Path | None = None,
     adapters: Sequence[AdapterFactory] = (),
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[TestBot]:
     """``data_dir``: keep the bot's database there (a restart test starts a second bot on
     the same directory); by default a fresh temporary one. ``adapters``: platform adapters
     to attach besides the console, each made from (config, commands, clock), as
-    ``bot.app.adapters.build_adapters`` makes them."""
+    ``bot.app.adapters.build_adapters`` makes them. ``env``: the environment the config
+    is read with (its ``{ env = "OPSBOT_…" }`` secrets)."""
     specs = [*COMMANDS, *extra_commands]
-    config = parse_config(config_text, "test", {}, [s.name for s in specs])
+    config = parse_config(config_text, "test", env or {}, [s.name for s in specs])
     with tempfile.TemporaryDirectory(prefix="opsbot-test-") as temp_dir:
         if config.bot.data_dir == Path(".opsbot"):  # never the developer's own directory
             chosen = data_dir or Path(temp_dir)

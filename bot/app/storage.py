@@ -69,6 +69,9 @@ def configured_secrets(config: Config) -> list[str]:
         urls.append(config.state.redis_url.get_secret_value())
     secrets = [password for url in urls for password in secrets_in_url(url)]
     secrets += [v.get_secret_value() for a in config.actions for v in a.secret_env.values()]
+    # Services' and checks' headers, auth and URLs (bot.features.probes.config).
+    secrets += [s for service in config.services for s in service.secrets()]
+    secrets += [s for check in config.checks for s in check.secrets()]
     for section in (config.slack, config.telegram, config.discord):
         if section is not None:
             secrets += [

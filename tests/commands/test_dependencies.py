@@ -12,6 +12,7 @@ import pytest
 from bot.app.config import parse_config
 from bot.app.runtime import Bot
 from bot.cluster.http_clients import HttpClients
+from bot.cluster.redis_clients import RedisClients
 from bot.features.probes.config import Service
 from bot.features.probes.targets import ServiceTargets
 from bot.kernel.command import Decision, NoDeps, Principal, Request
@@ -46,6 +47,7 @@ async def test_health_runs_with_only_its_services_and_an_http_client() -> None:
             deps = HealthDeps(
                 targets=ServiceTargets([Service(name="api", health_url=server.url("/health"))]),
                 http=http,
+                redis=RedisClients(),  # for services of kind redis; none here
             )
             reply = await health(_request("/health"), HealthArgs(), deps)
         finally:
@@ -56,7 +58,7 @@ async def test_health_runs_with_only_its_services_and_an_http_client() -> None:
         await health(
             _request("/health nope"),
             HealthArgs(service="nope"),
-            HealthDeps(targets=ServiceTargets([]), http=HttpClients()),
+            HealthDeps(targets=ServiceTargets([]), http=HttpClients(), redis=RedisClients()),
         )
 
 

@@ -52,9 +52,19 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
 }
 
 
+# The config may name further variables of this prefix for its secrets (a check's header,
+# a service's password: ``{ env = "OPSBOT_…" }``); nothing else of the environment is read.
+REFERENCED_PREFIX = "OPSBOT_"
+
+
 def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The subset of ``environ`` opsbot cares about (empty values count as unset)."""
-    return {name: environ[name] for name in ENV_VARS if environ.get(name)}
+    """The subset of ``environ`` opsbot cares about (empty values count as unset): the
+    variables above, and those of ``REFERENCED_PREFIX`` the config may name."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if value and (name in ENV_VARS or name.startswith(REFERENCED_PREFIX))
+    }
 
 
 # A token alone does not turn a platform on: its section does (a stray variable in a

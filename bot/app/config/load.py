@@ -55,12 +55,12 @@ def parse_config(
         )
     apply_overrides(raw, env)
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"env": env})
     except ValidationError as exc:
         # Every problem in one run: the cross-references too, checked on the config
         # with the bad values left out (their own errors are already in the list).
         problems = _describe(exc)
-        rest = _without_errors(raw, exc)
+        rest = _without_errors(raw, exc, env)
         if rest is not None:
             problems += [p for p in reference_problems(rest, command_names) if p not in problems]
         raise ConfigError(source, problems) from exc
@@ -73,7 +73,9 @@ def parse_config(
 _PRUNE_PASSES = 8
 
 
-def _without_errors(raw: dict[str, Any], error: ValidationError) -> Config | None:
+def _without_errors(
+    raw: dict[str, Any], error: ValidationError, env: Mapping[str, str]
+) -> Config | None:
     """The config validated with every value that failed taken out (its parent, when a
     required key then goes missing); None when it still does not validate."""
     pruned = copy.deepcopy(raw)
@@ -81,7 +83,7 @@ def _without_errors(raw: dict[str, Any], error: ValidationError) -> Config | Non
         for item in error.errors(include_url=False):
             _remove(pruned, [p for p in item["loc"] if not str(p).startswith("function-")])
         try:
-            return Config.model_validate(pruned)
+            return Config.model_validate(pruned, context={"env": env})
         except ValidationError as again:
             error = again
     return None
@@ -119,6 +121,8 @@ _SECRET_KEYS = frozenset(
         "secret_env",
         "database_url",
         "redis_url",
+        "headers",  # a header's value may be a credential
+        "password",
     }
 )
 

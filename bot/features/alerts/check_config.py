@@ -7,7 +7,18 @@ Kinds:
 * ``http_json``: a number in an HTTP endpoint's JSON (``field``, dotted) against
   ``warn``/``critical``;
 * ``queue_length``, ``workers`` (a floor: below is bad), ``pending_idle`` (seconds the
-  oldest pending entry waits): a ``[[queues]]`` entry's figures against ``warn``/``critical``.
+  oldest pending entry waits): a ``[[queues]]`` entry's figures against ``warn``/``critical``;
+* ``tcp`` (``host``, ``port``), ``redis`` (``redis_url``; PING, or the number at an ``INFO``
+  ``field``), ``postgres`` (``database_url``; ``SELECT 1``, or a ``query`` giving one
+  number): without a field or query the value is the time the exchange took (ms), and
+  ``warn``/``critical`` are optional;
+* ``prometheus`` (``url`` of a Prometheus, an instant PromQL ``query`` giving one sample)
+  and ``metrics`` (``url`` of a text endpoint, a ``metric`` and ``metric_labels`` picking
+  one sample) against ``warn``/``critical``.
+
+``http_json``, ``prometheus`` and ``metrics`` take the HTTP request options of
+``[[services]]`` (``headers``, ``auth``, ``expect_status``; ``http_json`` also ``method``
+and ``body``), secrets from the environment (``bot.features.probes.config``).
 
 Kept apart from ``models.py`` like ``heartbeat.py``; ``Config`` includes it. Service,
 queue and channel names are checked in ``references.py``.
@@ -20,7 +31,6 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -30,8 +40,15 @@ from pydantic import (
     model_validator,
 )
 
+from bot.features.probes.config import (
+    Host,
+    HttpOptions,
+    PostgresSecretUrl,
+    RedisSecretUrl,
+    url_secrets,
+)
 from bot.kernel.durations import format_duration, parse_duration
-from bot.kernel.settings import Duration, Name
+from bot.kernel.settings import Duration, Name, Port
 
 DEFAULT_INTERVAL = timedelta(minutes=1)
 # More often than this hammers what is checked and turns a blip into an alert.
@@ -46,6 +63,11 @@ class CheckKind(enum.StrEnum):
     QUEUE_LENGTH = "queue_length"
     WORKERS = "workers"
     PENDING_IDLE = "pending_idle"
+    TCP = "tcp"
+    REDIS = "redis"
+    POSTGRES = "postgres"
+    PROMETHEUS = "prometheus"
+    METRICS = "metrics"
 
 
 class Direction(enum.StrEnum):
@@ -71,31 +93,61 @@ def _seconds(value: Any) -> Any:
 Level = Annotated[float, BeforeValidator(_seconds)]
 JsonPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")]
 
+MetricName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$")]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")]
+MAX_QUERY_CHARS = 4000
+
 _NEEDS = {
     CheckKind.HEALTH: ("service",),
     CheckKind.HTTP_JSON: ("url", "field", "warn", "critical"),
     CheckKind.QUEUE_LENGTH: ("queue", "warn", "critical"),
     CheckKind.WORKERS: ("queue", "warn", "critical"),
     CheckKind.PENDING_IDLE: ("queue", "warn", "critical"),
+    CheckKind.TCP: ("host", "port"),
+    CheckKind.REDIS: ("redis_url",),
+    CheckKind.POSTGRES: ("database_url",),
+    CheckKind.PROMETHEUS: ("url", "query", "warn", "critical"),
+    CheckKind.METRICS: ("url", "metric", "warn", "critical"),
 }
-_FORBIDS = {
-    CheckKind.HEALTH: ("url", "field", "queue", "warn", "critical"),
-    CheckKind.HTTP_JSON: ("service", "queue"),
-    CheckKind.QUEUE_LENGTH: ("service", "url", "field"),
-    CheckKind.WORKERS: ("service", "url", "field"),
-    CheckKind.PENDING_IDLE: ("service", "url", "field"),
+# Keys that belong to some kinds only; the others refuse them.
+_REQUEST = ("method", "headers", "body", "auth", "expect_status")
+_OWN = {
+    CheckKind.HEALTH: ("service",),
+    CheckKind.HTTP_JSON: ("url", "field", *_REQUEST),
+    CheckKind.QUEUE_LENGTH: ("queue",),
+    CheckKind.WORKERS: ("queue",),
+    CheckKind.PENDING_IDLE: ("queue",),
+    CheckKind.TCP: ("host", "port"),
+    CheckKind.REDIS: ("redis_url", "field"),
+    CheckKind.POSTGRES: ("database_url", "query"),
+    # The query goes in the URL of a GET; the method and body are the bot's.
+    CheckKind.PROMETHEUS: ("url", "query", "headers", "auth", "expect_status"),
+    CheckKind.METRICS: ("url", "metric", "metric_labels", "headers", "auth", "expect_status"),
 }
+_KIND_KEYS = {key for keys in _OWN.values() for key in keys}
+# Reachability kinds: without a field or query, the value judged is the time it took.
+TIMED = frozenset({CheckKind.TCP, CheckKind.REDIS, CheckKind.POSTGRES})
 
 
-class CheckConfig(BaseModel):
+class CheckConfig(HttpOptions):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: Name
     kind: CheckKind
     service: Name | None = None  # health
-    url: HttpUrl | None = None  # http_json
-    field: JsonPath | None = None  # http_json: "cpu_percent", "disks.root.used_percent"
+    url: HttpUrl | None = None  # http_json, prometheus (its base URL), metrics
+    # http_json: "cpu_percent", "disks.root.used_percent"; redis: an INFO field
+    # ("used_memory", "db0.keys").
+    field: JsonPath | None = None
     queue: Name | None = None  # queue_length, workers, pending_idle
+    host: Host | None = None  # tcp
+    port: Port | None = None  # tcp
+    redis_url: RedisSecretUrl | None = None  # redis: in the file or { env = "OPSBOT_…" }
+    database_url: PostgresSecretUrl | None = None  # postgres: likewise
+    # postgres: SQL giving one number (run read-only); prometheus: an instant PromQL query.
+    query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)] | None = None
+    metric: MetricName | None = None  # metrics: a sample's name ("http_requests_total")
+    metric_labels: dict[LabelName, Annotated[str, StringConstraints(max_length=1000)]] = {}
     warn: Level | None = None
     critical: Level | None = None
     # above: warn when value > warn; below: warn when value < warn. workers is always below.
@@ -127,11 +179,17 @@ class CheckConfig(BaseModel):
         for key in _NEEDS[self.kind]:
             if getattr(self, key) is None:
                 raise ValueError(f"kind '{self.kind}' needs '{key}'")
-        for key in _FORBIDS[self.kind]:
-            if getattr(self, key) is not None:
+        for key in sorted(_KIND_KEYS - set(_OWN[self.kind])):
+            if key in self.model_fields_set:
                 raise ValueError(f"'{key}' does not apply to kind '{self.kind}'")
-        if self.kind is CheckKind.HEALTH and self.direction is not None:
-            raise ValueError(f"'direction' does not apply to kind '{self.kind}'")
+        if self.kind is CheckKind.HEALTH:
+            for key in ("warn", "critical", "direction"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' does not apply to kind '{self.kind}'")
+        if (self.warn is None) != (self.critical is None):
+            raise ValueError("'warn' and 'critical' go together: set both or neither")
+        if self.warn is None and self.direction is not None:
+            raise ValueError("'direction' needs 'warn' and 'critical'")
         if self.warn is not None and self.critical is not None:
             if self.falls_bad and self.critical > self.warn:
                 raise ValueError(
@@ -144,6 +202,16 @@ class CheckConfig(BaseModel):
                     "when higher is worse"
                 )
         return self
+
+    @property
+    def judged(self) -> bool:
+        """False for a reachability check without levels: reached is ok."""
+        return self.warn is not None
+
+    def secrets(self) -> list[str]:
+        """Values to redact wherever they might appear (headers from the environment,
+        passwords, tokens, URLs)."""
+        return [*super().secrets(), *url_secrets(self.redis_url), *url_secrets(self.database_url)]
 
     @property
     def falls_bad(self) -> bool:

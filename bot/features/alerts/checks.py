@@ -1,8 +1,9 @@
 """Checks: rules the bot evaluates on a schedule (``[[checks]]``) and turns into alerts.
 
 Each run measures one thing (a service's health, a number in an HTTP endpoint's JSON, a
-queue's length, its workers, how long its oldest pending entry waits) and judges it ok,
-warn or critical against the check's levels. A check's life:
+queue's length, its workers, how long its oldest pending entry waits, a TCP connect, a
+Redis INFO field, a PostgreSQL query, a Prometheus query, a metric of a text endpoint)
+and judges it ok, warn or critical against the check's levels. A check's life:
 
 * ``for`` consecutive bad runs fire it: a message to its channels (or, without channels,
   wherever its labels route, as for inbound alerts), under an outbox key of its own;
@@ -37,7 +38,7 @@ import structlog
 
 from bot.cluster.scheduler import Every, Scheduler
 from bot.features.alerts.board import ActiveAlert, AlertBoard
-from bot.features.alerts.check_config import CheckConfig, CheckKind, OnError
+from bot.features.alerts.check_config import TIMED, CheckConfig, CheckKind, OnError
 from bot.features.alerts.intake import alert_buttons, short_id
 from bot.features.alerts.streaks import LocalStreaks
 from bot.features.probes.config import Service
@@ -91,28 +92,52 @@ class Measurer:
         self._redis = redis
 
     async def read(self, check: CheckConfig) -> Reading:
+        from bot.features.probes.readers import ProbeFailed
+
         try:
             if check.kind is CheckKind.HEALTH:
                 return await self._health(check)
+            if check.kind in TIMED:
+                return await self._reach(check)
             value = await self._value(check)
         except CheckFailed as exc:
             return Reading(Severity.CRITICAL, str(exc), failed=True)
+        except ProbeFailed as exc:
+            return Reading(Severity.CRITICAL, str(exc), failed=True)
         return judge(check, value)
 
+    async def _reach(self, check: CheckConfig) -> Reading:
+        """tcp, redis, postgres: a number read (INFO field, query), or the time it took."""
+        from bot.features.probes.readers import postgres_value, redis_reading, tcp_connect
+
+        timeout = check.timeout.total_seconds()
+        if check.kind is CheckKind.TCP:
+            assert check.host is not None
+            assert check.port is not None
+            timed = await tcp_connect(check.host, check.port, timeout)
+        elif check.kind is CheckKind.REDIS:
+            assert check.redis_url is not None
+            client = self._redis.client(check.redis_url, timeout=timeout)
+            timed = await redis_reading(client, check.redis_url, check.field, timeout)
+        else:
+            assert check.database_url is not None
+            timed = await postgres_value(check.database_url, check.query or "SELECT 1", timeout)
+        value = timed.value if timed.value is not None else timed.latency_ms
+        if check.judged:
+            return judge(check, value)
+        return Reading(Severity.OK, f"{_figure_name(check)} {value:.0f}", value)
+
     async def _health(self, check: CheckConfig) -> Reading:
-        from bot.features.probes import HealthState, ProbeTarget, ResponseShape, probe_health
+        from bot.features.probes import HealthState, probe_service
 
         service = self._services.get(check.service or "")
         assert service is not None  # the config's references are checked at load
-        result = await probe_health(
-            self._http.client(),
-            ProbeTarget(
-                service.name,
-                service.health_url,
-                min(service.timeout, check.timeout).total_seconds(),
-                ResponseShape(service.shape.value),
-            ),
+        result = await probe_service(
+            service,
+            self._http,
+            self._redis,
             request_id=f"check-{secrets.token_hex(5)}",
+            timeout_s=check.timeout.total_seconds(),
         )
         level = {
             HealthState.UP: Severity.OK,
@@ -125,7 +150,39 @@ class Measurer:
     async def _value(self, check: CheckConfig) -> float:
         if check.kind is CheckKind.HTTP_JSON:
             return await self._json_field(check)
+        if check.kind in (CheckKind.PROMETHEUS, CheckKind.METRICS):
+            return await self._scraped(check)
         return await self._queue_figure(check)
+
+    async def _scraped(self, check: CheckConfig) -> float:
+        from bot.features.probes.readers import metrics_sample, prometheus_value
+
+        assert check.url is not None
+        request_id = f"check-{secrets.token_hex(5)}"
+        timeout = check.timeout.total_seconds()
+        if check.kind is CheckKind.PROMETHEUS:
+            assert check.query is not None
+            timed = await prometheus_value(
+                self._http.client(),
+                str(check.url),
+                check.query,
+                check.http_request(),
+                request_id=request_id,
+                timeout_s=timeout,
+            )
+        else:
+            assert check.metric is not None
+            timed = await metrics_sample(
+                self._http.client(),
+                str(check.url),
+                check.metric,
+                check.metric_labels,
+                check.http_request(),
+                request_id=request_id,
+                timeout_s=timeout,
+            )
+        assert timed.value is not None
+        return timed.value
 
     async def _json_field(self, check: CheckConfig) -> float:
         from bot.features.probes.health import describe_failure, fetch, parse_json
@@ -140,10 +197,11 @@ class Measurer:
                 request_id=f"check-{secrets.token_hex(5)}",
                 timeout_s=timeout,
                 read_body=True,
+                request=check.http_request(),
             )
         except Exception as exc:
             raise CheckFailed(describe_failure(exc, timeout)) from exc
-        if not fetched.is_success:
+        if not check.http_request().expects(fetched.status):
             raise CheckFailed(f"the endpoint answered HTTP {fetched.status}")
         ok, document = parse_json(fetched.body)
         if not ok:
@@ -200,11 +258,28 @@ def judge(check: CheckConfig, value: float) -> Reading:
 def _figure_name(check: CheckConfig) -> str:
     if check.kind is CheckKind.HTTP_JSON:
         return check.field or "value"
+    if check.kind is CheckKind.TCP:
+        return f"{check.host}:{check.port} connect (ms)"
+    if check.kind is CheckKind.REDIS:
+        return f"Redis INFO {check.field}" if check.field else "Redis PING (ms)"
+    if check.kind is CheckKind.POSTGRES:
+        return "query value" if check.query else "PostgreSQL SELECT 1 (ms)"
+    if check.kind is CheckKind.PROMETHEUS:
+        return clean_query(check.query or "")
+    if check.kind is CheckKind.METRICS:
+        pairs = ",".join(f'{k}="{v}"' for k, v in check.metric_labels.items())
+        return f"{check.metric}{{{pairs}}}" if pairs else str(check.metric)
     return {
         CheckKind.QUEUE_LENGTH: f"queue {check.queue} length",
         CheckKind.WORKERS: f"queue {check.queue} workers",
         CheckKind.PENDING_IDLE: f"queue {check.queue} oldest pending idle (s)",
     }.get(check.kind, check.name)
+
+
+def clean_query(query: str, limit: int = 80) -> str:
+    """A PromQL query on one line, cut to ``limit``: it names the figure in the channel."""
+    flat = " ".join(query.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # ------------------------------------------------------------------ the state machine

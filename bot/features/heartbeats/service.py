@@ -237,15 +237,9 @@ class Heartbeats:
         if not services:
             return []
         # Imported here: httpx is the slowest import and only probes need it.
-        from bot.features.probes import ProbeTarget, ResponseShape, probe_all
+        from bot.features.probes import probe_services
 
-        targets = [
-            ProbeTarget(
-                s.name, s.health_url, s.timeout.total_seconds(), ResponseShape(s.shape.value)
-            )
-            for s in services
-        ]
-        return await probe_all(self._http.client(), targets, request_id=request_id)
+        return await probe_services(services, self._http, self._redis, request_id=request_id)
 
     async def _inspect(self, queues: Sequence[QueueConfig]) -> list[QueueReport]:
         if not queues:

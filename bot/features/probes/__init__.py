@@ -1,5 +1,7 @@
-"""Probes: platform-neutral HTTP health and version probes behind `/health`, `/version`,
-heartbeats and health checks, and the `[[services]]` they ask (`config`, `targets`)."""
+"""Probes: platform-neutral health and version probes behind `/health`, `/version`,
+heartbeats and checks, and the `[[services]]` they ask (`config`, `targets`): HTTP
+endpoints, and TCP ports, Redis and PostgreSQL servers, Prometheus queries and metrics
+(`readers`)."""
 
 from bot.features.probes.health import (
     HealthResult,
@@ -9,11 +11,14 @@ from bot.features.probes.health import (
     probe_all,
     probe_health,
 )
+from bot.features.probes.request import HttpRequest
+from bot.features.probes.services import probe_service, probe_services, service_target
 from bot.features.probes.version import VersionResult, fetch_all_versions, fetch_version
 
 __all__ = [
     "HealthResult",
     "HealthState",
+    "HttpRequest",
     "ProbeTarget",
     "ResponseShape",
     "VersionResult",
@@ -21,4 +26,7 @@ __all__ = [
     "fetch_version",
     "probe_all",
     "probe_health",
+    "probe_service",
+    "probe_services",
+    "service_target",
 ]

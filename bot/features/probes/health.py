@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
+from bot.features.probes.request import HttpRequest
 from bot.kernel.errors import exception_causes
 
 __all__ = [
@@ -58,6 +59,8 @@ class ProbeTarget:
     url: str
     timeout_s: float
     shape: ResponseShape = ResponseShape.AUTO
+    # Method, headers (secrets among them), body and the statuses that count as up.
+    request: HttpRequest = HttpRequest()  # noqa: RUF009 (frozen: one shared default is fine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +106,11 @@ async def fetch(
     request_id: str,
     timeout_s: float,
     read_body: bool,
+    request: HttpRequest | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
 ) -> Fetched:
-    """GET `url`, following up to MAX_REDIRECTS redirects, all within `timeout_s`.
+    """Send `request` (default: a plain GET) to `url`, following up to MAX_REDIRECTS
+    redirects, all within `timeout_s`; at most `max_bytes` of the body are read.
 
     Raises TimeoutError or httpx errors; callers turn them into a result with
     `describe_failure`.
@@ -112,9 +118,13 @@ async def fetch(
     # httpx timeouts apply per phase/read, so a server trickling one byte at a
     # time would never trip them; asyncio.timeout bounds the whole exchange.
     async with asyncio.timeout(timeout_s):
-        response = await _send_following_redirects(client, url, request_id, timeout_s)
+        response = await _send_following_redirects(
+            client, url, request_id, timeout_s, request or HttpRequest()
+        )
         try:
-            body, truncated = await _read_bounded(response) if read_body else (b"", False)
+            body, truncated = (
+                await _read_bounded(response, max_bytes) if read_body else (b"", False)
+            )
         finally:
             await response.aclose()
     return Fetched(
@@ -127,29 +137,51 @@ async def fetch(
 
 
 async def _send_following_redirects(
-    client: httpx.AsyncClient, url: str, request_id: str, timeout_s: float
+    client: httpx.AsyncClient,
+    url: str,
+    request_id: str,
+    timeout_s: float,
+    asked: HttpRequest,
 ) -> httpx.Response:
     # Redirects are followed by hand because httpx only offers a per-client
     # limit, and the client belongs to the caller.
     request = client.build_request(
-        "GET",
+        asked.method,
         url,
-        headers={"X-Request-ID": request_id, "Accept-Encoding": "identity"},
+        headers=[
+            *asked.headers,
+            ("X-Request-ID", request_id),
+            ("Accept-Encoding", "identity"),
+        ],
+        content=asked.body,
         timeout=timeout_s,
     )
+    origin = request.url.copy_with(path="/", query=None, fragment=None)
     for _ in range(MAX_REDIRECTS + 1):
         response = await client.send(request, stream=True, follow_redirects=False)
-        if response.next_request is None:
+        if response.next_request is None or not asked.follows_redirects:
             return response
         await response.aclose()
         request = response.next_request
+        elsewhere = request.url.copy_with(path="/", query=None, fragment=None) != origin
+        if elsewhere and asked.carries_credentials:
+            # httpx drops only Authorization on such a hop; configured headers (API keys)
+            # would go along to whatever host the redirect names.
+            raise CredentialsNotForwarded(request=request)
     raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
 
 
-async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
+class CredentialsNotForwarded(httpx.TooManyRedirects):
+    """A redirect to another origin of a request that carries configured headers."""
+
+    def __init__(self, *, request: httpx.Request) -> None:
+        super().__init__("redirected to another host", request=request)
+
+
+async def _read_bounded(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
     buffer = bytearray()
     async for chunk in response.aiter_bytes():
-        room = MAX_BODY_BYTES - len(buffer)
+        room = max_bytes - len(buffer)
         if len(chunk) > room:
             buffer += chunk[:room]
             return bytes(buffer), True
@@ -182,6 +214,8 @@ def describe_failure(exc: Exception, timeout_s: float) -> str:
     """A short, secret-free line for a failed exchange (no URL, no raw message)."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"timed out after {float(timeout_s)} s"
+    if isinstance(exc, CredentialsNotForwarded):
+        return "redirected to another host: not followed with the configured headers"
     if isinstance(exc, httpx.TooManyRedirects):
         return f"too many redirects (more than {MAX_REDIRECTS})"
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
@@ -319,12 +353,12 @@ def _judge_document(document: object) -> _BodyVerdict:
     return _BodyVerdict(derived, failing, note)
 
 
-def _http_state(status: int) -> HealthState:
-    return HealthState.UP if 200 <= status < 300 else HealthState.DOWN
+def _http_state(status: int, request: HttpRequest) -> HealthState:
+    return HealthState.UP if request.expects(status) else HealthState.DOWN
 
 
-def _http_note(fetched: Fetched) -> str | None:
-    return None if fetched.is_success else f"HTTP {fetched.status}"
+def _http_note(fetched: Fetched, request: HttpRequest) -> str | None:
+    return None if request.expects(fetched.status) else f"HTTP {fetched.status}"
 
 
 def _body_verdict(fetched: Fetched, shape: ResponseShape) -> _BodyVerdict:
@@ -346,17 +380,21 @@ def _body_verdict(fetched: Fetched, shape: ResponseShape) -> _BodyVerdict:
     return _NO_VERDICT
 
 
-def judge(fetched: Fetched, shape: ResponseShape) -> tuple[HealthState, tuple[str, ...], str]:
+def judge(
+    fetched: Fetched, shape: ResponseShape, request: HttpRequest | None = None
+) -> tuple[HealthState, tuple[str, ...], str]:
     """(state, failing components, detail) for a final response.
 
     The worse of the HTTP status and the body's verdict wins, so a 200 whose
     body says "unhealthy" is DOWN and a 503 whose body says "ok" is still DOWN.
+    Without ``request.expect_status``, any 2xx status is up.
     """
+    asked = request or HttpRequest()
     verdict = _body_verdict(fetched, shape)
-    state = _http_state(fetched.status)
+    state = _http_state(fetched.status, asked)
     if verdict.state is not None:
         state = _worst(state, verdict.state)
-    notes = [n for n in (_http_note(fetched), verdict.note) if n is not None]
+    notes = [n for n in (_http_note(fetched, asked), verdict.note) if n is not None]
     return state, verdict.failing, ", ".join(notes) or "ok"
 
 
@@ -375,9 +413,10 @@ async def probe_health(
             target.url,
             request_id=request_id,
             timeout_s=target.timeout_s,
-            read_body=target.shape is not ResponseShape.HTTP,
+            read_body=target.shape is not ResponseShape.HTTP and target.request.method != "HEAD",
+            request=target.request,
         )
-        state, failing, detail = judge(fetched, target.shape)
+        state, failing, detail = judge(fetched, target.shape, target.request)
     except Exception as exc:
         detail = describe_failure(exc, target.timeout_s)
         _log.debug(
