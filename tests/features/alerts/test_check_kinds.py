@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -27,6 +29,7 @@ from commands import COMMANDS
 from tests.botharness import BASE_CONFIG, running_bot
 from tests.features.alerts.test_checks import RULES, run_check
 from tests.infra import postgres_url, redis_url
+from tests.processes import ROOT, clean_env
 
 TOKEN = "tok-3f9a1c77e2b54d08"
 API_KEY = "key-8c21d4e9aa7f"
@@ -553,3 +556,73 @@ def test_a_missing_environment_variable_is_a_config_error_naming_key_and_variabl
     assert "abc123" not in problems
     assert "'headers' does not apply to kind 'tcp'" in problems
     assert "checks[3].redis_url: environment variable 'HOME' must start with OPSBOT_" in problems
+
+
+# ------------------------------------------------------------------ the real CLI
+
+CLI_CONFIG = """
+[console]
+principal = "alice"
+channel = "ops"
+[roles.oncall]
+[identities.alice]
+roles = ["oncall"]
+ids = ["console:alice"]
+[channels.ops]
+ids = ["console:ops"]
+[policy]
+admin_roles = ["oncall"]
+[policy.commands.checks]
+roles = ["oncall"]
+"""
+
+
+async def test_the_opsbot_command_reads_a_checks_secret_from_its_environment(
+    tmp_path: Path,
+) -> None:
+    """Through ``python -m bot``: the variable comes from the real environment, the check
+    runs with it, and neither the answer nor check-config shows it; unset, start-up
+    stops naming the key and the variable."""
+    async with exporter() as page:
+        config = tmp_path / "opsbot.toml"
+        config.write_text(
+            CLI_CONFIG
+            + check(
+                "mail-queue",
+                "metrics",
+                url=f"{page.base_url}/metrics",
+                metric="jobs_queued",
+                metric_labels='{ queue = "mail" }',
+                warn=1,
+                critical=100,
+                headers='{ X-Api-Key = { env = "OPSBOT_API_KEY" } }',
+                channels=["ops"],
+            )
+        )
+        env = clean_env(OPSBOT_DATA_DIR=str(tmp_path), OPSBOT_API_KEY=API_KEY)
+        console = "console", "--no-http", "--config", str(config), "-c", "/checks now mail-queue"
+        ran = await _opsbot(*console, env=env)
+        checked = await _opsbot("check-config", str(config), env=env)
+        unset = await _opsbot("check-config", str(config), env=clean_env())
+    assert 'jobs_queued{queue="mail"} 3 (warn above 1, critical above 100)' in ran[1], ran
+    assert page.seen and all(seen.get("X-Api-Key") == API_KEY for seen in page.seen)
+    assert checked[0] == 0, checked
+    for _, out, errors in (ran, checked, unset):
+        assert API_KEY not in out + errors
+    assert unset[0] == 78
+    assert "checks[0].headers.X-Api-Key: environment variable OPSBOT_API_KEY is not set" in unset[2]
+
+
+async def _opsbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, errors = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), errors.decode()
