@@ -117,7 +117,10 @@ class Measurer:
             timed = await tcp_connect(check.host, check.port, timeout)
         elif check.kind is CheckKind.REDIS:
             assert check.redis_url is not None
-            client = self._redis.client(check.redis_url, timeout=timeout)
+            try:
+                client = self._redis.client(check.redis_url, timeout=timeout)
+            except ValueError as exc:  # redis-py parses the URL here; its text may hold it
+                raise CheckFailed("redis_url is not a valid Redis URL") from exc
             timed = await redis_reading(client, check.redis_url, check.field, timeout)
         else:
             assert check.database_url is not None
@@ -125,7 +128,7 @@ class Measurer:
         value = timed.value if timed.value is not None else timed.latency_ms
         if check.judged:
             return judge(check, value)
-        return Reading(Severity.OK, f"{_figure_name(check)} {value:.0f}", value)
+        return Reading(Severity.OK, f"{_figure_name(check)} {value:.1f}", value)
 
     async def _health(self, check: CheckConfig) -> Reading:
         from bot.features.probes import HealthState, probe_service

@@ -128,7 +128,9 @@ async def redis_reading(
         async with asyncio.timeout(timeout_s):
             await client.ping()
             latency = _ms(started)
-            info = await client.info("everything") if field is not None else {}
+            # The default sections (server, clients, memory, stats, keyspace, …): not
+            # "everything", whose per-command statistics can run long.
+            info = await client.info() if field is not None else {}
     except (TimeoutError, redis_errors.TimeoutError) as exc:
         raise ProbeFailed(f"{where}: timed out after {timeout_s:g} s") from exc
     except redis_errors.AuthenticationError as exc:
@@ -138,6 +140,8 @@ async def redis_reading(
     except redis_errors.ResponseError as exc:
         # Server error texts name commands, never the credentials.
         raise ProbeFailed(f"{where} answered: {_one_line(str(exc))}") from exc
+    except (redis_errors.RedisError, ValueError) as exc:
+        raise ProbeFailed(f"{where}: failed ({type(exc).__name__})") from exc
     if field is None:
         return Timed(latency, latency)
     return Timed(latency, _number(_walk(info, field, "INFO"), f"INFO field '{field}'"))
@@ -199,6 +203,9 @@ async def postgres_value(url: SecretStr, query: str, timeout_s: float) -> Timed:
         raise ProbeFailed(f"{where}: {_one_line(str(exc))}") from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         raise ProbeFailed(f"{where}: {_connection_problem(exc)}") from exc
+    except Exception as exc:
+        # A malformed URL and the like: the type only, the text could hold the URL.
+        raise ProbeFailed(f"{where}: failed ({type(exc).__name__})") from exc
     finally:
         if connection is not None:
             connection.terminate()  # a close handshake could wait on a stuck server

@@ -626,3 +626,21 @@ async def _opsbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     )
     out, errors = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), errors.decode()
+
+
+async def test_a_metrics_page_past_its_limit_is_refused_not_read_whole() -> None:
+    from bot.features.probes.readers import MAX_METRICS_BYTES
+    from tests.httpfakes import Route, serve
+
+    line = b'big_metric{n="0000000000"} 1\n'
+    page = line * (MAX_METRICS_BYTES // len(line) + 10)
+    async with serve({"/metrics": Route(body=page)}) as server:
+        config = (
+            BASE_CONFIG
+            + RULES
+            + check("big", "metrics", url=server.url("/metrics"), metric="x", warn=1, critical=2)
+        )
+        async with running_bot(config) as tb:
+            posts = await run_check(tb, "big")
+    assert first_lines(posts) == ["❌ CRITICAL: big"]
+    assert "the page is larger than 4 MiB" in posts[0][1]

@@ -12,7 +12,7 @@ from aiohttp import web
 from bot.kernel.reply import Status
 from tests.botharness import BASE_CONFIG, running_bot
 from tests.features.alerts.test_check_kinds import listener
-from tests.httpfakes import refused_url
+from tests.httpfakes import Route, refused_url, serve
 from tests.infra import postgres_url, redis_url
 
 RULE = '[policy.commands.health]\nroles = ["oncall"]\nchannels = ["ops"]\n'
@@ -133,3 +133,28 @@ def test_service_kinds_are_checked_at_start_up() -> None:
     )
     assert "services[3]: a body needs POST, PUT or PATCH, not GET" in problems
     assert "services[4]: kind 'http' needs 'health_url'" in problems
+
+
+async def test_configured_headers_never_follow_a_redirect_to_another_host() -> None:
+    async with serve({"/h": Route.of_json({"status": "ok"})}) as other:
+        # The same server under another name is another origin.
+        elsewhere = other.url("/h").replace("127.0.0.1", "localhost")
+        async with serve({"/health": Route.redirect(elsewhere)}) as server:
+            config = (
+                BASE_CONFIG
+                + RULE
+                + service(
+                    "api",
+                    health_url=server.url("/health"),
+                    headers='{ X-Api-Key = { env = "OPSBOT_K" } }',
+                )
+                + service("plain", health_url=server.url("/health"))
+            )
+            async with running_bot(config, env={"OPSBOT_K": KEY}) as tb:
+                reply = await tb.send("/health", as_="bob")
+    assert reply is not None and reply.table is not None
+    rows = {row[0]: row for row in reply.table.rows}
+    assert rows["api"][1] == "DOWN"
+    assert "redirected to another host" in rows["api"][4]
+    assert rows["plain"][1:3] == ("up", "200")  # nothing to leak: followed
+    assert all(r.headers.get("X-Api-Key") is None for r in other.requests)
