@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -644,3 +645,77 @@ async def test_a_metrics_page_past_its_limit_is_refused_not_read_whole() -> None
             posts = await run_check(tb, "big")
     assert first_lines(posts) == ["❌ CRITICAL: big"]
     assert "the page is larger than 4 MiB" in posts[0][1]
+
+
+async def test_opsbot_run_fires_and_resolves_a_tcp_and_a_metrics_check(tmp_path: Path) -> None:
+    """A real ``opsbot run``: its scheduler runs the checks (every 10 s, the least), each
+    fires on its first run and resolves on the next; its log never holds the secret."""
+    async with listener() as free_port:
+        pass  # a port that was free: nothing listens on it now
+    async with exporter() as page:
+        page.queue_depth = 500
+        config = tmp_path / "opsbot.toml"
+        text = (
+            f'[bot]\ndata_dir = "{tmp_path}"\nlog_format = "json"\n[http]\nenabled = false\n'
+            + CLI_CONFIG
+            + check("port", "tcp", host="127.0.0.1", port=free_port, channels=["ops"])
+            + check(
+                "mail-queue",
+                "metrics",
+                url=f"{page.base_url}/metrics",
+                metric="jobs_queued",
+                metric_labels='{ queue = "mail" }',
+                warn=10,
+                critical=100,
+                headers='{ X-Api-Key = { env = "OPSBOT_API_KEY" } }',
+                channels=["ops"],
+            )
+        )
+        config.write_text(text.replace('interval = "1h"', 'interval = "10s"'))
+        log_path = tmp_path / "run.log"
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                "run",
+                "--config",
+                str(config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                cwd=ROOT,
+                env=clean_env(OPSBOT_API_KEY=API_KEY),
+            )
+            try:
+                fired = await _logged(log_path, "check.fired", 2, within=20)
+                page.queue_depth = 1
+                async with listener(free_port):
+                    resolved = await _logged(log_path, "check.resolved", 2, within=15)
+            finally:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 15)
+    text = log_path.read_text()
+    assert sorted(e["check"] for e in fired) == ["mail-queue", "port"], text[-3000:]
+    assert sorted(e["check"] for e in resolved) == ["mail-queue", "port"], text[-3000:]
+    assert API_KEY not in text
+
+
+async def _logged(path: Path, event: str, count: int, *, within: float) -> list[dict[str, Any]]:
+    """The first ``count`` log events named ``event``, waited for up to ``within`` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = _events(path, event)
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            return found[:count]
+        await asyncio.sleep(0.2)
+
+
+def _events(path: Path, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+    return found
