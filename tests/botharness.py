@@ -176,11 +176,13 @@ async def running_bot(
             )
         bot = Bot(config, specs, clock=clock, config_source="test")
         console = ConsoleAdapter("alice", "ops", bot.clock)
-        await bot.start(serve_http=serve_http)
+        # As `opsbot run` does: scheduled work starts once the adapters are attached.
+        await bot.start(serve_http=serve_http, defer_scheduled=True)
         await console.start(bot.handle)
         bot.outbox.register("console", console.post, console.limits)
         bot.adapters.set("console", "connected")
         await bot.attach([make(config, specs, bot.clock) for make in adapters])
+        await bot.start_scheduled()
         try:
             yield TestBot(bot, console)
         finally:

@@ -347,6 +347,11 @@ class Bot:
         self._scheduled = True
         await self.leadership.start()
         await self.scheduler.start()
+        try:
+            await self.checks.forget_removed()
+        except Exception as exc:
+            # Tried again at the next start; the bot serves meanwhile.
+            report_failure("checks.forget_removed", exc)
 
     async def attach(self, adapters: Sequence[Adapter]) -> None:
         """Start the adapters, together; returns after each one's first try. One that

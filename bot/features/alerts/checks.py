@@ -431,12 +431,18 @@ class Checks:
             return
         labels, status = self.labels(check, reading.level), reading.level.label
         if known.last_posted_at is None:
-            # Never announced (it was silenced, or the post failed): say it if it is news.
+            # Never announced (it was silenced, or the post failed): when it is news, this
+            # is its announcement, not a reminder of one nobody saw.
             if not await self._intake.newsworthy(
                 known.fingerprint, status, now, labels=labels, source=SOURCE
             ):
                 return
-        elif now - known.last_posted_at < check.repeat or await self._intake.muted(labels):
+            key = f"check:{check.name}:{secrets.token_hex(4)}"
+            first = _alert_reply(f"{status.upper()}: {check.name}", check, known, reading, now)
+            if await self._post(check, labels, first, key, status):
+                await self._board.posted([known.fingerprint], now, key=key)
+            return
+        if now - known.last_posted_at < check.repeat or await self._intake.muted(labels):
             return
         title = f"STILL {status.upper()}: {check.name}"
         reply = _alert_reply(title, check, known, reading, now)
@@ -461,6 +467,37 @@ class Checks:
             fields=(Field("id", known.id),),
         )
         await self._post(check, known.labels, reply, known.post_key, "resolved")
+
+    async def forget_removed(self) -> int:
+        """Resolve the alerts of checks no longer in the config (removed or renamed):
+        nothing would ever run them again, so they would fire forever. A resolution is
+        posted where an announcement was. Returns how many were resolved."""
+        configured = {fingerprint(name) for name in self._checks}
+        gone = [
+            a
+            for a in await self._board.firing()
+            if a.source == SOURCE and a.fingerprint not in configured
+        ]
+        now = self._clock.now()
+        for alert in gone:
+            await self._board.resolve(alert.fingerprint)
+            log.info("check.removed_resolved", check=alert.name, was=alert.severity)
+            if alert.last_posted_at is None or not await self._intake.newsworthy(
+                alert.fingerprint, "resolved", now, source=SOURCE
+            ):
+                continue
+            reply = Reply(
+                title=f"RESOLVED: {alert.name}",
+                status=Status.OK,
+                text=f"was {alert.severity}; the check is no longer configured",
+                fields=(Field("id", alert.id),),
+            )
+            await self._intake.post_to(
+                self._intake.channels_for(alert.labels),
+                [(reply, alert.post_key)],
+                what=alert.name,
+            )
+        return len(gone)
 
     async def _post(
         self,

@@ -335,3 +335,34 @@ roles = ["oncall"]
 [policy.commands.unsilence]
 roles = ["oncall"]
 """
+
+
+async def test_a_check_never_announced_is_announced_not_reminded_of() -> None:
+    async with serve({"/stats": stats(95)}) as server:
+        config = BASE_CONFIG + RULES + SILENCE_RULES + cpu_check(server.url("/stats"))
+        async with running_bot(config) as tb:
+            silenced = await tb.exec("/silence alertname=api-cpu 1h planned load test", as_="bob")
+            assert await run_check(tb) == []  # fired while silenced: nobody was told
+            silence_id = silenced.split("Silence ")[1].split()[0]
+            assert "ended" in await tb.exec(f"/unsilence {silence_id}", as_="bob")
+            still = await run_check(tb)  # the same level again
+            listed = await tb.exec("/alerts", as_="bob")
+    # Its first message says it fires; "STILL" would remind of a message nobody saw.
+    assert [t.split("\n")[0] for _, t in still] == ["❌ CRITICAL: api-cpu"]
+    assert "api-cpu" in listed
+
+
+async def test_a_removed_check_resolves_its_alert_at_the_next_start(tmp_path: Path) -> None:
+    async with serve({"/stats": stats(95)}) as server:
+        config = BASE_CONFIG + RULES + cpu_check(server.url("/stats"))
+        async with running_bot(config, data_dir=tmp_path) as tb:
+            fired = await run_check(tb)
+        # The next version of the config has no api-cpu (removed, or renamed).
+        async with running_bot(BASE_CONFIG + RULES, data_dir=tmp_path) as tb:
+            assert await tb.bot.outbox.drain(5.0)
+            told = tb.all_posted()
+            firing = await tb.bot.alert_board.firing()
+    assert [t.split("\n")[0] for _, t in fired] == ["❌ CRITICAL: api-cpu"]
+    assert firing == []
+    assert [t.split("\n")[0] for t in told] == ["✅ RESOLVED: api-cpu"]
+    assert "no longer configured" in told[0]
