@@ -45,8 +45,16 @@ async def run(request: Request, args: VersionArgs, deps: VersionDeps) -> Reply:
     if not rows:
         return Reply(title="No services configured", text="Add [[services]] entries to the config.")
     unreadable = sum(1 for r in results if r.version is None)
+    if not with_url:
+        return Reply(
+            title="No service has a version_url",
+            text="Set version_url on the [[services]] entries whose version /version should ask.",
+            table=Table(("service", "version", "details"), tuple(rows)),
+        )
+    without = len(rows) - len(with_url)
     return Reply(
-        title=f"Versions of {len(rows)} service(s)",
+        title=f"Versions of {len(with_url)} service(s)"
+        + (f"; {without} without a version_url" if without else ""),
         status=Status.WARNING if unreadable else Status.OK,
         table=Table(("service", "version", "details"), tuple(rows)),
     )

@@ -255,7 +255,10 @@ def elapsed_ms(started: float) -> float:
 # Judging a health response
 
 _WORD_STATES: Mapping[str, HealthState] = {
-    **dict.fromkeys(("ok", "healthy", "up", "pass", "passing", "green"), HealthState.UP),
+    **dict.fromkeys(
+        ("ok", "healthy", "up", "pass", "passing", "green", "alive", "live", "ready", "running"),
+        HealthState.UP,
+    ),
     **dict.fromkeys(("degraded", "warn", "warning", "yellow"), HealthState.DEGRADED),
     **dict.fromkeys(
         (

@@ -62,6 +62,8 @@ async def test_health_reports_each_shape_and_one_hang_does_not_delay_the_others(
     assert elapsed < 1.5
     assert reply.request_id in request_ids
     assert "api      2.4.1" in out
+    # Two services have a version_url; three do not and are not counted as asked.
+    assert out.startswith("⚠️ Versions of 2 service(s); 3 without a version_url"), out
     assert "search   -        no version_url configured" in out
     assert "legacy   unknown  connection refused" in out
 

@@ -84,6 +84,7 @@ async def test_unhealthy_json_under_200_is_down() -> None:
         ("UP", HealthState.UP),
         ("Passing", HealthState.UP),
         ("green", HealthState.UP),
+        ("alive", HealthState.UP),  # a liveness endpoint's word
         ("warn", HealthState.DEGRADED),
         ("YELLOW", HealthState.DEGRADED),
         ("fail", HealthState.DOWN),
