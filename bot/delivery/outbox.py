@@ -96,6 +96,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("opsbot.outbound")
 
 
+class NoAdapter(Exception):
+    """Why a message became a dead letter without an attempt: nothing here could post it."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """``attempts`` deliveries in all; the n-th retry waits about ``base * 2**(n-1)`` s
@@ -105,6 +109,11 @@ class RetryPolicy:
     base: float = 1.0
     cap: float = 60.0
     no_poster_poll: float = 5.0  # how often a platform without a poster is looked at again
+    # A message for a platform no adapter here serves waits for one to attach (a restart
+    # with the platform configured, an adapter still connecting), but not for ever, and
+    # not without bound: past either limit it becomes a dead letter saying why.
+    no_poster_ttl: float = 86_400.0
+    no_poster_max: int = 1_000  # per destination
 
     def delay(self, attempts: int) -> float:
         backoff = min(self.cap, self.base * 2.0 ** max(0, attempts - 1))
@@ -133,6 +142,7 @@ class _Item:
     # renewal); a message without a row needs no lease.
     confirmed: float = math.inf
     lost: bool = False  # another replica took the row over while it was being posted
+    queued: float = 0.0  # monotonic time it was queued (or claimed) here
 
 
 @dataclass(slots=True, eq=False)
@@ -326,7 +336,7 @@ class Outbox:
             for old in replaced:
                 if old in lane.items and old not in lane.in_flight:
                     lane.items.remove(old)
-            item = _Item(item_id, reply, key, coalesce)
+            item = _Item(item_id, reply, key, coalesce, queued=self._clock.monotonic())
             if item_id is not None:
                 item.confirmed = sent
             lane.items.append(item)
@@ -363,6 +373,9 @@ class Outbox:
             while lane.items:
                 poster = self._posters.get(destination.platform)
                 if poster is None:
+                    await self._expire_unserved(destination, lane)
+                    if not lane.items:
+                        break
                     lane.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.retry.no_poster_poll):
@@ -434,16 +447,38 @@ class Outbox:
             limiter = self._limiters[name] = AsyncLimiter(rate.count, rate.seconds)
         return limiter
 
+    async def _expire_unserved(self, destination: Location, lane: _Lane) -> None:
+        """Messages waiting for an adapter that never came: past ``no_poster_ttl``, or
+        beyond ``no_poster_max`` in this destination (the oldest), they become dead
+        letters, so a bot with nowhere to post keeps a bounded queue."""
+        now = self._clock.monotonic()
+        waiting = [i for i in lane.items if i not in lane.in_flight]
+        surplus = max(0, len(waiting) - self.retry.no_poster_max)
+        expired = [
+            item
+            for n, item in enumerate(waiting)
+            if n < surplus or now - item.queued > self.retry.no_poster_ttl
+        ]
+        if expired:
+            reason = NoAdapter(f"no {destination.platform} adapter attached to post it")
+            await self._failed(destination, lane, expired, reason, give_up=True)
+
     async def _failed(
-        self, destination: Location, lane: _Lane, batch: Sequence[_Item], exc: Exception
+        self,
+        destination: Location,
+        lane: _Lane,
+        batch: Sequence[_Item],
+        exc: Exception,
+        *,
+        give_up: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
-        attempts = max(item.attempts for item in batch) + 1
+        attempts = max(item.attempts for item in batch) + (0 if give_up else 1)
         for item in batch:
             item.attempts = attempts
         error = f"{type(exc).__name__}: {exc}"
         retry_after = _retry_after(exc)
-        dead = attempts >= self.retry.attempts
+        dead = give_up or attempts >= self.retry.attempts
         wait = self.retry.delay(attempts)
         if retry_after is not None:
             wait = max(wait if not dead else 0.0, retry_after)
@@ -619,7 +654,15 @@ class Outbox:
         for row in rows:
             destination = Location(row.platform, row.channel, row.thread, row.workspace)
             lane = self._lane(destination)
-            item = _Item(row.id, row.reply, row.key, row.coalesce, row.attempts, confirmed=sent)
+            item = _Item(
+                row.id,
+                row.reply,
+                row.key,
+                row.coalesce,
+                row.attempts,
+                confirmed=sent,
+                queued=self._clock.monotonic(),
+            )
             position = len(lane.items)
             for index in range(len(lane.in_flight), len(lane.items)):
                 other = lane.items[index].id

@@ -485,16 +485,23 @@ class AlertIntake:
     async def post_to(
         self, channels: Sequence[str], replies: Sequence[tuple[Reply, str | None]], *, what: str
     ) -> bool:
-        """Queue each reply (with its outbox key) for every running destination of the
-        channels; False when there is none."""
-        targets = [
-            d
-            for d in channel_destinations(self._channels, channels)
-            if self._adapters.serves(d.platform)
-        ]
+        """Queue each reply (with its outbox key) for every destination of the channels
+        whose adapter runs here; when none does, for all of them: the outbox keeps them
+        (bounded, expiring) until an adapter that can post them attaches. False when the
+        channels have no destination at all."""
+        every = channel_destinations(self._channels, channels)
+        targets = [d for d in every if self._adapters.serves(d.platform)]
         if not targets:
-            log.warning("alerts.no_destination", alert=what, channels=list(channels))
-            return False
+            if not every:
+                log.warning("alerts.no_destination", alert=what, channels=list(channels))
+                return False
+            log.warning(
+                "alerts.kept_for_an_adapter",
+                alert=what,
+                channels=list(channels),
+                platforms=sorted({d.platform for d in every}),
+            )
+            targets = every
         for reply, reply_key in replies:
             for destination in targets:
                 await self._post(destination, reply, reply_key)

@@ -147,11 +147,18 @@ class Heartbeats:
                     channel=destination.channel_id,
                     reason="no adapter running for the platform",
                 )
-        if not targets:
+        nowhere = not targets
+        if nowhere:
+            # Nowhere to post now: kept in the outbox (bounded, expiring) for an adapter
+            # that can post it, rather than lost; not a heartbeat that got out.
+            targets = list(self.destinations(beat))
             log.warning("heartbeat.no_destination", heartbeat=name, channels=beat.channels)
-            return False
+            if not targets:
+                return False
         await self._scheduler.confirm_leadership()  # composing may have taken a while
         posted = await asyncio.gather(*(self._post(name, d, reply) for d in targets))
+        if nowhere:
+            return False
         if all(posted):
             now = self._clock.now()
             self._last_success[name] = now
