@@ -40,7 +40,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import RowMapping, make_url
@@ -132,24 +131,29 @@ class _DatabaseDown(Exception):
     """A batch could not reach the database; it belongs in the spool."""
 
 
-# asyncpg errors that mean the server went away or cannot take us now, whatever
-# SQLAlchemy wrapped them in.
-_ASYNCPG_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    # The server is there but takes no writes now: a standby after a failover, a full
-    # disk, memory, a lock or a statement timeout. Worth spooling and retrying too.
-    asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.LockNotAvailableError,
-    asyncpg.QueryCanceledError,
-)
+@functools.cache
+def _asyncpg_unavailable() -> tuple[type[BaseException], ...]:
+    """asyncpg errors that mean the server went away or cannot take us now, whatever
+    SQLAlchemy wrapped them in. asyncpg loads here, at the first error to classify: a bot on
+    the embedded SQLite file never needs it."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    return (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+        # The server is there but takes no writes now: a standby after a failover, a full
+        # disk, memory, a lock or a statement timeout. Worth spooling and retrying too.
+        asyncpg.ReadOnlySQLTransactionError,
+        asyncpg.InsufficientResourcesError,
+        asyncpg.SerializationError,
+        asyncpg.DeadlockDetectedError,
+        asyncpg.LockNotAvailableError,
+        asyncpg.QueryCanceledError,
+    )
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -163,7 +167,7 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     original = getattr(exc, "orig", None)
     chain = (exc, original, getattr(original, "__cause__", None), exc.__cause__)
-    return any(isinstance(e, (*_ASYNCPG_UNAVAILABLE, OSError)) for e in chain if e is not None)
+    return any(isinstance(e, (*_asyncpg_unavailable(), OSError)) for e in chain if e is not None)
 
 
 class AuditStore:

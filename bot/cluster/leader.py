@@ -43,9 +43,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 from pydantic import SecretStr
-from redis.exceptions import RedisError
 
-from bot.cluster.redis_clients import RedisClients
+from bot.cluster.redis_clients import RedisClients, redis_error
 from bot.kernel.errors import InternalError
 
 if TYPE_CHECKING:
@@ -280,7 +279,7 @@ class LeaderLease:
             return
         try:
             await self._script("release", _RELEASE)(keys=[self._key], args=[self._value])
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             log.warning(
                 "leader.release_failed",
                 holder=self.holder,
@@ -296,7 +295,7 @@ class LeaderLease:
             ok = await self._script("check", _CHECK)(
                 keys=[self._key, self._fence_key], args=[self._value, token]
             )
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise LostLeadership(self.holder, f"Redis could not confirm it ({exc})", exc) from exc
         if not ok:
             if self._token == token:
@@ -321,7 +320,7 @@ class LeaderLease:
                 keys=[self._key, self._fence_key, key],
                 args=[self._value, token, slot, "1" if only_after_a_claim else "0"],
             )
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise LostLeadership(self.holder, f"Redis could not confirm it ({exc})", exc) from exc
         if int(won) < 0:
             if self._token == token:
@@ -338,7 +337,7 @@ class LeaderLease:
             began = loop.time()
             try:
                 await self._attempt()
-            except (RedisError, OSError) as exc:
+            except (redis_error(), OSError) as exc:
                 self._unreachable(loop.time(), exc)
             except Exception:
                 # Never let the task die: a dead task would look like a healthy follower.

@@ -11,9 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from redis.exceptions import RedisError
-
-from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
+from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable, redis_error
 from bot.kernel.clock import Clock
 from bot.storage.shared_values import SharedValues
 
@@ -56,7 +54,7 @@ class RedisPauses:
         """The end of ``job``'s pause, None when it is not paused."""
         try:
             value = await self._client().get(_key(job))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
         if value is None:
             return None
@@ -70,7 +68,7 @@ class RedisPauses:
         left_ms = max(1, int((until - now) / timedelta(milliseconds=1)))
         try:
             await self._client().set(_key(job), until.isoformat(), px=left_ms)
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
 
     def _client(self) -> Redis:

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 STATE_TIMEOUT_S = 2.0
 
 
+def redis_error() -> type[Exception]:
+    """redis-py's base error, for an ``except`` clause: imported when the clause is first
+    checked, so a bot configured without Redis never loads redis (a tenth of a second at
+    every start)."""
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
 class StateRedisUnavailable(DependencyError):
     """The state Redis (``state.redis_url``) could not be asked."""
 

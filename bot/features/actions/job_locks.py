@@ -56,9 +56,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import structlog
-from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
-from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
+from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable, redis_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -182,12 +181,14 @@ class HeldSlots:
         await _release(self._locks)
 
     async def _renew(self, every: float) -> None:
+        from redis.exceptions import LockNotOwnedError
+
         loop = asyncio.get_running_loop()
         locks = list(self._locks)
         renew_at = loop.time() + every
         while True:
             await asyncio.sleep(min(_CANCEL_POLL_S, every))
-            with contextlib.suppress(RedisError, OSError):  # the renewal below logs those
+            with contextlib.suppress(redis_error(), OSError):  # the renewal below logs those
                 cancelled_by = await self._client.getdel(self._cancel_key)
                 if cancelled_by:
                     self._on_cancel(str(cancelled_by))
@@ -203,7 +204,7 @@ class HeldSlots:
                     # start what this lock kept out. The job itself cannot be undone.
                     log.error("jobs.slot_lost", lock=str(lock.name))
                     locks.remove(lock)
-                except (RedisError, OSError) as exc:
+                except (redis_error(), OSError) as exc:
                     log.warning("jobs.slot_renew_failed", lock=str(lock.name), error=str(exc))
 
 
@@ -253,7 +254,7 @@ class RedisJobLocks:
                     cancel_key = _cancel_key(holder.replica, holder.job_id)
                     return HeldSlots(client, held, self._renew_every, cancel_key, on_cancel, ttl)
             holders = _holders(await client.mget(names))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             await _release(held)
             raise StateRedisUnavailable(exc) from exc
         await _release(held)
@@ -336,7 +337,7 @@ class RedisJobLocks:
                     log.warning(
                         "jobs.slot_released_after_restart", lock=str(key), job=holder.job_id
                     )
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
         return released
 
@@ -346,7 +347,7 @@ class RedisJobLocks:
         try:
             slots = [key async for key in client.scan_iter(match=f"{_SLOT_PREFIX}*", count=500)]
             values = await client.mget(slots) if slots else []
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
         found: dict[tuple[str, str], RemoteJob] = {}
         for slot, value in zip(slots, values, strict=True):
@@ -360,7 +361,7 @@ class RedisJobLocks:
         key = _cancel_key(job.holder.replica, job.holder.job_id)
         try:
             await self._client().set(key, by, px=_CANCEL_REQUEST_TTL_MS)
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
 
     async def wait_ended(self, job: RemoteJob, within: float) -> bool:
@@ -371,7 +372,7 @@ class RedisJobLocks:
         while True:
             try:
                 holder = Holder.from_token(await client.get(job.slot))
-            except (RedisError, OSError) as exc:
+            except (redis_error(), OSError) as exc:
                 raise StateRedisUnavailable(exc) from exc
             if holder is None or (holder.replica, holder.job_id) != (
                 job.holder.replica,
@@ -401,11 +402,13 @@ def _holders(values: list[bytes | str | None]) -> tuple[Holder, ...]:
 
 
 async def _release(locks: list[Lock]) -> None:
+    from redis.exceptions import LockError
+
     for lock in locks:
         try:
             await lock.release()
         except LockError:  # LockNotOwnedError too: it expired first, so it is free anyway
             log.warning("jobs.slot_expired_before_release", lock=str(lock.name))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             # It frees itself after the lease.
             log.warning("jobs.slot_release_failed", lock=str(lock.name), error=str(exc))

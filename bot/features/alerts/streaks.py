@@ -14,9 +14,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from redis.exceptions import RedisError
 
-from bot.cluster.redis_clients import STATE_TIMEOUT_S
+from bot.cluster.redis_clients import STATE_TIMEOUT_S, redis_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -59,7 +58,7 @@ class RedisStreaks(LocalStreaks):
                 pipe.incr(_key(check))
                 pipe.pexpire(_key(check), kept_ms)
                 count, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             # A check must still fire with Redis down: this process's count stands in.
             log.warning("check.streak_unshared", check=check, error=str(exc))
             return counted_here
@@ -70,7 +69,7 @@ class RedisStreaks(LocalStreaks):
         await super().good(check)
         try:
             await self._client().delete(_key(check))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             log.warning("check.streak_unshared", check=check, error=str(exc))
 
     def _client(self) -> Redis:

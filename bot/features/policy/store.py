@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from redis.exceptions import RedisError
-
-from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable
+from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable, redis_error
 from bot.features.policy.config import PolicyMode
 from bot.kernel.errors import DependencyError
 from bot.storage.shared_values import SharedValues
@@ -96,7 +94,7 @@ class RedisPolicyStore:
         replica switched."""
         try:
             raw = await self._client().get(KEY)
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
         if raw is None:
             return None
@@ -110,7 +108,7 @@ class RedisPolicyStore:
     async def save(self, state: PolicyState) -> None:
         try:
             await self._client().set(KEY, encode(state))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
 
     async def save_if_absent(self, state: PolicyState) -> bool:
@@ -118,7 +116,7 @@ class RedisPolicyStore:
         that was closed, or restart one that is running."""
         try:
             return bool(await self._client().set(KEY, encode(state), nx=True))
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
 
     async def expire(self, stored: str, strict: PolicyState) -> bool:
@@ -127,7 +125,7 @@ class RedisPolicyStore:
         client = self._client()
         try:
             swapped = await client.register_script(_SWAP)(keys=[KEY], args=[stored, encode(strict)])
-        except (RedisError, OSError) as exc:
+        except (redis_error(), OSError) as exc:
             raise StateRedisUnavailable(exc) from exc
         return bool(swapped)
 

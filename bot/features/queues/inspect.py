@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import redis.exceptions as redis_errors
 import structlog
 from pydantic import SecretStr
 
@@ -241,6 +240,8 @@ def _value(reply: Any, key: str) -> Any:
     """A pipeline reply, or the error it carries as a readable reason."""
     if not isinstance(reply, Exception):
         return reply
+    import redis.exceptions as redis_errors
+
     message = str(reply)
     if isinstance(reply, redis_errors.ResponseError):
         if message.startswith("NOGROUP"):
@@ -353,6 +354,8 @@ def redis_location(url: SecretStr | str) -> str:
 
 def describe_failure(exc: BaseException, queue: QueueConfig) -> str:
     """What went wrong, in one line with no secret in it."""
+    import redis.exceptions as redis_errors
+
     where = f"Redis at {redis_location(queue.redis_url)}"
     if isinstance(exc, TimeoutError | redis_errors.TimeoutError):
         return f"{where} unreachable (timed out after {queue.timeout.total_seconds():g}s)"
