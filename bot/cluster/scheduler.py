@@ -131,7 +131,8 @@ class Scheduler:
         self._misfire_grace = max(1, int(misfire_grace.total_seconds()))
         self._jobs: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._aps: Any = None  # AsyncIOScheduler while started
+        self._aps: Any = None  # AsyncIOScheduler while started, when scheduling
+        self._started = False
         self._leadership.on_change(self._leadership_changed)
         # False in a console: jobs run when a person asks (run_now), never on their own.
         self._scheduling = True
@@ -218,7 +219,7 @@ class Scheduler:
         """Run the job at once, outside its schedule (which stays as it is). Returns the
         tracked task; the one already running when the job is running now."""
         job = self._get(name)
-        if self._aps is None:
+        if not self._started:
             raise RuntimeError("the scheduler is not running")
         # Runs in the caller's context: its log lines carry the request that asked.
         return self._launch(job, contextvars.copy_context())
@@ -246,9 +247,15 @@ class Scheduler:
         """Start running jobs on their schedules; ``scheduling=False``: only when asked
         (``run_now``), as a console next to a running bot must never do the bot's
         scheduled work."""
-        if self._aps is not None:
+        if self._started:
             raise RuntimeError("the scheduler is already started")
+        self._started = True
         self._scheduling = scheduling
+        if not scheduling:
+            # Nothing runs on a schedule: APScheduler is not even loaded (a console's
+            # start-up is shorter by its import).
+            log.info("scheduler.on_demand", jobs=len(self._jobs))
+            return
         from apscheduler.schedulers.asyncio import (  # type: ignore[import-untyped]
             AsyncIOScheduler,
         )
@@ -265,9 +272,6 @@ class Scheduler:
         )
         aps.start()  # binds to the running loop
         self._aps = aps
-        if not scheduling:
-            log.info("scheduler.on_demand", jobs=len(self._jobs))
-            return
         for job in self._jobs.values():
             self._schedule(job)
         log.info("scheduler.started", jobs=len(self._jobs))
@@ -277,6 +281,7 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop scheduling, then wait for the running jobs (cancelled after the grace)."""
         aps, self._aps = self._aps, None
+        self._started = False
         if aps is not None and aps.running:
             # AsyncIOScheduler.shutdown() only schedules the shutdown on the loop.
             aps.shutdown(wait=False)

@@ -11,9 +11,12 @@ import pytest
 from tests.processes import ROOT, clean_env, run_opsbot
 
 # Packages the example config does not need for a console `/whoami`: its only Redis is a
-# [[queues]] entry (read by /queue), its database is the embedded SQLite file, and a
-# console starts no chat adapter.
-NOT_FOR_WHOAMI = ("redis", "asyncpg", "slack_sdk", "slack_bolt", "telegram", "discord")
+# [[queues]] entry (read by /queue), its database is the embedded SQLite file, a console
+# schedules nothing (heartbeats and checks run when asked) and starts no chat adapter.
+NOT_FOR_WHOAMI = (
+    *("redis", "asyncpg", "apscheduler"),
+    *("slack_sdk", "slack_bolt", "telegram", "discord"),
+)
 
 
 def _imported(data_dir: Path) -> set[str]:
