@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.routing import BaseRoute
@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute
 from adapters.console.adapter import ConsoleAdapter
 from bot.app.config.models import Config
 from bot.app.connecting import AdapterKeeper, Backoff
-from bot.app.http_server import DEGRADED, HttpServer, build_app
 from bot.app.remote_console import console_routes
 from bot.app.services import Services
 from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
@@ -79,6 +78,10 @@ from bot.pipeline.flood import FloodGuard
 from bot.pipeline.identify import Directory
 from bot.storage.database import StateDatabase
 from bot.storage.shared_values import SharedValues
+
+if TYPE_CHECKING:
+    # Loaded when the bot serves HTTP: uvicorn is of no use to a console run with --no-http.
+    from bot.app.http_server import HttpServer
 
 
 class Bot:
@@ -302,6 +305,8 @@ class Bot:
         await self.alert_intake.prepare()
         self.alert_intake.start()
         if self.config.http.enabled if serve_http is None else serve_http:
+            from bot.app.http_server import HttpServer, build_app
+
             server = HttpServer(
                 build_app(
                     self.metrics,
@@ -460,6 +465,8 @@ OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
 
 
 def _redis_readiness(view: LeaderView) -> str:
+    from bot.app.http_server import DEGRADED
+
     # Degraded, not unready: every replica shares this Redis, so a 503 would take them all
     # out of the load balancer at once, and with them alert intake and Slack's HTTP events,
     # which keep working without Redis. Commands are answered too; what stops is said here.

@@ -12,9 +12,10 @@ from tests.processes import ROOT, clean_env, run_opsbot
 
 # Packages the example config does not need for a console `/whoami`: its only Redis is a
 # [[queues]] entry (read by /queue), its database is the embedded SQLite file, a console
-# schedules nothing (heartbeats and checks run when asked) and starts no chat adapter.
+# schedules nothing (heartbeats and checks run when asked) and starts no chat adapter;
+# with --no-http, no HTTP server either.
 NOT_FOR_WHOAMI = (
-    *("redis", "asyncpg", "apscheduler"),
+    *("redis", "asyncpg", "apscheduler", "uvicorn"),
     *("slack_sdk", "slack_bolt", "telegram", "discord"),
 )
 
