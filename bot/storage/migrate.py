@@ -7,6 +7,7 @@ is at exactly that revision.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.kernel.errors import DependencyError
 from bot.storage.engine import begin_immediate, make_engine
+from bot.storage.fresh_sqlite import SNAPSHOT, create_fresh, snapshot_text
 
 DEPENDENCY = "audit database"
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -42,11 +44,15 @@ def head_revision() -> str:
     return REVISIONS[-1]
 
 
-async def upgrade(url: str, *, schema: str | None = None) -> None:
+async def upgrade(url: str, *, schema: str | None = None, snapshot: bool = True) -> None:
     """Create or upgrade the audit tables at ``url`` to this opsbot's revision.
 
     A schema newer than this opsbot raises :class:`SchemaMismatch`; nothing is touched.
+    A new SQLite file is made from the schema's snapshot (bot.storage.fresh_sqlite)
+    unless ``snapshot`` is False.
     """
+    if snapshot and await asyncio.to_thread(create_fresh, url, head_revision()):
+        return
     try:
         await check_schema(url, schema=schema)
     except SchemaMismatch as exc:
@@ -132,3 +138,26 @@ def _current_sync(connection: Connection) -> str | None:
             DEPENDENCY, f"several schema heads {sorted(revisions)}: run `opsbot db upgrade`"
         )
     return str(revisions[0]) if revisions else None
+
+
+async def write_sqlite_snapshot() -> None:
+    """Migrate a new SQLite database with Alembic and write its dump as the snapshot new
+    embedded databases are made from (bot.storage.fresh_sqlite)."""
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "audit.db"
+        await upgrade(f"sqlite+aiosqlite:///{path}", snapshot=False)
+        db = sqlite3.connect(path)
+        try:
+            dump = list(db.iterdump())
+        finally:
+            db.close()
+    SNAPSHOT.write_text(snapshot_text(head_revision(), dump), "utf-8")
+    print(f"wrote {SNAPSHOT} (revision {head_revision()})")
+
+
+if __name__ == "__main__":
+    # After adding a migration: python -m bot.storage.migrate
+    asyncio.run(write_sqlite_snapshot())

@@ -1,13 +1,16 @@
 """Import only what the configuration uses (issue 19, item 1): a console `/whoami` on the
-example config loads no Redis client, no PostgreSQL driver, no chat platform SDK, and
-Alembic only when the database needs a migration."""
+example config loads no Redis client, no PostgreSQL driver, no chat platform SDK, no
+scheduler, and no Alembic (a new SQLite file is made from the schema's snapshot)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from bot.storage.fresh_sqlite import create_fresh
+from bot.storage.migrate import check_schema, head_revision, upgrade
 from tests.processes import ROOT, clean_env, run_opsbot
 
 # Packages the example config does not need for a console `/whoami`: its only Redis is a
@@ -42,11 +45,43 @@ def _imported(data_dir: Path) -> set[str]:
 def test_console_whoami_imports_neither_redis_nor_a_driver_nor_a_platform_sdk(
     tmp_path: Path,
 ) -> None:
-    first = _imported(tmp_path)  # a fresh data dir: the SQLite file is created and migrated
-    assert "alembic" in first  # the check below would pass vacuously otherwise
-    assert sorted(first.intersection(NOT_FOR_WHOAMI)) == []
+    # A fresh data dir: the SQLite file is made from the schema's snapshot, no Alembic.
+    first = _imported(tmp_path)
+    assert (tmp_path / "audit.db").exists()
+    assert sorted(first.intersection((*NOT_FOR_WHOAMI, "alembic"))) == []
     again = _imported(tmp_path)  # at this opsbot's schema: nothing to migrate
     assert sorted(again.intersection((*NOT_FOR_WHOAMI, "alembic"))) == []
+
+
+async def test_a_new_sqlite_database_from_the_snapshot_is_what_the_migrations_make(
+    tmp_path: Path,
+) -> None:
+    migrated, snapshot = tmp_path / "migrated.db", tmp_path / "snapshot.db"
+    await upgrade(f"sqlite+aiosqlite:///{migrated}", snapshot=False)
+    assert create_fresh(f"sqlite+aiosqlite:///{snapshot}", head_revision()), (
+        "the snapshot is not at this opsbot's revision: run .venv/bin/python -m bot.storage.migrate"
+    )
+    assert _contents(snapshot) == _contents(migrated)
+    await check_schema(f"sqlite+aiosqlite:///{snapshot}")
+    # An existing file is never touched, and a snapshot of another revision is not used.
+    assert not create_fresh(f"sqlite+aiosqlite:///{snapshot}", head_revision())
+    assert not create_fresh(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}", "0001")
+    assert not (tmp_path / "other.db").exists()
+
+
+def _contents(path: Path) -> tuple[list[tuple[object, ...]], dict[str, list[tuple[object, ...]]]]:
+    """Schema (tables, indexes, their SQL), every table's rows, and the journal mode."""
+    db = sqlite3.connect(path)
+    try:
+        schema = db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        tables = [row[1] for row in schema if row[0] == "table"]
+        rows = {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables}
+        rows["journal_mode"] = db.execute("PRAGMA journal_mode").fetchall()
+        return schema, rows
+    finally:
+        db.close()
 
 
 @pytest.mark.xfail(
