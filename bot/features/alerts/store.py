@@ -13,7 +13,6 @@ from datetime import datetime
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from bot.storage.database import StateDatabase
@@ -48,6 +47,9 @@ class AlertStore:
     async def upsert_many(self, batch: list[ActiveAlert]) -> list[ActiveAlert]:
         """:meth:`upsert` for each of ``batch`` in one transaction (a storm's group is one
         statement, not a transaction per alert); the rows, in ``batch``'s order."""
+        # Here, not at the top: PostgreSQL's dialect is a fifth of SQLAlchemy's import.
+        from sqlalchemy.dialects import postgresql, sqlite
+
         if not batch:
             return []
         unique = {a.fingerprint: a for a in batch}  # one row per fingerprint: the last word
