@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from bot.storage.files import fsync_dir
@@ -44,18 +44,18 @@ def create_fresh(url: str, revision: str) -> bool:
         return False
     # Built aside and linked into place: a crash leaves no half-made database, and of two
     # processes starting on one new data directory, one makes it, the other finds it.
+    # SQLite creates it, with the permissions it gives any new database file.
+    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new"
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    except OSError:
-        return False  # the usual path says what is wrong with the directory
-    os.close(fd)
-    try:
-        db = sqlite3.connect(temp, isolation_level=None)
         try:
-            db.executescript(script)
-            db.execute("PRAGMA journal_mode=WAL")
-        finally:
-            db.close()
+            db = sqlite3.connect(temp, isolation_level=None)
+            try:
+                db.executescript(script)
+                db.execute("PRAGMA journal_mode=WAL")
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False  # the usual path says what is wrong (the directory, the disk)
         try:
             os.link(temp, path)
         except OSError:
