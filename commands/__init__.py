@@ -19,6 +19,7 @@ from commands.policy import SPEC as POLICY
 from commands.queue import SPEC as QUEUE
 from commands.rollback import SPEC as ROLLBACK
 from commands.run import SPEC as RUN
+from commands.runbook import SPEC as RUNBOOK
 from commands.silence import SPEC as SILENCE
 from commands.silences import SPEC as SILENCES
 from commands.status import SPEC as STATUS
@@ -39,6 +40,7 @@ COMMANDS: list[CommandSpec[Any, Any]] = [
     WORKERS,
     ROLLBACK,
     RUN,
+    RUNBOOK,
     APPROVALS,
     APPROVE,
     DENY,

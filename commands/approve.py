@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.features.actions.service import ActionService
+from bot.features.runbooks.service import RunbookService
 from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.reply import Reply
 
@@ -18,9 +19,12 @@ class ApproveDeps:
     """The action service, which decides the request and runs the action."""
 
     actions: ActionService
+    runbooks: RunbookService  # a runbook's request is decided there
 
 
 async def run(request: Request, args: ApproveArgs, deps: ApproveDeps) -> Reply:
+    if await deps.runbooks.owns(args.id):
+        return await deps.runbooks.decide(request, args.id, approve=True, reason=None)
     return await deps.actions.decide(request, args.id, approve=True, reason=None)
 
 

@@ -1,4 +1,6 @@
-"""/audit [user=…] [command=…] [status=…] [since=24h] [limit=20]: who ran what, newest first."""
+"""/audit [user=…] [command=…] [status=…] [since=24h] [limit=20]: who ran what, newest first.
+/audit request=<id>: every entry of one request, oldest first (its approval, runbook steps
+and jobs too)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from bot.kernel.errors import DependencyError
 from bot.kernel.reply import Reply, Status, Table
 
 USAGE = (
-    "/audit [user=<name or platform:id>] [command=<name>] [status=<status>] [since=24h] [limit=20]"
+    "/audit [user=<name or platform:id>] [command=<name>] [status=<status>] [since=24h] "
+    "[limit=20] | /audit request=<id>"
 )
+# Entries one request shows at most: a long runbook's steps and jobs fit.
+REQUEST_LIMIT = 200
 MAX_SINCE = timedelta(days=400)
 
 
@@ -29,6 +34,7 @@ class AuditArgs(Args):
     status: Annotated[str, ArgField(min_length=1, max_length=32)] | None = None
     since: str = "24h"
     limit: Annotated[int, ArgField(ge=1, le=100)] = 20
+    request: Annotated[str, ArgField(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
 
     @field_validator("since")
     @classmethod
@@ -53,6 +59,8 @@ class AuditDeps:
 
 
 async def run(request: Request, args: AuditArgs, deps: AuditDeps) -> Reply:
+    if args.request is not None:
+        return await _one_request(args.request, deps)
     window = parse_duration(args.since)
     principal, platform, user_id = _who(args.user)
     try:
@@ -88,6 +96,37 @@ async def run(request: Request, args: AuditArgs, deps: AuditDeps) -> Reply:
     )
 
 
+async def _one_request(request_id: str, deps: AuditDeps) -> Reply:
+    """Every entry of the request, and of its jobs (``<id>:<job id>``), in chain order."""
+    try:
+        rows = await deps.audit.store.of_request(request_id, REQUEST_LIMIT)
+    except Exception as exc:
+        raise DependencyError("the audit database", str(exc), exc) from exc
+    if not rows:
+        return Reply(title=f"No audit entries of request {request_id}", status=Status.INFO)
+    more = f" (the first {REQUEST_LIMIT})" if len(rows) == REQUEST_LIMIT else ""
+    return Reply(
+        title=f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'} of request "
+        f"{request_id}{more}, oldest first",
+        status=Status.INFO,
+        table=Table(
+            columns=("when (UTC)", "request", "who", "kind", "what", "stage", "status", "error"),
+            rows=tuple(_request_row(row, request_id) for row in rows),
+        ),
+    )
+
+
+def _request_row(row: StoredEntry, request_id: str) -> tuple[str, ...]:
+    e = row.entry
+    who = e.principal or f"{e.platform}:{e.user_id}"
+    text = e.raw_text or e.detail
+    text = text if len(text) <= 48 else text[:47] + "…"
+    # The job's part of its id (":j4k2x"): which job, where a runbook ran several.
+    part = e.request_id.removeprefix(request_id) or "-"
+    error = (e.error or "")[:60]
+    return (f"{e.at:%m-%d %H:%M:%S}", part, who, e.kind, text, e.stage, e.status, error)
+
+
 def _who(user: str | None) -> tuple[str | None, str | None, str | None]:
     """``alice`` is a principal; ``slack:U123`` a platform id (people not in the config)."""
     if user is None:
@@ -109,7 +148,8 @@ def _row(row: StoredEntry) -> tuple[str, ...]:
 
 SPEC = CommandSpec(
     name="audit",
-    summary="Show who ran what, newest first (filters: user, command, status, since, limit)",
+    summary="Show who ran what, newest first (filters: user, command, status, since, limit), "
+    "or every entry of one request (request=<id>)",
     usage=USAGE,
     args_model=AuditArgs,
     run=run,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.features.actions.service import ActionService
+from bot.features.runbooks.service import RunbookService
 from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
 from bot.kernel.reply import Reply
 
@@ -19,9 +20,14 @@ class DenyDeps:
     """The action service, which decides the request and tells the requester."""
 
     actions: ActionService
+    runbooks: RunbookService  # a runbook's request is decided there
 
 
 async def run(request: Request, args: DenyArgs, deps: DenyDeps) -> Reply:
+    if await deps.runbooks.owns(args.id):
+        return await deps.runbooks.decide(
+            request, args.id, approve=False, reason=args.reason or None
+        )
     return await deps.actions.decide(request, args.id, approve=False, reason=args.reason or None)
 
 

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import gc
 import os
+import re
 import signal
 import sys
 import threading
@@ -169,7 +170,18 @@ def _audit_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     tail = audit_sub.add_parser("tail", help="the newest entries, oldest first")
     _config_option(tail)
     tail.add_argument(
-        "-n", dest="count", type=_count, default=20, help="how many entries (default: 20)"
+        "-n",
+        dest="count",
+        type=_count,
+        default=None,
+        help="how many entries (default: 20; with --request, all of them)",
+    )
+    tail.add_argument(
+        "--request",
+        metavar="ID",
+        type=_request_id,
+        help="only the entries of this request (a command, its approval, runbook steps, "
+        "and its jobs: ID:<job id>)",
     )
     tail.add_argument(
         "--follow",
@@ -226,6 +238,12 @@ def _count(text: str) -> int:
             f"at most {MAX_TAIL} (use `opsbot audit export` for more), not {text}"
         )
     return int(text)
+
+
+def _request_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"not a request id: {text!r}")
+    return text
 
 
 def _since(text: str) -> datetime:
@@ -291,7 +309,9 @@ async def _audit_database(args: argparse.Namespace, config: Config) -> int:
             return await cli_audit.db_upgrade(config)
         return await cli_audit.db_check(config)
     if args.audit_action == "tail":
-        return await cli_audit.audit_tail(config, args.count, follow=args.follow)
+        return await cli_audit.audit_tail(
+            config, args.count, follow=args.follow, request=args.request
+        )
     if args.audit_action == "export":
         return await cli_audit.audit_export(config, args.since, args.format, args.output)
     return await cli_audit.audit_verify(config, key_files=args.key_files, witness=args.witness)
@@ -340,6 +360,7 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             code = _print_reply(reply)
             # A job answered with its id: its result is what the caller waits for.
             await _until(stop, bot.jobs.wait_idle())
+            await _until(stop, bot.runbooks.wait_idle())
             await _until(stop, _drained(bot))
             if console.posted and reply is not None and reply.status is Status.INFO:
                 code = EXIT_CODES[console.posted[-1][1].status]

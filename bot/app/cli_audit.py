@@ -37,6 +37,8 @@ EXIT_CHAIN_BROKEN = 1
 
 EXPORT_COLUMNS = ("seq", "prev_hash", "hash", "key_id", *FIELD_NAMES)
 FOLLOW_POLL_S = 0.5
+DEFAULT_TAIL = 20
+MAX_OF_REQUEST = 100_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -93,15 +95,44 @@ async def db_check(config: Config) -> int:
 # ---------------------------------------------------------------------- audit
 
 
-async def audit_tail(config: Config, count: int, *, follow: bool) -> int:
+async def audit_tail(
+    config: Config, count: int | None, *, follow: bool, request: str | None = None
+) -> int:
+    """The newest ``count`` entries (20 when None), oldest first; with ``request``, the
+    entries of that request and of its jobs (all of them when ``count`` is None)."""
     async with _reading(config) as store:
-        newest = await store.query(limit=count) if count else []
-        for row in reversed(newest):
+        newest_of_all = await _newest(store) if request is not None and follow else None
+        if request is not None:
+            rows = await store.of_request(request, MAX_OF_REQUEST)
+            if count is not None:
+                rows = rows[len(rows) - count :] if count else []
+        else:
+            count = DEFAULT_TAIL if count is None else count
+            rows = list(reversed(await store.query(limit=count))) if count else []
+        for row in rows:
             print(tail_line(row))
         sys.stdout.flush()
         if follow:
-            await _follow(store, newest[0] if newest else None)
+            # Following one request: after the newest entry of all, or of the request's
+            # when it came meanwhile; nothing shown twice, nothing of it missed.
+            last = max(
+                (r for r in (newest_of_all, rows[-1] if rows else None) if r is not None),
+                key=lambda r: r.seq,
+                default=None,
+            )
+            await _follow(store, last, request)
     return 0
+
+
+async def _newest(store: AuditStore) -> StoredEntry | None:
+    newest = await store.query(limit=1)
+    return newest[0] if newest else None
+
+
+def of_request(row: StoredEntry, request: str) -> bool:
+    """Whether ``row`` is an entry of ``request`` or of one of its jobs."""
+    request_id = row.entry.request_id
+    return request_id == request or request_id.startswith(f"{request}:")
 
 
 async def audit_export(config: Config, since: datetime, fmt: str, output: Path | None) -> int:
@@ -221,8 +252,11 @@ def _format_ms(duration_ms: float | None) -> str:
     return f"{duration_ms:.1f}ms" if duration_ms < 10 else f"{duration_ms:.0f}ms"
 
 
-async def _follow(store: AuditStore, newest: StoredEntry | None) -> None:
-    """Print entries committed after ``newest`` until SIGINT or SIGTERM."""
+async def _follow(
+    store: AuditStore, newest: StoredEntry | None, request: str | None = None
+) -> None:
+    """Print entries committed after ``newest`` (of ``request`` only, when given) until
+    SIGINT or SIGTERM."""
     last_seq = newest.seq if newest else 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -232,7 +266,8 @@ async def _follow(store: AuditStore, newest: StoredEntry | None) -> None:
         while not stop.is_set():
             # By seq, not time: a spool replayed late still shows up, in chain order.
             async for row in store.export(EPOCH, after_seq=last_seq):
-                print(tail_line(row))
+                if request is None or of_request(row, request):
+                    print(tail_line(row))
                 last_seq = row.seq
             sys.stdout.flush()
             with contextlib.suppress(TimeoutError):

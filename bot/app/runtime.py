@@ -62,6 +62,7 @@ from bot.features.policy.store import RedisPolicyStore, SqlPolicyStore
 from bot.features.policy.switch import PolicySwitch
 from bot.features.probes.targets import ServiceTargets
 from bot.features.queues.watched import WatchedQueues
+from bot.features.runbooks.service import RunbookService
 from bot.kernel.adapter import Adapter
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.command import CommandSpec
@@ -221,8 +222,25 @@ class Bot:
                 else LocalStreaks()
             ),
         )
+        self.runbooks = RunbookService(
+            config.runbooks,
+            actions=self.actions,
+            checks=self.checks,
+            services=config.services,
+            channels=config.channels,
+            http=self.http_clients,
+            redis=self.redis_clients,
+            outbox=self.outbox,
+            audit=self.audit,
+            clock=self.clock,
+            base_dir=_base_dir(config_source),
+        )
         self.authorizer = Authorizer(
-            config.policy, commands, actions=self.actions, policy_switch=self.policy
+            config.policy,
+            commands,
+            actions=self.actions,
+            policy_switch=self.policy,
+            runbooks=self.runbooks,
         )
         self.catalog = Catalog(commands, self.authorizer)
         self.services = self._services()
@@ -276,6 +294,7 @@ class Bot:
         services.add(ApprovalStore, self.approvals)
         services.add(JobBoard, self.jobs)
         services.add(ActionService, self.actions)
+        services.add(RunbookService, self.runbooks)
         services.add(Scheduler, self.scheduler)
         services.add(Heartbeats, self.heartbeats)
         services.add(AlertBoard, self.alert_board)
@@ -393,9 +412,11 @@ class Bot:
         # Scheduled work first: a heartbeat running now still posts through the adapters.
         await self.scheduler.stop()
         await self.leadership.stop()
-        # Jobs first: their results are posted through the adapters, and their last
-        # audit entries need the trail still open.
-        await self.jobs.drain()
+        # Runbooks and jobs first: their results are posted through the adapters, and
+        # their last audit entries need the trail still open. A runbook waits for its
+        # running step's job, so both get the jobs' grace.
+        grace = self.config.jobs.shutdown_grace.total_seconds()
+        await asyncio.gather(self.runbooks.drain(grace), self.jobs.drain())
         await self.dispatcher.close()  # the counts of floods still being counted
         # Then what they posted: delivered within the grace while the adapters are up;
         # the rest stays queued in the database for the next start.

@@ -781,6 +781,22 @@ class AuditStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_stored_from_row(row) for row in rows]
 
+    async def of_request(self, request_id: str, limit: int = 200) -> list[StoredEntry]:
+        """Every entry of one request, oldest first: those whose request id is
+        ``request_id``, and those of its jobs (``<request id>:<job id>``)."""
+        column = audit_log.c.request_id
+        query = (
+            sa.select(audit_log)
+            .where(
+                sa.or_(column == request_id, column.startswith(f"{request_id}:", autoescape=True))
+            )
+            .order_by(audit_log.c.seq)
+            .limit(limit)
+        )
+        async with self._require_engine().connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_stored_from_row(row) for row in rows]
+
     async def export(self, since: datetime, *, after_seq: int = 0) -> AsyncIterator[StoredEntry]:
         """Every row with ``at >= since`` and ``seq > after_seq``, in chain order, a page
         at a time.

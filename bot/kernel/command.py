@@ -47,6 +47,7 @@ class ActionVerb(enum.StrEnum):
     APPROVE = "approve"  # target: the approval request's id
     DENY = "deny"  # target: the approval request's id
     CANCEL = "cancel"  # target: the job's id
+    RUNBOOK = "runbook"  # target: the runbook's name
 
 
 @dataclass(frozen=True, slots=True)

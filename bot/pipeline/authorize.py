@@ -5,8 +5,10 @@ in order: the command's rule (roles, channels) as soon as the command is known, 
 once the arguments are read, the argument rules and, for an action command, the action's
 own rules: its roles (/rollback, /run, /cancel), its approver roles and the requester
 rule (/approve, /deny), and whether a second person must approve (high risk while the
-policy mode is strict). A decision names the rule that matched (a config key path or a
-built-in rule), so the audit log can answer "why was this allowed?" after an incident.
+policy mode is strict). A runbook (/runbook) is decided the same way: its roles, and one
+approval for the whole of it when one of its actions is high risk. A decision names the
+rule that matched (a config key path or a built-in rule), so the audit log can answer
+"why was this allowed?" after an incident.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from bot.features.actions.config import ActionConfig
 from bot.features.actions.service import ActionService
 from bot.features.policy.config import PolicyMode, PolicySection
 from bot.features.policy.switch import PolicySwitch
+from bot.features.runbooks.config import RunbookConfig
+from bot.features.runbooks.service import RunbookService
 from bot.kernel.command import (
     Access,
     ActionRef,
@@ -63,10 +67,12 @@ class Authorizer:
         *,
         actions: ActionService | None = None,
         policy_switch: PolicySwitch | None = None,
+        runbooks: RunbookService | None = None,
     ) -> None:
         """``actions`` and ``policy_switch`` let the authorizer decide action commands
-        (without them, every action command is denied)."""
+        (without them, every action command is denied); ``runbooks``, runbook commands."""
         self._actions = actions
+        self._runbooks = runbooks
         self._switch = policy_switch
         admin_roles = frozenset(policy.admin_roles)
         self._rules: dict[str, _CommandRule] = {}
@@ -162,6 +168,8 @@ class Authorizer:
         actions = self._actions
         if actions is None:
             return Decision(False, "deny:no-actions", "this bot runs no actions")
+        if ref.verb is ActionVerb.RUNBOOK:
+            return await self._decide_runbook(principal, ref.target)
         if ref.verb is ActionVerb.RUN:
             action = actions.action(ref.target)
             if action is None:
@@ -181,32 +189,69 @@ class Authorizer:
         approval = await actions.approvals.get(approval_id)
         if approval is None:
             raise UsageError(f"no approval request '{approval_id}'; /approvals lists those waiting")
+        approve = ref.verb is ActionVerb.APPROVE
+        runbook_name = RunbookService.approval_of(approval)
+        if runbook_name is not None:
+            runbook = None if self._runbooks is None else self._runbooks.runbook(runbook_name)
+            if runbook is None:
+                raise UserError(
+                    f"runbook '{runbook_name}' is no longer configured; request "
+                    f"{approval.id} cannot run"
+                )
+            return _approver_decision(
+                principal,
+                own=approval.requester == principal.name,
+                approve=approve,
+                roles=runbook.approver_roles,
+                path=f"runbooks.{runbook.name}.approver_roles",
+                what=f"runbook '{runbook.name}'",
+            )
         action = actions.action(approval.action)
         if action is None:
             raise UserError(
                 f"action '{approval.action}' is no longer configured; request {approval.id} "
                 "cannot run"
             )
-        approve = ref.verb is ActionVerb.APPROVE
-        own = approval.requester == principal.name
-        if own and approve:
-            return Decision(
-                False,
-                REQUESTER_MAY_NOT_APPROVE,
-                "you requested this; another person with an approver role must approve it",
-            )
-        if own:
-            return Decision(True, "approval:requester-withdraws")
-        path = f"actions.{action.name}.approver_roles"
-        if principal.roles.isdisjoint(action.approver_roles):
-            verb = "approve" if approve else "deny"
+        return _approver_decision(
+            principal,
+            own=approval.requester == principal.name,
+            approve=approve,
+            roles=action.approver_roles,
+            path=f"actions.{action.name}.approver_roles",
+            what=f"/{action.name}",
+        )
+
+    async def _decide_runbook(self, principal: Principal, name: str) -> Decision:
+        runbooks = self._runbooks
+        runbook = None if runbooks is None else runbooks.runbook(name)
+        if runbooks is None or runbook is None:
+            mine = sorted(r.name for r in self.runnable_runbooks(principal))
+            known = ", ".join(mine) if mine else "none you may run"
+            raise UsageError(f"no runbook '{name}' is configured (runbooks: {known})")
+        decision = self.runbook_decision(principal, runbook)
+        # One approval for the whole runbook, when any of its actions alone would need one.
+        if decision.allowed and runbooks.high_risk(runbook) and await self._strict():
+            return Decision(True, decision.rule, needs_approval=True)
+        return decision
+
+    def runbook_decision(self, principal: Principal, runbook: RunbookConfig) -> Decision:
+        """May ``principal`` run ``runbook``? Its roles decide, as an action's do; its
+        action steps run under the runbook's rule, not their own roles."""
+        path = f"runbooks.{runbook.name}.roles"
+        if principal.roles.isdisjoint(runbook.roles):
             return Decision(
                 False,
                 path,
-                f"to {verb} /{action.name} you need role "
-                f"{_quoted_one_of(action.approver_roles)}{_have(principal)}",
+                f"runbook '{runbook.name}' needs role {_quoted_one_of(runbook.roles)}"
+                f"{_have(principal)}",
             )
         return Decision(True, path)
+
+    def runnable_runbooks(self, principal: Principal) -> list[RunbookConfig]:
+        """The runbooks ``principal`` may run (/runbook lists them)."""
+        if self._runbooks is None:
+            return []
+        return [r for r in self._runbooks.runbooks if self.runbook_decision(principal, r).allowed]
 
     def action_decision(
         self, principal: Principal, action: ActionConfig, *, verb: str = "run", of: str = ""
@@ -250,6 +295,35 @@ class Authorizer:
         if self._switch is None:
             return True
         return (await self._switch.current()).mode is PolicyMode.STRICT
+
+
+def _approver_decision(
+    principal: Principal,
+    *,
+    own: bool,
+    approve: bool,
+    roles: Sequence[str],
+    path: str,
+    what: str,
+) -> Decision:
+    """The two-person rule, for an action's or a runbook's approval request: never the
+    requester's own yes (they may withdraw it), and only an approver role's."""
+    if own and approve:
+        return Decision(
+            False,
+            REQUESTER_MAY_NOT_APPROVE,
+            "you requested this; another person with an approver role must approve it",
+        )
+    if own:
+        return Decision(True, "approval:requester-withdraws")
+    if principal.roles.isdisjoint(roles):
+        verb = "approve" if approve else "deny"
+        return Decision(
+            False,
+            path,
+            f"to {verb} {what} you need role {_quoted_one_of(roles)}{_have(principal)}",
+        )
+    return Decision(True, path)
 
 
 def _fixed_action(spec: CommandSpec[Any, Any]) -> str | None:

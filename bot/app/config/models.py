@@ -35,6 +35,7 @@ from bot.features.heartbeats.config import HeartbeatConfig
 from bot.features.policy.config import PolicySection
 from bot.features.probes.config import Service
 from bot.features.queues.config import QueueConfig
+from bot.features.runbooks.config import RunbookConfig
 from bot.kernel.settings import Duration, Name, Pattern, Strict
 from bot.pipeline.config import FloodSection, Identity, Role
 
@@ -175,6 +176,7 @@ class Config(Strict):
     queues: list[QueueConfig] = []
     actions: list[ActionConfig] = []
     jobs: JobsSection = JobsSection()
+    runbooks: list[RunbookConfig] = []
     slack: SlackSection | None = None
     telegram: TelegramSection | None = None
     discord: DiscordSection | None = None

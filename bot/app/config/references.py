@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from bot.app.config.models import Config
+from bot.kernel.command import Risk
 
 ANY_ROLE = "*"
 
@@ -64,6 +65,7 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
         "actions": [a.name for a in config.actions],
         "heartbeat": [h.name for h in config.heartbeat],
         "checks": [c.name for c in config.checks],
+        "runbooks": [r.name for r in config.runbooks],
     }
     for section, names in named.items():
         for i, name in enumerate(names):
@@ -122,9 +124,73 @@ def reference_problems(config: Config, command_names: Collection[str]) -> list[s
             for i, role in enumerate(arg_rule.roles):
                 need_role(f"{path}.args[{j}].roles[{i}]", role)
 
+    problems.extend(_runbook_problems(config, need_role, need_channel))
+
     principal = config.console.principal
     if principal is not None and principal not in config.identities:
         problems.append(f"console.principal: unknown identity '{principal}'")
+    return problems
+
+
+def _runbook_problems(
+    config: Config,
+    need_role: Callable[[str, str], None],
+    need_channel: Callable[[str, str], None],
+) -> list[str]:
+    """Every name a runbook's steps use names something configured: an action (with
+    arguments it declares), a service (with a version_url to verify), a check, a channel."""
+    problems: list[str] = []
+    services = {s.name: s for s in config.services}
+    checks = {c.name for c in config.checks}
+    for i, runbook in enumerate(config.runbooks):
+        path = f"runbooks[{i}]"
+        for j, role in enumerate(runbook.roles):
+            need_role(f"{path}.roles[{j}]", role)
+        for j, role in enumerate(runbook.approver_roles):
+            need_role(f"{path}.approver_roles[{j}]", role)
+        high_risk = False
+        for section, steps in (("steps", runbook.steps), ("on_failure", runbook.on_failure)):
+            for j, step in enumerate(steps):
+                at = f"{path}.{section}[{j}]"
+                if step.action is not None:
+                    action = config.action(step.action)
+                    if action is None:
+                        known = ", ".join(a.name for a in config.actions) or "none defined"
+                        problems.append(
+                            f"{at}.action: unknown action '{step.action}' (actions: {known})"
+                        )
+                        continue
+                    high_risk = high_risk or action.risk is Risk.HIGH
+                    declared = {a.name for a in action.args}
+                    for name in step.args:
+                        if name not in declared:
+                            problems.append(
+                                f"{at}.args.{name}: action '{action.name}' has no argument "
+                                f"'{name}' (arguments: {', '.join(sorted(declared)) or 'none'})"
+                            )
+                service: str | None = step.wait.health if step.wait else None
+                if step.verify is not None:
+                    service = step.verify.version
+                key = "wait.health" if step.wait else "verify.version"
+                if service is not None and service not in services:
+                    known = ", ".join(sorted(services)) or "none defined"
+                    problems.append(f"{at}.{key}: unknown service '{service}' (services: {known})")
+                elif service is not None and step.verify and services[service].version_url is None:
+                    problems.append(
+                        f"{at}.verify.version: service '{service}' has no version_url to read "
+                        "its version from"
+                    )
+                check = step.verify.check if step.verify else None
+                if check is not None and check not in checks:
+                    known = ", ".join(sorted(checks)) or "none defined"
+                    problems.append(f"{at}.verify.check: unknown check '{check}' (checks: {known})")
+                for k, channel in enumerate(step.post.channels if step.post else ()):
+                    need_channel(f"{at}.post.channels[{k}]", channel)
+        if high_risk and not runbook.approver_roles:
+            problems.append(
+                f"{path}.approver_roles: a step runs a high-risk action, so the runbook needs "
+                "approver_roles (who may approve it)"
+            )
     return problems
 
 
