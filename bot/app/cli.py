@@ -359,8 +359,9 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             reply = await console.send(args.command)
             code = _print_reply(reply)
             # A job answered with its id: its result is what the caller waits for.
-            await _until(stop, bot.jobs.wait_idle())
+            # Runbooks first: a runbook starts jobs as it goes, and waits for each.
             await _until(stop, bot.runbooks.wait_idle())
+            await _until(stop, bot.jobs.wait_idle())
             await _until(stop, _drained(bot))
             if console.posted and reply is not None and reply.status is Status.INFO:
                 code = EXIT_CODES[console.posted[-1][1].status]

@@ -8,4 +8,7 @@ for step in "draining traffic" "deploying $tag" "running health checks" "restori
     echo "  $step..."
     sleep 1
 done
+# The demo web service (scripts/web-demo.py, started by examples/demo.sh) reports this
+# tag on /version from now on: what the rollback runbook verifies.
+echo "$tag" > "$(dirname "$0")/.web-demo-version"
 echo "web is on $tag"

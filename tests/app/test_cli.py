@@ -53,13 +53,16 @@ def test_example_config_shows_a_healthy_and_a_failing_service(tmp_path: Path) ->
     # The example probes the bot's own port 8080; move it to a port that is surely free.
     port = _free_port()
     config = tmp_path / "example.toml"
-    config.write_text(Path(EXAMPLE).read_text().replace("8080", str(port)))
+    # web, the rollback runbook's demo service (examples/demo.sh starts it), is not started.
+    text = Path(EXAMPLE).read_text().replace("8080", str(port))
+    config.write_text(text.replace("8099", str(_free_port())))
     result = opsbot("console", "--config", str(config), "-c", "/health")
-    assert result.returncode == 2, result.stderr  # one service is down
+    assert result.returncode == 2, result.stderr  # two services are down
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("❌ Health: 1 up, 1 down")
+    assert lines[0].startswith("❌ Health: 1 up, 2 down")
     assert any(line.split()[:3] == ["opsbot", "up", "200"] for line in lines)
     assert any(line.split()[:2] == ["billing", "DOWN"] for line in lines)
+    assert any(line.split()[:2] == ["web", "DOWN"] for line in lines)
 
 
 def test_interactive_session_reads_until_end_of_input() -> None:

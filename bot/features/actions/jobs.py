@@ -463,6 +463,8 @@ class JobBoard:
             tasks = [j.task for j in self._running.values() if j.task is not None]
             if tasks:
                 await asyncio.wait(tasks)
+            else:  # a job still starting (its audit entry, its slots): no busy loop
+                await asyncio.sleep(0.01)
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""

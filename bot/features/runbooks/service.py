@@ -324,17 +324,14 @@ class RunbookService:
 
     def _start(self, plan: Plan, requester: Requester) -> RunbookRun:
         run = RunbookRun(plan, requester)
-        run.task = asyncio.create_task(self._run(run), name=f"runbook-{run.request_id}")
         self._running.add(run)
-        run.task.add_done_callback(lambda _: self._running.discard(run))
+        run.task = asyncio.create_task(self._run(run), name=f"runbook-{run.request_id}")
         return run
 
     async def wait_idle(self) -> None:
         """Until no runbook runs (console one-shot mode, shutdown)."""
-        while self._running:
-            tasks = [r.task for r in self._running if r.task is not None]
-            if tasks:
-                await asyncio.wait(tasks)
+        while tasks := {r.task for r in self._running if r.task and not r.task.done()}:
+            await asyncio.wait(tasks)
 
     async def drain(self, grace: float) -> None:
         """On shutdown: give running runbooks ``grace`` seconds, then cancel them (their
@@ -349,6 +346,14 @@ class RunbookService:
             await asyncio.wait(pending)
 
     async def _run(self, run: RunbookRun) -> bool:
+        try:
+            return await self._steps(run)
+        finally:
+            # Inside the task, not in a done callback: whoever awaits the task (wait_idle)
+            # sees it gone the moment it is done.
+            self._running.discard(run)
+
+    async def _steps(self, run: RunbookRun) -> bool:
         plan = run.plan
         total = len(plan.steps)
         started = self._clock.monotonic()

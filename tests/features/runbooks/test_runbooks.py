@@ -4,6 +4,7 @@ audit database, approval store and outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -235,6 +236,26 @@ async def test_cli_tail_by_request(deploys: Deploys, golem: Golem, tmp_path: Pat
         "audit", "tail", "--request", request, "-n", "1", "--config", str(config), env=clean_env()
     )
     assert last.stdout.splitlines() == lines[-1:]
+
+
+async def test_console_one_shot_waits_for_the_runbook(
+    deploys: Deploys, golem: Golem, tmp_path: Path
+) -> None:
+    config = tmp_path / "opsbot.toml"
+    config.write_text(runbooks_config(deploys, golem.url, data_dir=tmp_path / "data"))
+    # In a thread: golem answers from this test's event loop meanwhile.
+    ran = await asyncio.to_thread(
+        run_opsbot,
+        *("console", "--config", str(config), "--no-http", "--as", "dave"),
+        *("-c", "/runbook release v1.6"),
+        env=clean_env(),
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "Runbook release tag=v1.6 started" in ran.stdout
+    assert "step 3/3: verify /version golem reports v1.6" in ran.stdout
+    assert "runbook release tag=v1.6 finished: 3 steps ok" in ran.stdout
+    assert deploys.runs() == ["v1.6"]
 
 
 @pytest.mark.parametrize(
