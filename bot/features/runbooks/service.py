@@ -511,7 +511,8 @@ class RunbookService:
         if result.version == expected:
             return None
         found = result.version or "no version"
-        return f"{service.name} reports {found} ({result.detail}), not {expected}"
+        why = "" if result.detail == "ok" else f" ({result.detail})"
+        return f"{service.name} reports {found}{why}, not {expected}"
 
     # ------------------------------------------------------------------ telling
 
