@@ -142,7 +142,7 @@ class RunbookService:
             return await self._ask_for_approval(request, plan)
         run = self._start(plan, _requester(request, request.decision.rule))
         return Reply(
-            title=f"Runbook {plan.describe()} started ({len(plan.steps)} steps, request "
+            title=f"Runbook {plan.describe()} started ({_steps(len(plan.steps))}, request "
             f"{run.request_id})",
             status=Status.INFO,
             text="Progress and the result follow here.",
@@ -357,7 +357,8 @@ class RunbookService:
         plan = run.plan
         total = len(plan.steps)
         started = self._clock.monotonic()
-        await self._record(run, None, STARTED, detail=f"runbook {plan.runbook.name}: {total} steps")
+        detail = f"runbook {plan.runbook.name}: {_steps(total)}"
+        await self._record(run, None, STARTED, detail=detail)
         failed: tuple[PlannedStep, str] | None = None
         try:
             for planned in plan.steps:
@@ -375,11 +376,11 @@ class RunbookService:
             raise
         took = format_duration(timedelta(seconds=max(self._clock.monotonic() - started, 1.0)))
         if failed is None:
-            await self._record(run, None, "ok", detail=f"{total} steps ok in {took}")
+            await self._record(run, None, "ok", detail=f"{_steps(total)} ok in {took}")
             await self._post(
                 run,
                 Reply(
-                    title=f"runbook {plan.describe()} finished: {total} steps ok in {took} "
+                    title=f"runbook {plan.describe()} finished: {_steps(total)} ok in {took} "
                     f"(request {run.request_id})",
                     status=Status.OK,
                 ),
@@ -566,6 +567,10 @@ class RunbookService:
             report_failure("runbook.audit", exc, request_id=run.request_id)
             if durable:
                 raise
+
+
+def _steps(n: int) -> str:
+    return "1 step" if n == 1 else f"{n} steps"
 
 
 def _arguments_of(runbook: RunbookConfig) -> ActionConfig:

@@ -101,6 +101,19 @@ pattern = '^v\\d+\\.\\d+$'
         + _runbook("release", "deploy")
         + _runbook("rollback", "rollback", 'approver_roles = ["oncall"]\napproval_ttl = "10m"')
         + """
+[[checks]]
+name = "golem-health"
+kind = "health"
+service = "golem"
+interval = "1h"
+
+[[runbooks]]
+name = "golem-ok"
+summary = "Is golem healthy, by its check"
+roles = ["oncall"]
+[[runbooks.steps]]
+verify = { check = "golem-health" }
+
 [policy.commands.runbook]
 roles = ["oncall", "deployer"]
 [policy.commands.approve]

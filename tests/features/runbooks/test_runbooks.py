@@ -135,6 +135,17 @@ async def test_a_failed_step_skips_the_rest(deploys: Deploys, golem: Golem) -> N
         assert len(posted_to(tb, "incident")) == 1
 
 
+async def test_verify_a_check(deploys: Deploys, golem: Golem) -> None:
+    async with running_bot(runbooks_config(deploys, golem.url)) as tb:
+        golem.restart_s = 0  # up
+        await tb.exec("/runbook golem-ok", as_="bob")
+        await tb.posted("runbook golem-ok finished: 1 step ok")
+        golem.restart_s = 3600  # down
+        await tb.exec("/runbook golem-ok", as_="bob")
+        failed = await tb.posted("runbook golem-ok failed at step 1/1")
+        assert "check golem-health is CRITICAL" in failed, failed
+
+
 async def test_dry_run_shows_the_plan_and_runs_nothing(deploys: Deploys, golem: Golem) -> None:
     async with running_bot(runbooks_config(deploys, golem.url)) as tb:
         plan = await tb.exec("/runbook rollback v1.0 --dry-run", as_="dave")
