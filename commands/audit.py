@@ -12,7 +12,7 @@ from pydantic import Field as ArgField
 from pydantic import field_validator
 
 from bot.audit import StoredEntry
-from bot.audit.trail import ALLOWED, STARTED, AuditTrail
+from bot.audit.trail import ALLOWED, STARTED, STATUSES, AuditTrail
 from bot.kernel.clock import Clock
 from bot.kernel.command import Args, CommandSpec, Request
 from bot.kernel.durations import parse_duration
@@ -42,6 +42,13 @@ class AuditArgs(Args):
         window = parse_duration(value)  # ValueError names the accepted forms
         if not timedelta(0) < window <= MAX_SINCE:
             raise ValueError(f"must be between 1s and {MAX_SINCE.days}d")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _known_status(cls, value: str | None) -> str | None:
+        if value is not None and value not in STATUSES:
+            raise ValueError(f"must be one of {', '.join(sorted(STATUSES))}")
         return value
 
     @field_validator("command")

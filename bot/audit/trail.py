@@ -52,6 +52,22 @@ class Outcome(enum.StrEnum):
 ALLOWED = "allowed"
 STARTED = "started"
 
+# Every status an entry can carry: what `/audit status=` accepts. Events (approvals, acks,
+# pauses, policy switches, jobs, silences) add theirs to the commands' outcomes.
+APPROVAL_STATUSES = ("requested", "approved", "denied", "expired")
+JOB_STATUSES = ("running", "failed", "cancelled", "stopped", "skipped")  # and runbook steps
+ALERT_STATUSES = ("acked", "created", "ended")  # and silences
+PAUSE_STATUSES = ("paused", "pause_failed")
+POLICY_STATUSES = ("off", "strict", "off_failed")
+EVENT_STATUSES = (
+    *APPROVAL_STATUSES,
+    *JOB_STATUSES,
+    *ALERT_STATUSES,
+    *PAUSE_STATUSES,
+    *POLICY_STATUSES,
+)
+STATUSES = frozenset((*Outcome, ALLOWED, STARTED, *EVENT_STATUSES))
+
 
 class AuditTrail:
     def __init__(
@@ -151,6 +167,9 @@ class AuditTrail:
         surrogates and NUL escaped) and bounded, so any str is recorded and none raises.
         ``output_digest`` and ``output_excerpt``: what the person was shown (:meth:`output`)."""
         text = self.redactor.text
+        if status not in STATUSES:
+            # Still recorded: losing the entry would be worse than a filter that misses it.
+            log.error("audit.unknown_status", status=status, kind=kind)
         return AuditEntry(
             request_id=request_id,
             at=at,

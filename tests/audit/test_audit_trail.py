@@ -284,6 +284,12 @@ async def test_audit_command_filters_newest_first_and_is_policy_gated(tb: TestBo
     bad = await tb.send("/audit since=yesterday", as_="alice")
     assert bad is not None and bad.status is Status.USAGE and "since" in bad.title
 
+    # A status no entry can have would only ever answer "No audit entries": say so instead.
+    bogus = await tb.send("/audit status=bogus", as_="alice")
+    assert bogus is not None and bogus.status is Status.USAGE
+    shown = f"{bogus.title} {bogus.text}"
+    assert "status" in shown and "denied" in shown and "unknown-command" in shown
+
 
 async def test_audit_command_says_so_when_the_database_is_unreachable() -> None:
     config = BASE_CONFIG + f'\n[audit]\ndatabase_url = "{_pg_refused()}"\nreply_wait = "0.2s"\n'
