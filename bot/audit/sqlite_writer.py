@@ -57,12 +57,24 @@ _SKIPPED: Answer = ("skipped", "")
 
 class Inserter:
     """One connection; one transaction per batch: the write lock (BEGIN IMMEDIATE) before
-    the chain head is read, so another writer (retention, a second process) extends the
-    same chain."""
+    the chain head is read, so another writer (retention, a second process, the bot's
+    inline commits) extends the same chain.
 
-    def __init__(self, path: str, key: ChainKey | None = None) -> None:
+    ``busy_timeout_s``: how long to wait for another writer's lock. ``checkpoints``: False
+    leaves the WAL's checkpoints (and their fsyncs) to other connections."""
+
+    def __init__(
+        self,
+        path: str,
+        key: ChainKey | None = None,
+        *,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        checkpoints: bool = True,
+    ) -> None:
         self._path = path
         self._key = key
+        self._busy_timeout_s = busy_timeout_s
+        self._checkpoints = checkpoints
         self._conn: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         # (seq, key id) of the last row this process wrote: the key of the head row,
@@ -123,9 +135,11 @@ class Inserter:
             self.close()  # replaced (restored from a backup?): write to what the path holds
         if self._conn is None:
             # Autocommit at the driver level: this code says BEGIN IMMEDIATE itself.
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout_s)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn = conn
             self._file = (found.st_dev, found.st_ino)
             self._written = None

@@ -122,15 +122,18 @@ class AuditTrail:
         """Queue ``entries``; they are committed with the next group commit."""
         await self.store.append(*entries)
 
-    async def record_durably(self, *entries: AuditEntry) -> None:
+    async def record_durably(self, *entries: AuditEntry, alone: bool = False) -> None:
         """Return once ``entries`` are committed (or fsynced to the spool): before anything
-        they describe happens."""
-        await self.store.append_durably(*entries)
+        they describe happens. ``alone``: no other command is running (a cheaper commit)."""
+        await self.store.append_durably(*entries, alone=alone)
 
-    async def record_before_reply(self, entry: AuditEntry) -> None:
+    async def record_before_reply(self, entry: AuditEntry, *, alone: bool = False) -> None:
         """Wait for the commit, but at most ``audit.reply_wait``: a slow database must not
-        keep an engineer waiting for a read-only answer. The entry stays queued."""
-        receipt = await self.store.append_with_receipt(entry)
+        keep an engineer waiting for a read-only answer. The entry stays queued.
+        ``alone``: no other command is running (a cheaper commit)."""
+        receipt = await self.store.append_with_receipt(entry, alone=alone)
+        if receipt.done():
+            return
         # Letting go of the receipt costs less than a timeout scope and a shield per
         # command; the store skips receipts that are already settled.
         self._deadlines.expire(

@@ -9,6 +9,13 @@ each answer before sending the next batch made the bot and the writer take turns
 writer idle while the event loop answered the commands the last commit released, the
 loop idle while the writer committed.
 
+One command at a time (nothing in flight) does not pay for the round trip: its entries
+are committed by the bot itself, inline (:meth:`SqliteWriterProcess.commit_inline`), on a
+connection that never waits for a lock and never checkpoints; every
+``_CHECKPOINT_EVERY``-th such batch still goes through the process, whose connection
+checkpoints the WAL. Anything unusual (a lock held, a fault) goes the process's way,
+which knows how to report and spool it.
+
 If the process exits or the pipe breaks, pending answers fail with ``OSError`` (a
 connection error: the store spools the entries and retries) and the next
 :meth:`~SqliteWriterProcess.insert` starts a new process. A batch whose answer was lost
@@ -24,6 +31,7 @@ import os
 import pickle
 import sqlite3
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +41,7 @@ import structlog
 
 from bot.audit.chain import ChainKey
 from bot.audit.record import AuditEntry
-from bot.audit.sqlite_writer import HEADER
+from bot.audit.sqlite_writer import HEADER, Inserter
 
 _log = structlog.get_logger("opsbot.auditlog")
 _START_TIMEOUT_S = 30.0
@@ -42,6 +50,12 @@ _STOP_TIMEOUT_S = 30.0
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 # (status, detail): why it failed, or what a claims frame won.
 Answer = tuple[str, Any]
+# The most entries committed inline: one command's, a few at once; more is load, and the
+# process on the other core is what takes load.
+INLINE_ENTRIES = 16
+_CHECKPOINT_EVERY = 64
+# After an inline commit failed (a lock held, a fault), the process's way for a while.
+_INLINE_PAUSE_S = 1.0
 
 
 class SqliteWriterProcess:
@@ -54,6 +68,9 @@ class SqliteWriterProcess:
         # After a failed frame the process skips everything until told to go on (reset).
         self._needs_reset = False
         self._closed = False
+        self._inline: Inserter | None = None
+        self._inline_batches = 0
+        self._inline_paused_until = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -84,6 +101,27 @@ class SqliteWriterProcess:
         :attr:`ready`."""
         assert self.ready
         return self._send([e.values() for e in entries])
+
+    def commit_inline(self, entries: Sequence[AuditEntry]) -> bool:
+        """Commit ``entries`` now, on the bot's own connection, if the process has nothing
+        in flight (so the chain's order holds): True when committed; False when not tried,
+        or when it failed (nothing written: then :meth:`submit` them)."""
+        if not self.ready or self._answers or len(entries) > INLINE_ENTRIES:
+            return False
+        self._inline_batches += 1
+        if self._inline_batches % _CHECKPOINT_EVERY == 0:
+            return False
+        now = time.monotonic()
+        if now < self._inline_paused_until:
+            return False
+        if self._inline is None:
+            self._inline = Inserter(self._path, self._key, busy_timeout_s=0, checkpoints=False)
+        status, why = self._inline.insert([e.values() for e in entries])
+        if status == "ok":
+            return True
+        self._inline_paused_until = now + _INLINE_PAUSE_S
+        _log.debug("auditlog.inline_commit_skipped", status=status, error=why)
+        return False
 
     async def insert(self, entries: Sequence[AuditEntry]) -> None:
         """Commit ``entries`` as one transaction and wait for it (starting the process if
@@ -129,6 +167,9 @@ class SqliteWriterProcess:
     async def close(self) -> None:
         """Let the process commit what it has and exit. No new process starts after this."""
         self._closed = True
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         proc, self._proc = self._proc, None
         if proc is None:
             return

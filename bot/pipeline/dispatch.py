@@ -2,10 +2,13 @@
 -> run -> reply, with its audit entries, one metrics update and one log line each.
 
 Audit entries per message addressed to the bot: one "decided" entry when it is turned
-away (denied, unknown, malformed, throttled); "decided" (allowed), "started" and
-"finished" when it runs. A command that changes something (risk above read) runs only
+away (denied, unknown, malformed, throttled); one "finished" entry, carrying the decision
+and the outcome together, when a read-only command ran; "started" (carrying the
+decision) and "finished" when a command that changes something ran. That one runs only
 after its "started" entry is committed; every reply waits for its last entry's commit
-(at most ``audit.reply_wait`` for read-only commands).
+(at most ``audit.reply_wait`` for read-only commands). Logs written before this model
+also hold "decided" (allowed) and "started" entries for every command that ran; queries
+skip those (status ``allowed``, ``started``), so old and new entries read the same.
 
 Every failure ends here: the person gets one readable line carrying the request
 id, the log gets the detail.
@@ -24,7 +27,7 @@ import structlog
 
 from bot.audit import AuditEntry
 from bot.audit.redact import Redactor
-from bot.audit.trail import ALLOWED, STARTED, AuditTrail, Outcome
+from bot.audit.trail import STARTED, AuditTrail, Outcome
 from bot.cluster.dedup import EventDedup
 from bot.kernel.clock import Clock
 from bot.kernel.command import CommandSpec, Decision, Request, Risk
@@ -70,7 +73,7 @@ class _Invocation:
     outcome: Outcome = Outcome.OK
     error: str | None = None
     raw_text: str = ""  # redacted
-    started: bool = False  # a "started" entry was written: the last one is "finished"
+    ran: bool = False  # it was allowed and ran: its last entry is "finished"
     quiet: bool = False  # one of a flood: counted (bot.pipeline.quiet), not recorded alone
     unrecorded: bool = False  # refused because nothing can be recorded (fail closed)
     closed: list[Quieted] = field(default_factory=list)  # flood windows to record now
@@ -107,6 +110,7 @@ class Dispatcher:
         self._bot_names = frozenset({bot_name})
         self._timeout = command_timeout.total_seconds()
         self._deadlines = Deadlines()
+        self._running = 0  # messages being handled now: 1 is one person typing
         # A flood window lasts as long as the flood guard takes to refill a whole burst.
         self._quiet = QuietLedger(window_s=flood.window_seconds)
         # A concrete logger: the lazy proxy would re-bind on every call of the hot path,
@@ -124,6 +128,7 @@ class Dispatcher:
             "user": message.user_id,
         }
         token = REQUEST_CONTEXT.set(log_context)
+        self._running += 1
         if self._quiet:
             inv.closed.extend(self._quiet.expired(time.monotonic()))
         try:
@@ -144,7 +149,7 @@ class Dispatcher:
                 reply = Reply(title=_internal_title(inv.command, exc), status=Status.ERROR)
             except asyncio.CancelledError:
                 # Shutting down mid-command: say so in the trail, then let the cancel go on.
-                if inv.started:
+                if inv.ran:
                     inv.outcome, inv.error = Outcome.INTERRUPTED, "cancelled by shutdown"
                     await self._finish(message, request_id, inv, None, started, wait=False)
                 raise
@@ -159,6 +164,7 @@ class Dispatcher:
             await self._finish(message, request_id, inv, reply, started, wait=True)
             return reply
         finally:
+            self._running -= 1
             REQUEST_CONTEXT.reset(token)
 
     async def _process(
@@ -244,6 +250,16 @@ class Dispatcher:
         async with self._deadlines.limit(self._timeout):
             return await spec.run(request, args, self._dependencies[spec.name])
 
+    async def _alone(self) -> bool:
+        """Whether this is the one message being handled: its audit entry is then committed
+        at once, without the writer process's round trip. Messages that arrived meanwhile
+        are let in first (one turn of the loop): if there are any, the entries go together
+        through the writer process, which is what keeps up with many."""
+        if self._running != 1:
+            return False
+        await asyncio.sleep(0)
+        return self._running == 1
+
     def _count_or_open(self, outcome: Outcome, message: Message, inv: _Invocation) -> None:
         inv.quiet, closed = self._quiet.count_or_open(
             str(outcome),
@@ -313,18 +329,14 @@ class Dispatcher:
     async def _record_start(
         self, message: Message, request_id: str, inv: _Invocation, spec: CommandSpec[Any, Any]
     ) -> None:
-        decided = self._entry("decided", message, request_id, inv, message.received_at, ALLOWED)
-        started = self._entry("started", message, request_id, inv, self._clock.now(), STARTED)
-        inv.started = True
         if spec.risk is Risk.READ:
-            try:
-                await self._audit.record(decided, started)
-            except Exception:
-                self._log.exception("audit.record_failed", command=inv.command)
+            inv.ran = True  # one entry, when it finishes: a look changes nothing first
             return
+        started = self._entry("started", message, request_id, inv, self._clock.now(), STARTED)
         # Nothing changes before the trail says it is about to: if "started" cannot be
         # committed (or spooled), the command does not run, and the person is told why.
-        await self._audit.record_durably(decided, started)
+        await self._audit.record_durably(started, alone=await self._alone())
+        inv.ran = True
 
     def _entry(
         self,
@@ -382,18 +394,18 @@ class Dispatcher:
         if inv.unrecorded:
             return  # refused: nothing ran, and the error log has the line
         entry = self._entry(
-            "finished" if inv.started else "decided",
+            "finished" if inv.ran else "decided",
             message,
             request_id,
             inv,
-            self._clock.now() if inv.started else message.received_at,
+            self._clock.now() if inv.ran else message.received_at,
             outcome,
             duration_ms=round(seconds * 1000, 3),
             output=None if reply is None else self._audit.output(render_text(reply)),
         )
         try:
             if wait:
-                await self._audit.record_before_reply(entry)
+                await self._audit.record_before_reply(entry, alone=await self._alone())
             else:
                 await self._audit.record(entry)
         except DependencyError as exc:

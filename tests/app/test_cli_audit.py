@@ -76,9 +76,11 @@ def database(config: str) -> Path:
 
 @pytest.fixture(scope="module")
 def written_log(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The config of a log holding /whoami then /status (seq 1-6), as alice ran them."""
+    """The config of a log of six entries, as alice made them: read-only commands that ran
+    (one "finished" entry each) and an unknown command (one "decided" entry, seq 3)."""
     config = write_config(tmp_path_factory.mktemp("log"))
-    session = opsbot("console", "--config", config, stdin="/whoami\n/status\n")
+    typed = "/whoami\n/status\n/nosuch\n/whoami\n/whoami\n/status\n"
+    session = opsbot("console", "--config", config, stdin=typed)
     assert session.returncode == 0, session.stderr
     return config
 
@@ -135,20 +137,25 @@ def test_db_check_fails_on_a_never_migrated_file(tmp_path: Path) -> None:
 def test_tail_shows_the_newest_entries_oldest_first(written_log: str) -> None:
     tail = opsbot("audit", "tail", "-n", "2", "--config", written_log)
     assert tail.returncode == 0, tail.stderr
-    started, finished = (line.split("  ") for line in tail.stdout.splitlines())
-    assert started[1:] == [
+    whoami, status = (line.split("  ") for line in tail.stdout.splitlines())
+    assert whoami[1:7] == [
         "#5",
-        "started",
-        "started",
+        "finished",
+        "ok",
+        "alice(alice@console)",
+        "/whoami",
+        "builtin:any-principal",
+    ]
+    assert status[1:7] == [
+        "#6",
+        "finished",
+        "ok",
         "alice(alice@console)",
         "/status",
         "policy.commands.status",
-        "-",
     ]
-    assert finished[1:5] == ["#6", "finished", "ok", "alice(alice@console)"]
-    assert finished[5] == "/status"
-    assert finished[-1].endswith("ms")
-    assert datetime.strptime(finished[0], "%Y-%m-%d %H:%M:%SZ")
+    assert status[-1].endswith("ms")
+    assert datetime.strptime(status[0], "%Y-%m-%d %H:%M:%SZ")
 
 
 def test_export_jsonl_is_every_entry_in_chain_order(written_log: str) -> None:
@@ -157,10 +164,17 @@ def test_export_jsonl_is_every_entry_in_chain_order(written_log: str) -> None:
     records = [json.loads(line) for line in export.stdout.splitlines()]
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(list(r) == COLUMNS for r in records)
-    assert [r["command"] for r in records] == ["whoami"] * 3 + ["status"] * 3
+    assert [r["command"] for r in records] == [
+        "whoami",
+        "status",
+        "nosuch",
+        "whoami",
+        "whoami",
+        "status",
+    ]
     assert [r["prev_hash"] for r in records[1:]] == [r["hash"] for r in records[:-1]]
-    assert records[2]["stage"] == "finished"
-    assert records[2]["principal"] == "alice"
+    assert [r["stage"] for r in records] == ["finished"] * 2 + ["decided"] + ["finished"] * 3
+    assert records[0]["principal"] == "alice" and records[0]["decision"] == "allowed"
 
 
 def test_export_csv_to_a_file(written_log: str, tmp_path: Path) -> None:
@@ -185,7 +199,7 @@ def test_export_csv_to_a_file(written_log: str, tmp_path: Path) -> None:
     assert [row["seq"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
     assert {row["args"] for row in rows} == {"{}"}
     assert {row["approvers"] for row in rows} == {"[]"}
-    assert [row["status"] for row in rows[:3]] == ["allowed", "started", "ok"]
+    assert [row["status"] for row in rows[:3]] == ["ok", "ok", "unknown-command"]
     assert list(tmp_path.iterdir()) == [out]  # no partial file left behind
 
 
@@ -205,23 +219,19 @@ def test_tail_follow_prints_new_entries_until_sigterm(log_copy: str) -> None:
             assert "#6  finished" in lines.get(timeout=15)
             ran = opsbot("console", "--config", log_copy, "-c", "/whoami")
             assert ran.returncode == 0, ran.stderr
-            new = [lines.get(timeout=10) for _ in range(3)]
+            new = [lines.get(timeout=10)]
             follower.send_signal(signal.SIGTERM)
             assert follower.wait(timeout=10) == 0, follower.stderr and follower.stderr.read()
         finally:
             if follower.poll() is None:
                 follower.kill()
             reader.join()
-    assert [line.split("  ")[1:3] for line in new] == [
-        ["#7", "decided"],
-        ["#8", "started"],
-        ["#9", "finished"],
-    ]
-    assert all("/whoami" in line for line in new)
+    assert [line.split("  ")[1:3] for line in new] == [["#7", "finished"]]
+    assert "/whoami" in new[0]
 
     verify = opsbot("audit", "verify", "--config", log_copy)
     assert verify.returncode == 0, verify.stderr
-    assert verify.stdout == "audit chain ok: 9 row(s) verified, none keyed\n"
+    assert verify.stdout == "audit chain ok: 7 row(s) verified, none keyed\n"
 
 
 def _read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
@@ -262,7 +272,7 @@ def test_a_keyed_log_with_a_witness_verifies_and_finds_a_truncation(tmp_path: Pa
     session = opsbot("console", "--config", config, "-c", "/status", env={"OPSBOT_AUDIT_KEY": key})
     assert session.returncode == 0, session.stderr
     points = [json.loads(line) for line in witness.read_text().splitlines()]
-    assert points[-1]["seq"] == 8  # key event, 3 rows, rotation event, 3 rows: at shutdown
+    assert points[-1]["seq"] == 4  # key event, /whoami, rotation event, /status: at shutdown
 
     without = opsbot("audit", "verify", "--config", config)
     assert without.returncode == 1
@@ -272,16 +282,16 @@ def test_a_keyed_log_with_a_witness_verifies_and_finds_a_truncation(tmp_path: Pa
     both = ["audit", "verify", "--config", config, "--key-file", str(old_key)]
     ok = opsbot(*both, "--witness", str(witness), env={"OPSBOT_AUDIT_KEY": key})
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.startswith("audit chain ok: 8 row(s) verified, 8 keyed, ")
+    assert ok.stdout.startswith("audit chain ok: 4 row(s) verified, 4 keyed, ")
 
     with sqlite3.connect(database(config)) as db:
-        (digest,) = db.execute("SELECT hash FROM audit_log WHERE seq = 6").fetchone()
-        db.execute("DELETE FROM audit_log WHERE seq > 6")
-        db.execute("UPDATE audit_chain_head SET seq = 6, hash = ?", (digest,))
+        (digest,) = db.execute("SELECT hash FROM audit_log WHERE seq = 3").fetchone()
+        db.execute("DELETE FROM audit_log WHERE seq > 3")
+        db.execute("UPDATE audit_chain_head SET seq = 3, hash = ?", (digest,))
     assert opsbot(*both, env={"OPSBOT_AUDIT_KEY": key}).returncode == 0  # the table agrees
     found = opsbot(*both, "--witness", str(witness), env={"OPSBOT_AUDIT_KEY": key})
     assert found.returncode == 1
-    assert found.stdout.startswith("audit chain BROKEN after 6 good row(s): seq 8 was witnessed")
+    assert found.stdout.startswith("audit chain BROKEN after 3 good row(s): seq 4 was witnessed")
 
 
 @pytest.mark.postgres

@@ -106,7 +106,8 @@ async def test_a_full_disk_refuses_commands_until_there_is_room_and_loses_nothin
             assert (await ready(tb))[0] == 200
             entries = bobs(await tb.audit())
     handled = 3 + answered + 2
-    assert len(entries) == 3 * handled, (len(entries), handled, refused)
+    # One entry per answered /whoami (read-only); none for a refused one.
+    assert len(entries) == handled, (len(entries), handled, refused)
     assert len({e.request_id for e in entries}) == handled
 
 
@@ -140,7 +141,7 @@ async def test_a_database_turned_read_only_spools_and_replays_while_the_bot_runs
                 assert await whoami(tb, 10) == (10, 0)  # the spool takes them
                 store = tb.bot.audit.store
                 await store.flush()
-                assert store.spool_depth >= 30
+                assert store.spool_depth >= 10
                 status, audit = await ready(tb)
                 assert status == 200 and audit.startswith("degraded"), audit
                 await read_only(False)
@@ -149,8 +150,8 @@ async def test_a_database_turned_read_only_spools_and_replays_while_the_bot_runs
                 entries = bobs(await tb.audit())
         finally:
             await admin.close()
-    assert len(entries) == 3 * 12
-    assert [e.stage for e in entries] == ["decided", "started", "finished"] * 12
+    assert len(entries) == 12
+    assert [e.stage for e in entries] == ["finished"] * 12
 
 
 async def test_the_data_directory_removed_refuses_commands_then_spools_when_it_is_back(
@@ -172,5 +173,5 @@ async def test_the_data_directory_removed_refuses_commands_then_spools_when_it_i
         held = [e for e in spooled(data / "audit-spool.jsonl") if e["user_id"] == "bob"]
         status, audit = await ready(tb)
         assert status == 200 and audit.startswith("degraded"), audit
-    # Every message answered after the removal has all three entries in the spool.
-    assert len(held) == 3 * (answered + 3), (len(held), answered)
+    # Every message answered after the removal has its entry in the spool.
+    assert len(held) == answered + 3, (len(held), answered)

@@ -8,7 +8,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from bot.audit import AuditEntry, AuditStore, upgrade
 from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG
-from tests.httpfakes import FakeServer, Route, serve
 from tests.processes import clean_env, run_opsbot, spawn_console
 
 
@@ -32,19 +30,16 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-@pytest.fixture
-async def hanging_service() -> AsyncIterator[FakeServer]:
-    async with serve({"/health": Route(hang=True)}) as server:
-        yield server
-
-
 async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
-    tmp_path: Path, hanging_service: FakeServer
+    tmp_path: Path,
 ) -> None:
+    # A command that changes something (its "started" entry is committed before it runs)
+    # and stays running: an action the command waits for, as it does within jobs.ack_after.
     config = _config(
         tmp_path,
-        f'\n[[services]]\nname = "stuck"\nhealth_url = "{hanging_service.url("/health")}"\n'
-        'timeout = "60s"\n\n[policy.commands.health]\nroles = ["oncall"]\n',
+        '\n[[actions]]\nname = "drain"\ndescription = "Drain the queue"\n'
+        'argv = ["/bin/sleep", "30"]\nrisk = "write"\nroles = ["oncall"]\n'
+        '\n[jobs]\nack_after = "60s"\n\n[policy.commands.run]\nroles = ["oncall"]\n',
     )
     config.write_text(
         config.read_text().replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "90s"')
@@ -53,10 +48,10 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
     proc = await spawn_console(config)
     try:
         assert proc.stdin is not None
-        proc.stdin.write(b"/health stuck\n")
+        proc.stdin.write(b"/run drain\n")
         await proc.stdin.drain()
-        started = await _wait_for_started(database, "health")
-        writers = _children(proc.pid)
+        started = await _wait_for_started(database, "run")
+        writers = [pid for pid in _children(proc.pid) if _is_audit_writer(pid)]
         assert len(writers) == 1, writers  # the audit writer process
     finally:
         proc.kill()  # SIGKILL: no clean-up, no flush, nothing
@@ -69,14 +64,13 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
     assert after.returncode == 0, after.stderr
     with sqlite3.connect(database) as db:
         rows = db.execute(
-            "SELECT stage, status, command, raw_text, principal FROM audit_log "
-            "WHERE request_id = ? ORDER BY seq",
+            "SELECT stage, status, command, raw_text, principal, decision FROM audit_log "
+            "WHERE request_id = ? AND kind = 'command' ORDER BY seq",
             (started,),
         ).fetchall()
     assert rows == [
-        ("decided", "allowed", "health", "/health stuck", "alice"),
-        ("started", "started", "health", "/health stuck", "alice"),
-        ("finished", "interrupted", "health", "/health stuck", "alice"),
+        ("started", "started", "run", "/run drain", "alice", "allowed"),
+        ("finished", "interrupted", "run", "/run drain", "alice", "allowed"),
     ]
     store = AuditStore(f"sqlite+aiosqlite:///{database}", spool_path=tmp_path / "spool")
     await store.start()
@@ -109,6 +103,13 @@ async def _wait_for_started(database: Path, command: str, within: float = 20.0) 
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(f"no 'started' entry for /{command} within {within}s")
+
+
+def _is_audit_writer(pid: int) -> bool:
+    try:
+        return b"bot.audit.sqlite_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 def _children(pid: int) -> list[int]:

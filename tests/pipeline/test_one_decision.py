@@ -40,21 +40,23 @@ async def test_approving_your_own_request_is_decided_denied_and_never_started(
         ]
 
 
-async def test_the_decided_entry_names_the_action_rule_that_allowed_it(
+async def test_the_started_entry_names_the_action_rule_that_allowed_it(
     scripts: Scripts,
 ) -> None:
     async with running_bot(actions_config(scripts)) as tb:
         reply = await tb.send("/rollback v1.2", as_="dave")
         assert reply is not None and "Approval needed" in reply.title
-        decided = next(e for e in await _entries_of(tb, reply.request_id) if e.stage == "decided")
-        assert (decided.decision, decided.rule) == ("allowed", "actions.rollback.roles")
+        commands = [e for e in await _entries_of(tb, reply.request_id) if e.kind == "command"]
+        # A command that changes something: "started" carries the decision, then "finished".
+        assert [e.stage for e in commands] == ["started", "finished"]
+        assert (commands[0].decision, commands[0].rule) == ("allowed", "actions.rollback.roles")
         request = approval_id(reply.title)
         approved = await tb.send(f"/approve {request}", as_="bob")
         assert approved is not None
-        decided = next(
-            e for e in await _entries_of(tb, approved.request_id) if e.stage == "decided"
+        started = next(
+            e for e in await _entries_of(tb, approved.request_id) if e.stage == "started"
         )
-        assert decided.rule == "actions.rollback.approver_roles"
+        assert started.rule == "actions.rollback.approver_roles"
 
 
 async def test_an_action_the_asker_may_not_run_is_denied_before_it_starts(
