@@ -224,7 +224,7 @@ def test_console_connect_is_a_client_of_the_running_bot(tmp_path: Path) -> None:
         commands = [
             row[0]
             for row in db.execute(
-                "SELECT command FROM audit_log WHERE stage = 'decided' ORDER BY seq"
+                "SELECT command FROM audit_log GROUP BY request_id ORDER BY min(seq)"
             ).fetchall()
         ]
     # The refused token reached no command: nothing of it in the log.
