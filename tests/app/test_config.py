@@ -175,9 +175,12 @@ def test_environment_overrides_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPSBOT_HTTP_PORT", "not-a-port")
+    # docker-compose.yml sets it: the replicas' shared state, [state] redis_url.
+    monkeypatch.setenv("OPSBOT_REDIS_URL", "http://not-redis:6379/0")
     code, output = check(tmp_path, BASE_CONFIG, capsys)
     assert code == EXIT_CONFIG
     assert "http.port: Input should be a valid integer" in output
+    assert "state.redis_url: " in output
 
 
 def test_secret_values_are_masked_in_log_lines() -> None:

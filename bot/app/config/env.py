@@ -22,6 +22,10 @@ ENV_VARS: dict[str, tuple[tuple[str, ...] | None, str]] = {
         ("audit", "database_url"),
         "audit database, e.g. postgresql+asyncpg://opsbot:PASSWORD@db/opsbot (secret)",
     ),
+    "OPSBOT_REDIS_URL": (
+        ("state", "redis_url"),
+        "shared state of several replicas, e.g. redis://redis:6379/0 (secret)",
+    ),
     "OPSBOT_AUDIT_KEY": (
         ("audit", "key"),
         "key the audit chain is kept with, 32+ characters: openssl rand -hex 32 (secret)",
