@@ -80,6 +80,48 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         await store.close()
 
 
+async def test_kill_9_during_a_runbook_closes_the_runbook_and_its_running_step(
+    tmp_path: Path,
+) -> None:
+    # Step 1 finished before the kill: it must not pass for the whole runbook's finish.
+    config = _config(
+        tmp_path,
+        '\n[[actions]]\nname = "prepare"\ndescription = "Prepare"\nargv = ["/bin/true"]\n'
+        'risk = "write"\nroles = ["oncall"]\n'
+        '\n[[actions]]\nname = "drain"\ndescription = "Drain the queue"\n'
+        'argv = ["/bin/sleep", "30"]\nrisk = "write"\nroles = ["oncall"]\n'
+        '\n[[runbooks]]\nname = "drain-all"\nsummary = "Prepare, then drain"\n'
+        'roles = ["oncall"]\n[[runbooks.steps]]\naction = "prepare"\n'
+        '[[runbooks.steps]]\naction = "drain"\n'
+        '\n[policy.commands.runbook]\nroles = ["oncall"]\n',
+    )
+    database = tmp_path / "data" / "audit.db"
+    proc = await spawn_console(config)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"/runbook drain-all\n")
+        await proc.stdin.drain()
+        await _wait_for_started(database, "drain")  # step 2's job is running
+    finally:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+
+    after = await asyncio.to_thread(_console, config, clean_env())
+    assert after.returncode == 0, after.stderr
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT stage, status, raw_text FROM audit_log WHERE kind = 'runbook' ORDER BY seq"
+        ).fetchall()
+    assert rows == [
+        ("started", "started", "runbook drain-all"),
+        ("started", "started", "1. run prepare"),
+        ("finished", "ok", "1. run prepare"),
+        ("started", "started", "2. run drain"),
+        ("finished", "interrupted", "runbook drain-all"),
+        ("finished", "interrupted", "2. run drain"),
+    ], rows
+
+
 async def _wait_for_started(database: Path, command: str, within: float = 20.0) -> str:
     """The request id of the command once its "started" entry is committed."""
 

@@ -536,7 +536,7 @@ class RunbookService:
         if planned is not None:
             detail = detail or f"step {planned.number} ({planned.step.kind})"
         entry = self._audit.entry(
-            request_id=run.request_id,
+            request_id=_audit_request_id(run, planned),
             at=self._clock.now(),
             stage="started" if status == STARTED else "finished",
             kind="runbook",
@@ -567,6 +567,15 @@ class RunbookService:
             report_failure("runbook.audit", exc, request_id=run.request_id)
             if durable:
                 raise
+
+
+def _audit_request_id(run: RunbookRun, planned: PlannedStep | None) -> str:
+    """The run's and each step's own id under the request's, as a job's is (``/audit
+    request=<id>`` shows them all): each started entry is closed by its own finished one,
+    after a crash too, not by the /runbook command's or an earlier step's."""
+    if planned is None:
+        return f"{run.request_id}:runbook"
+    return f"{run.request_id}:step-{planned.number.replace(' ', '-')}"
 
 
 def _steps(n: int) -> str:
