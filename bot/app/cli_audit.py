@@ -30,6 +30,7 @@ from bot.audit.trail import is_embedded, migrate
 from bot.audit.witness import read_points
 from bot.kernel.durations import parse_duration
 from bot.kernel.errors import DependencyError, UserError
+from bot.storage.engine import display_url
 from bot.storage.migrate import DEPENDENCY, current_revision
 
 EXIT_SCHEMA_NOT_CURRENT = 1
@@ -59,10 +60,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             "(2026-11-23T03:00:00Z)"
         ) from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def display_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 # ---------------------------------------------------------------------- db

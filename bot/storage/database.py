@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.kernel.errors import DependencyError, InternalError
-from bot.storage.engine import begin_immediate, make_engine
+from bot.storage.engine import begin_immediate, error_reason, make_engine
 
 DEPENDENCY = "state database"
 
@@ -49,6 +49,4 @@ class StateDatabase:
 
 
 def _reason(exc: SQLAlchemyError) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
-    return f"unreachable or failing ({text[:200]})"
+    return f"unreachable or failing ({error_reason(exc)})"

@@ -8,6 +8,8 @@ switched off for that (the recipe from SQLAlchemy's SQLite documentation).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -58,6 +60,26 @@ def make_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             "or postgresql+asyncpg://user@host/db"
         ],
     )
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def error_reason(exc: BaseException, url: str | None = None) -> str:
+    """One line for a person: the driver's own message (not SQLAlchemy's wrapping with its
+    statement and link), and for an SQLite file whose directory cannot be written, that."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip()
+    reason = text.splitlines()[0][:200] if text else type(original).__name__
+    if url is not None:
+        parsed = make_url(url)
+        if parsed.drivername.startswith("sqlite") and parsed.database:
+            directory = Path(parsed.database).parent
+            if directory.is_dir() and not os.access(directory, os.W_OK):
+                reason += f" (its directory {directory} is read-only)"
+    return reason
 
 
 async def begin_immediate(conn: AsyncConnection) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.kernel.errors import DependencyError
-from bot.storage.engine import begin_immediate, make_engine
+from bot.storage.engine import begin_immediate, display_url, error_reason, make_engine
 from bot.storage.fresh_sqlite import SNAPSHOT, create_fresh, snapshot_text
 
 DEPENDENCY = "audit database"
@@ -67,9 +67,13 @@ async def upgrade(url: str, *, schema: str | None = None, snapshot: bool = True)
             async with conn.begin():
                 await conn.run_sync(_upgrade_sync)
     except SQLAlchemyError as exc:
-        raise DependencyError(DEPENDENCY, f"migration failed: {exc}", exc) from exc
+        raise DependencyError(
+            DEPENDENCY, f"migration of {display_url(url)} failed: {error_reason(exc, url)}", exc
+        ) from exc
     except OSError as exc:
-        raise DependencyError(DEPENDENCY, f"cannot connect: {exc}", exc) from exc
+        raise DependencyError(
+            DEPENDENCY, f"cannot connect to {display_url(url)}: {error_reason(exc)}", exc
+        ) from exc
     finally:
         await engine.dispose()
 
@@ -80,7 +84,12 @@ async def current_revision(url: str, *, schema: str | None = None) -> str | None
         async with engine.connect() as conn:
             return await conn.run_sync(_current_sync)
     except (SQLAlchemyError, OSError) as exc:
-        raise DependencyError(DEPENDENCY, f"cannot read the schema revision: {exc}", exc) from exc
+        where = display_url(url)
+        raise DependencyError(
+            DEPENDENCY,
+            f"cannot read the schema revision of {where}: {error_reason(exc, url)}",
+            exc,
+        ) from exc
     finally:
         await engine.dispose()
 

@@ -1,7 +1,9 @@
 """Storage faults under a running bot, counted: every message either leaves all its audit
 entries (in the database, or the spool while the database cannot take them) or is refused
 with one line, and the bot recovers by itself when storage returns. Real faults: a full
-tmpfs, a read-only mount, the data directory removed (CI runs as root; mounting needs it).
+tmpfs, a PostgreSQL turned read-only as a failover does it, the data directory removed (CI
+runs as root; mounting needs it). (Remounting a tmpfs read-only under the bot is refused
+while its files are open for writing, so that fault is the PostgreSQL one.)
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
@@ -33,10 +34,6 @@ def fill(path: Path) -> None:
         while True:
             f.write(b"\0" * 65536)
             f.flush()
-
-
-def remount(path: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
 
 
 def config_with(data_dir: Path, extra: str = "") -> str:

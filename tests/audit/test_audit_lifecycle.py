@@ -19,6 +19,7 @@ from bot.audit import AuditEntry, AuditStore, upgrade
 from tests import infra
 from tests.auditlog_helpers import pg_database
 from tests.botharness import BASE_CONFIG
+from tests.faults import needs_root, tmpfs
 from tests.processes import clean_env, run_opsbot, spawn_console
 
 
@@ -224,6 +225,24 @@ async def test_start_up_refuses_a_newer_sqlite_schema_and_creates_the_default(
     newer = await asyncio.to_thread(_console, config, clean_env())
     assert newer.returncode == 70
     assert "schema rev 9999 is newer than this opsbot's" in newer.stderr
+
+
+@needs_root
+def test_start_up_on_a_read_only_data_directory_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    with tmpfs(tmp_path / "data", "16m") as data:
+        first = _console(config, clean_env())
+        assert first.returncode == 0, first.stderr
+        subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        refused = _console(config, clean_env())
+    assert refused.returncode == 70 and "You are" not in refused.stdout
+    assert refused.stderr.strip().splitlines() == [
+        f"opsbot: audit database: cannot read the schema revision of "
+        f"sqlite+aiosqlite:///{data / 'audit.db'}: unable to open database file "
+        f"(its directory {data} is read-only)"
+    ], refused.stderr
 
 
 async def test_a_console_started_next_to_a_running_bot_leaves_its_commands_alone(
