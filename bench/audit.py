@@ -929,7 +929,7 @@ def main() -> None:
     if not opts.skip_throughput:
         print(
             f"\nAudited commands through the full pipeline, {opts.in_flight} in flight, "
-            f"N={opts.n} per run (cap {opts.seconds:.0f} s), 3 entries per command"
+            f"N={opts.n} per run (cap {opts.seconds:.0f} s), 1 entry per /whoami, 2 per /touch"
         )
         _print_throughput_header()
         _run_throughput("SQLite", None, opts, lambda: None)
