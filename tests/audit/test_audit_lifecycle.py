@@ -46,18 +46,8 @@ async def test_kill_9_during_a_command_then_restart_closes_it_as_interrupted(
         config.read_text().replace('name = "opsbot"', 'name = "opsbot"\ncommand_timeout = "90s"')
     )
     database = tmp_path / "data" / "audit.db"
-    proc = await spawn_console(config)
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(b"/run drain\n")
-        await proc.stdin.drain()
-        started = await _wait_for_started(database, "run")
-        writers = [pid for pid in _children(proc.pid) if _is_audit_writer(pid)]
-        assert len(writers) == 1, writers  # the audit writer process
-    finally:
-        proc.kill()  # SIGKILL: no clean-up, no flush, nothing
-        await asyncio.wait_for(proc.wait(), 10)
-    assert proc.returncode == -9
+    started, writers = await _kill_9_once_started(config, b"/run drain\n", "run")
+    assert len(writers) == 1, writers  # the audit writer process
     # The writer process sees its input close and exits: no orphan left behind.
     await _wait_gone(writers[0])
 
@@ -97,15 +87,7 @@ async def test_kill_9_during_a_runbook_closes_the_runbook_and_its_running_step(
         '\n[policy.commands.runbook]\nroles = ["oncall"]\n',
     )
     database = tmp_path / "data" / "audit.db"
-    proc = await spawn_console(config)
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(b"/runbook drain-all\n")
-        await proc.stdin.drain()
-        await _wait_for_started(database, "drain")  # step 2's job is running
-    finally:
-        proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
+    await _kill_9_once_started(config, b"/runbook drain-all\n", "drain")  # step 2's job
 
     after = await asyncio.to_thread(_console, config, clean_env())
     assert after.returncode == 0, after.stderr
@@ -121,6 +103,24 @@ async def test_kill_9_during_a_runbook_closes_the_runbook_and_its_running_step(
         ("finished", "interrupted", "runbook drain-all"),
         ("finished", "interrupted", "2. run drain"),
     ], rows
+
+
+async def _kill_9_once_started(config: Path, line: bytes, command: str) -> tuple[str, list[int]]:
+    """Type ``line`` into a console, and once ``command`` has a committed "started" entry,
+    SIGKILL it (no clean-up, no flush, nothing): that entry's request id, and the audit
+    writer processes the console had."""
+    proc = await spawn_console(config)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(line)
+        await proc.stdin.drain()
+        started = await _wait_for_started(config.parent / "data" / "audit.db", command)
+        writers = [pid for pid in _children(proc.pid) if _is_audit_writer(pid)]
+    finally:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == -9
+    return started, writers
 
 
 async def _wait_for_started(database: Path, command: str, within: float = 20.0) -> str:
