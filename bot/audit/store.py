@@ -38,25 +38,35 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import RowMapping, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import bot.audit.rows as row_layout
 from bot.audit.chain import GENESIS_HASH, ChainKey, ChainVerifier, TableEnds, VerifyResult
 from bot.audit.record import AuditEntry, StoredEntry, format_at
-from bot.audit.rows import COLUMNS, insert_sql, linked_rows
+from bot.audit.rows import insert_sql, linked_rows
+from bot.audit.sqlite_writer import HEAD_ID as HEAD_ROW
 from bot.audit.sqlite_writer import PAST_HEAD_WINDOW
 from bot.audit.writer_process import SqliteWriterProcess
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError, InternalError
+from bot.kernel.lazy import lazy_import
 from bot.storage.engine import begin_immediate, make_engine
 from bot.storage.files import append_durably, fsync_dir
-from bot.storage.schema import HEAD_ID, audit_anchor, audit_chain_head, audit_log
+from bot.storage.sqlite_probe import plain_sqlite_path, probe, sqlite_time
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import RowMapping
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from bot.storage import schema
+else:
+    # Loaded on first use: on the embedded SQLite file the writes go through sqlite3 and
+    # the start-up reads through bot.storage.sqlite_probe, so a bot may never need them.
+    sa = lazy_import("sqlalchemy")
+    schema = lazy_import("bot.storage.schema")
 
 DEPENDENCY = "audit database"
 _PAGE = 2_000
@@ -166,11 +176,11 @@ def _asyncpg_unavailable() -> tuple[type[BaseException], ...]:
 def is_connection_error(exc: BaseException) -> bool:
     """Errors that mean "the database cannot take writes right now" (unreachable, read-only,
     full), worth spooling and retrying; not "this entry is wrong"."""
-    if isinstance(
-        exc, OperationalError | InterfaceError | OSError | TimeoutError | sqlite3.OperationalError
-    ):
+    if isinstance(exc, OSError | TimeoutError | sqlite3.OperationalError):
         return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     original = getattr(exc, "orig", None)
     chain = (exc, original, getattr(original, "__cause__", None), exc.__cause__)
@@ -212,15 +222,16 @@ class AuditStore:
         self._clock = clock or SystemClock()
         self._key = key
         self._reading_only = reading_only  # `opsbot audit …`: a keyed chain needs no key
+        self._started = False
         self._engine: AsyncEngine | None = None
         # SQLite: the one process that writes the file on the hot path (entries, and the
         # dedup's claims through bot.cluster.dedup.WriterProcessClaims).
-        parsed = make_url(url)
-        self._sqlite_writer: SqliteWriterProcess | None = (
-            SqliteWriterProcess(parsed.database or "", key)
-            if parsed.get_backend_name() == "sqlite"
-            else None
-        )
+        self._sqlite_writer: SqliteWriterProcess | None = None
+        sqlite_file = plain_sqlite_path(url)
+        if sqlite_file is None and url.startswith("sqlite"):
+            sqlite_file = Path(sa.engine.make_url(url).database or "")
+        if sqlite_file is not None:
+            self._sqlite_writer = SqliteWriterProcess(str(sqlite_file), key)
         self._queue: _Inbox | None = None
         # Frames sent to the SQLite writer process, oldest first; entries to write again
         # on the careful path (a frame failed).
@@ -239,9 +250,12 @@ class AuditStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._engine is not None:
+        if self._started:
             raise InternalError("AuditStore.start() called twice")
-        self._engine = make_engine(self._url, schema=self._schema)
+        if plain_sqlite_path(self._url) is None:
+            self._engine = make_engine(self._url, schema=self._schema)
+        # else: made when first needed (_require_engine); the hot path writes through sqlite3.
+        self._started = True
         if self._key is None and not self._reading_only:
             await self._refuse_a_keyed_chain_without_key()
         if self._sqlite_writer is not None:
@@ -258,19 +272,18 @@ class AuditStore:
     async def _refuse_a_keyed_chain_without_key(self) -> None:
         """Rows written without the key after keyed ones would make the chain fail verify
         from there on: refuse to start instead, and say which key the chain wants."""
-        try:
-            async with self._require_engine().connect() as conn:
-                head_seq, _ = await _read_head(conn)
-                key_id = (
-                    await conn.execute(
-                        sa.select(audit_log.c.key_id).where(audit_log.c.seq == head_seq)
-                    )
-                ).scalar()
-        except Exception as exc:
-            if is_connection_error(exc) or isinstance(exc, DependencyError):
-                return  # not reachable now: the writer spools until it is
-            raise
+        found = await probe(
+            self._url,
+            "SELECT key_id FROM audit_log WHERE seq = "
+            "(SELECT seq FROM audit_chain_head WHERE id = ?)",
+            (HEAD_ROW,),
+        )
+        if found is not None:
+            key_id = found[0][0] if found else None
+        else:
+            key_id = await self._head_key_id()
         if key_id is not None:
+            self._started = False
             engine, self._engine = self._engine, None
             if engine is not None:
                 await engine.dispose()
@@ -280,9 +293,26 @@ class AuditStore:
                 "configured: set OPSBOT_AUDIT_KEY or [audit] key_file (docs/audit.md)",
             )
 
+    async def _head_key_id(self) -> str | None:
+        try:
+            async with self._require_engine().connect() as conn:
+                head_seq, _ = await _read_head(conn)
+                key_id = (
+                    await conn.execute(
+                        sa.select(schema.audit_log.c.key_id).where(
+                            schema.audit_log.c.seq == head_seq
+                        )
+                    )
+                ).scalar()
+        except Exception as exc:
+            if is_connection_error(exc) or isinstance(exc, DependencyError):
+                return None  # not reachable now: the writer spools until it is
+            raise
+        return None if key_id is None else str(key_id)
+
     async def close(self) -> None:
         """Write everything queued (to the database or the spool), stop, release connections."""
-        if self._engine is None:
+        if not self._started:
             return
         self._closing = True
         try:
@@ -297,10 +327,12 @@ class AuditStore:
                 _log.error("auditlog.entry_lost", entry=entry.to_json_dict())
             self._held = []
             self._writer = None
+            self._started = False
             engine, self._engine = self._engine, None
             if self._sqlite_writer is not None:
                 await self._sqlite_writer.close()
-            await engine.dispose()
+            if engine is not None:
+                await engine.dispose()
 
     @property
     def url(self) -> str:
@@ -580,8 +612,8 @@ class AuditStore:
             # than the rest of the write path together (bench/audit.py).
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
             await conn.execute(
-                audit_chain_head.update()
-                .where(audit_chain_head.c.id == HEAD_ID)
+                schema.audit_chain_head.update()
+                .where(schema.audit_chain_head.c.id == schema.HEAD_ID)
                 .values(seq=seq, hash=prev)
             )
 
@@ -597,14 +629,14 @@ class AuditStore:
                 sa.select(
                     # Within reach of the head only: one forged row at seq 2**63-1 must
                     # not make every later seq overflow.
-                    sa.select(sa.func.max(audit_log.c.seq))
+                    sa.select(sa.func.max(schema.audit_log.c.seq))
                     .where(
-                        audit_log.c.seq > head_seq,
-                        audit_log.c.seq <= head_seq + PAST_HEAD_WINDOW,
+                        schema.audit_log.c.seq > head_seq,
+                        schema.audit_log.c.seq <= head_seq + PAST_HEAD_WINDOW,
                     )
                     .scalar_subquery(),
-                    sa.select(audit_log.c.key_id)
-                    .where(audit_log.c.seq == head_seq)
+                    sa.select(schema.audit_log.c.key_id)
+                    .where(schema.audit_log.c.seq == head_seq)
                     .scalar_subquery(),
                 )
             )
@@ -623,8 +655,10 @@ class AuditStore:
         return _WriteTransaction(self._require_engine())
 
     def _require_engine(self) -> AsyncEngine:
-        if self._engine is None:
+        if not self._started:
             raise InternalError("the audit store is not running (call start() first)")
+        if self._engine is None:
+            self._engine = make_engine(self._url, schema=self._schema)
         return self._engine
 
     def _schedule_retry(self, loop: asyncio.AbstractEventLoop, *, reset: bool) -> None:
@@ -741,13 +775,13 @@ class AuditStore:
         async with engine.connect() as conn:
             head = (
                 await conn.execute(
-                    sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
-                        audit_chain_head.c.id == HEAD_ID
+                    sa.select(schema.audit_chain_head.c.seq, schema.audit_chain_head.c.hash).where(
+                        schema.audit_chain_head.c.id == schema.HEAD_ID
                     )
                 )
             ).first()
             anchor = (
-                await conn.execute(sa.select(audit_anchor.c.seq, audit_anchor.c.hash))
+                await conn.execute(sa.select(schema.audit_anchor.c.seq, schema.audit_anchor.c.hash))
             ).first()
         anchor_seq, anchor_hash = (0, GENESIS_HASH) if anchor is None else anchor
         verifier = ChainVerifier(
@@ -758,12 +792,12 @@ class AuditStore:
         )
         after: int | None = None
         while not verifier.failed:
-            query = sa.select(audit_log)
+            query = sa.select(schema.audit_log)
             if after is not None:
-                query = query.where(audit_log.c.seq > after)
+                query = query.where(schema.audit_log.c.seq > after)
             async with engine.connect() as conn:
                 rows = (
-                    (await conn.execute(query.order_by(audit_log.c.seq).limit(_PAGE)))
+                    (await conn.execute(query.order_by(schema.audit_log.c.seq).limit(_PAGE)))
                     .mappings()
                     .all()
                 )
@@ -795,22 +829,24 @@ class AuditStore:
     ) -> list[StoredEntry]:
         """Newest first. ``user`` is the principal (the person, across platforms);
         ``platform`` + ``user_id`` find people the config does not know."""
-        query = sa.select(audit_log)
+        query = sa.select(schema.audit_log)
         if user is not None:
-            query = query.where(audit_log.c.principal == user)
+            query = query.where(schema.audit_log.c.principal == user)
         if platform is not None:
-            query = query.where(audit_log.c.platform == platform)
+            query = query.where(schema.audit_log.c.platform == platform)
         if user_id is not None:
-            query = query.where(audit_log.c.user_id == user_id)
+            query = query.where(schema.audit_log.c.user_id == user_id)
         if exclude_status:
-            query = query.where(audit_log.c.status.not_in(exclude_status))
+            query = query.where(schema.audit_log.c.status.not_in(exclude_status))
         if command is not None:
-            query = query.where(audit_log.c.command == command)
+            query = query.where(schema.audit_log.c.command == command)
         if status is not None:
-            query = query.where(audit_log.c.status == status)
+            query = query.where(schema.audit_log.c.status == status)
         if since is not None:
-            query = query.where(audit_log.c.at >= since)
-        query = query.order_by(audit_log.c.at.desc(), audit_log.c.seq.desc()).limit(limit)
+            query = query.where(schema.audit_log.c.at >= since)
+        query = query.order_by(schema.audit_log.c.at.desc(), schema.audit_log.c.seq.desc()).limit(
+            limit
+        )
         async with self._require_engine().connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_stored_from_row(row) for row in rows]
@@ -818,13 +854,13 @@ class AuditStore:
     async def of_request(self, request_id: str, limit: int = 200) -> list[StoredEntry]:
         """Every entry of one request, oldest first: those whose request id is
         ``request_id``, and those of its jobs (``<request id>:<job id>``)."""
-        column = audit_log.c.request_id
+        column = schema.audit_log.c.request_id
         query = (
-            sa.select(audit_log)
+            sa.select(schema.audit_log)
             .where(
                 sa.or_(column == request_id, column.startswith(f"{request_id}:", autoescape=True))
             )
-            .order_by(audit_log.c.seq)
+            .order_by(schema.audit_log.c.seq)
             .limit(limit)
         )
         async with self._require_engine().connect() as conn:
@@ -840,9 +876,9 @@ class AuditStore:
         after = after_seq
         while True:
             query = (
-                sa.select(audit_log)
-                .where(audit_log.c.at >= since, audit_log.c.seq > after)
-                .order_by(audit_log.c.seq)
+                sa.select(schema.audit_log)
+                .where(schema.audit_log.c.at >= since, schema.audit_log.c.seq > after)
+                .order_by(schema.audit_log.c.seq)
                 .limit(_PAGE)
             )
             async with self._require_engine().connect() as conn:
@@ -867,19 +903,33 @@ class AuditStore:
         """
         await self.flush()
         since = self._clock.now() - lookback
-        finish = audit_log.alias("finish")
+        # Mostly nothing was interrupted: say so without SQLAlchemy (bot.storage.sqlite_probe).
+        found = await probe(
+            self._url,
+            "SELECT 1 FROM audit_log AS s WHERE s.stage = 'started' AND s.at >= ?"
+            " AND (? IS NULL OR s.replica = ?) AND NOT EXISTS (SELECT 1 FROM audit_log AS f"
+            " WHERE f.request_id = s.request_id AND f.stage = 'finished') LIMIT 1",
+            (sqlite_time(since), replica, replica),
+        )
+        if found == []:
+            return 0
+        finish = schema.audit_log.alias("finish")
         has_finish = (
             sa.select(finish.c.seq)
-            .where(finish.c.request_id == audit_log.c.request_id, finish.c.stage == "finished")
+            .where(
+                finish.c.request_id == schema.audit_log.c.request_id, finish.c.stage == "finished"
+            )
             .exists()
         )
         query = (
-            sa.select(audit_log)
-            .where(audit_log.c.stage == "started", audit_log.c.at >= since, ~has_finish)
-            .order_by(audit_log.c.seq)
+            sa.select(schema.audit_log)
+            .where(
+                schema.audit_log.c.stage == "started", schema.audit_log.c.at >= since, ~has_finish
+            )
+            .order_by(schema.audit_log.c.seq)
         )
         if replica is not None:
-            query = query.where(audit_log.c.replica == replica)
+            query = query.where(schema.audit_log.c.replica == replica)
         async with self._require_engine().connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         spooled = await asyncio.to_thread(self._read_spool)
@@ -913,36 +963,48 @@ class AuditStore:
         rows were deleted.
         """
         await self.flush()
+        # Mostly nothing is that old yet: say so without SQLAlchemy (bot.storage.sqlite_probe).
+        found = await probe(
+            self._url, "SELECT 1 FROM audit_log WHERE at < ? LIMIT 1", (sqlite_time(older_than),)
+        )
+        if found == []:
+            return 0
         async with self._write_transaction() as conn:
             await _lock_head(conn)  # one retention or batch at a time, on either database
             first_kept = (
                 await conn.execute(
-                    sa.select(sa.func.min(audit_log.c.seq)).where(audit_log.c.at >= older_than)
+                    sa.select(sa.func.min(schema.audit_log.c.seq)).where(
+                        schema.audit_log.c.at >= older_than
+                    )
                 )
             ).scalar()
             if first_kept is None:
-                last = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+                last = (await conn.execute(sa.select(sa.func.max(schema.audit_log.c.seq)))).scalar()
             else:
                 last = first_kept - 1
             if last is None:
                 return 0
             boundary = (
-                await conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == last))
+                await conn.execute(
+                    sa.select(schema.audit_log.c.hash).where(schema.audit_log.c.seq == last)
+                )
             ).scalar()
             if boundary is None:  # nothing at or below `last`: already removed
                 return 0
             removed = (
-                await conn.execute(audit_log.delete().where(audit_log.c.seq <= last))
+                await conn.execute(schema.audit_log.delete().where(schema.audit_log.c.seq <= last))
             ).rowcount
             if not removed:
                 return 0
             values = {"seq": last, "hash": boundary, "applied_at": self._clock.now()}
             if (
                 await conn.execute(
-                    audit_anchor.update().where(audit_anchor.c.id == HEAD_ID).values(**values)
+                    schema.audit_anchor.update()
+                    .where(schema.audit_anchor.c.id == schema.HEAD_ID)
+                    .values(**values)
                 )
             ).rowcount == 0:
-                await conn.execute(audit_anchor.insert().values(id=HEAD_ID, **values))
+                await conn.execute(schema.audit_anchor.insert().values(id=schema.HEAD_ID, **values))
             # The event goes in the same transaction as the removal: an anchor without the
             # event that names it is what a removal by hand looks like (verify says so).
             event = AuditEntry(
@@ -965,8 +1027,8 @@ class AuditStore:
             )
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
             await conn.execute(
-                audit_chain_head.update()
-                .where(audit_chain_head.c.id == HEAD_ID)
+                schema.audit_chain_head.update()
+                .where(schema.audit_chain_head.c.id == schema.HEAD_ID)
                 .values(seq=seq, hash=prev)
             )
         return removed
@@ -1009,8 +1071,8 @@ async def _lock_head(conn: AsyncConnection) -> tuple[int, str]:
 
 
 async def _read_head(conn: AsyncConnection, *, lock: bool = False) -> tuple[int, str]:
-    query = sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
-        audit_chain_head.c.id == HEAD_ID
+    query = sa.select(schema.audit_chain_head.c.seq, schema.audit_chain_head.c.hash).where(
+        schema.audit_chain_head.c.id == schema.HEAD_ID
     )
     return _head_values((await conn.execute(query.with_for_update() if lock else query)).first())
 
@@ -1023,15 +1085,13 @@ def _head_values(head: Any) -> tuple[int, str]:
     return int(head[0]), str(head[1])
 
 
-_COLUMNS = tuple(column.name for column in audit_log.columns)
-assert _COLUMNS == COLUMNS, "audit_log columns and bot.audit.rows are out of step"
 _insert_sql = insert_sql
 
 
 def _row_tuple(
     seq: int, prev_hash: str, digest: str, e: AuditEntry, *, sqlite: bool
 ) -> tuple[Any, ...]:
-    """One row in ``_COLUMNS`` order, as the driver takes it."""
+    """One row in ``bot.audit.rows.COLUMNS`` order, as the driver takes it."""
     return row_layout.row(seq, prev_hash, digest, e.values(), sqlite=sqlite)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy.engine import make_url
 
 from bot.audit.record import AuditEntry
 from bot.audit.redact import Redactor
@@ -29,6 +28,7 @@ from bot.kernel.deadlines import Deadlines
 from bot.kernel.errors import DependencyError
 from bot.kernel.message import Location
 from bot.storage.migrate import upgrade
+from bot.storage.sqlite_probe import plain_sqlite_path
 
 log = structlog.get_logger("opsbot.audit")
 
@@ -308,7 +308,12 @@ async def migrate(url: str) -> None:
     """Bring the database at ``url`` to this opsbot's schema (creating an SQLite file's
     directory first)."""
     if is_embedded(url):
-        make_dir(Path(make_url(url).database or "").parent, "audit database")
+        path = plain_sqlite_path(url)
+        if path is None:
+            from sqlalchemy.engine import make_url
+
+            path = Path(make_url(url).database or "")
+        make_dir(path.parent, "audit database")
     await upgrade(url)
 
 

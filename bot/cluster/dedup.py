@@ -13,14 +13,21 @@ from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlalchemy as sa
 import structlog
 
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, RedisClients, StateRedisUnavailable
 from bot.kernel.errors import DependencyError
+from bot.kernel.lazy import lazy_import
 from bot.storage.claim_sql import claim_sql, sqlite_datetime
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import delivered_events
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 if TYPE_CHECKING:
     from bot.audit.writer_process import SqliteWriterProcess
@@ -70,7 +77,9 @@ class DatabaseClaims:
             returned: list[Any] = list(result)
             if prune_before is not None:
                 await conn.execute(
-                    sa.delete(delivered_events).where(delivered_events.c.at < prune_before)
+                    sa.delete(tables.delivered_events).where(
+                        tables.delivered_events.c.at < prune_before
+                    )
                 )
         return {(str(r[0]), str(r[1])) for r in returned}
 

@@ -17,15 +17,23 @@ import enum
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 
+from bot.kernel.lazy import lazy_import
 from bot.kernel.reply import Button, Field, Reply, Status, Table
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import outbox
+from bot.storage.sqlite_probe import probe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import RowMapping
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 
 class RowState(enum.StrEnum):
@@ -115,9 +123,11 @@ class OutboxStore:
         ``lease_until``; its row id."""
         async with self._db.transaction() as conn:
             if replaces:
-                await conn.execute(sa.delete(outbox).where(outbox.c.id.in_(list(replaces))))
+                await conn.execute(
+                    sa.delete(tables.outbox).where(tables.outbox.c.id.in_(list(replaces)))
+                )
             result = await conn.execute(
-                sa.insert(outbox)
+                sa.insert(tables.outbox)
                 .values(
                     platform=platform,
                     workspace=workspace,
@@ -134,7 +144,7 @@ class OutboxStore:
                     owner=owner,
                     lease_until=lease_until,
                 )
-                .returning(outbox.c.id)
+                .returning(tables.outbox.c.id)
             )
             return int(result.scalar_one())
 
@@ -143,7 +153,7 @@ class OutboxStore:
             return
         async with self._db.transaction() as conn:
             for chunk in _chunks(ids):
-                await conn.execute(sa.delete(outbox).where(outbox.c.id.in_(chunk)))
+                await conn.execute(sa.delete(tables.outbox).where(tables.outbox.c.id.in_(chunk)))
 
     # ------------------------------------------------------------------ ownership
 
@@ -156,10 +166,10 @@ class OutboxStore:
         async with self._db.transaction() as conn:
             for chunk in _chunks(ids):
                 result = await conn.execute(
-                    sa.update(outbox)
-                    .where(_queued_by(owner), outbox.c.id.in_(chunk))
+                    sa.update(tables.outbox)
+                    .where(_queued_by(owner), tables.outbox.c.id.in_(chunk))
                     .values(lease_until=until)
-                    .returning(outbox.c.id)
+                    .returning(tables.outbox.c.id)
                 )
                 kept.update(int(i) for i in result.scalars())
         return kept
@@ -170,15 +180,18 @@ class OutboxStore:
         """Ids of queued rows ``owner`` may claim, in order, from ``after`` on: no owner,
         or a lease that ran out; with ``own``, also rows ``owner`` holds already (a restart
         under the same replica id)."""
+        # Asked every few seconds; mostly nothing is queued (bot.storage.sqlite_probe).
+        if await self._nothing_queued(after=after):
+            return []
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                sa.select(outbox.c.id)
+                sa.select(tables.outbox.c.id)
                 .where(
-                    outbox.c.state == RowState.QUEUED.value,
-                    outbox.c.id > after,
+                    tables.outbox.c.state == RowState.QUEUED.value,
+                    tables.outbox.c.id > after,
                     _claimable(owner if own else None, now),
                 )
-                .order_by(outbox.c.id)
+                .order_by(tables.outbox.c.id)
                 .limit(limit)
             )
             return [int(i) for i in result.scalars()]
@@ -196,14 +209,14 @@ class OutboxStore:
         async with self._db.transaction() as conn:
             for chunk in _chunks(ids):
                 result = await conn.execute(
-                    sa.update(outbox)
+                    sa.update(tables.outbox)
                     .where(
-                        outbox.c.id.in_(chunk),
-                        outbox.c.state == RowState.QUEUED.value,
+                        tables.outbox.c.id.in_(chunk),
+                        tables.outbox.c.state == RowState.QUEUED.value,
                         _claimable(owner, now),
                     )
                     .values(owner=owner, lease_until=until)
-                    .returning(*outbox.c)
+                    .returning(*tables.outbox.c)
                 )
                 won.extend(_row(r) for r in result.mappings())
         return sorted(won, key=lambda row: row.id)
@@ -212,12 +225,17 @@ class OutboxStore:
         """End ``owner``'s lease on its queued rows, but those in ``keep``, at ``now`` (a
         graceful stop): any replica may claim them at once. The owner stays, so a restart
         under its id takes them back too. How many rows were released."""
+        if await self._nothing_queued():
+            return 0
         condition = _queued_by(owner)
         if keep:
-            condition = sa.and_(condition, outbox.c.id.not_in(sorted(keep)))
+            condition = sa.and_(condition, tables.outbox.c.id.not_in(sorted(keep)))
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                sa.update(outbox).where(condition).values(lease_until=now).returning(outbox.c.id)
+                sa.update(tables.outbox)
+                .where(condition)
+                .values(lease_until=now)
+                .returning(tables.outbox.c.id)
             )
             return len(result.all())
 
@@ -229,8 +247,8 @@ class OutboxStore:
         state = RowState.DEAD if dead else RowState.QUEUED
         async with self._db.transaction() as conn:
             await conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.id.in_(list(ids)))
+                sa.update(tables.outbox)
+                .where(tables.outbox.c.id.in_(list(ids)))
                 .values(attempts=attempts, next_at=next_at, last_error=error[:2000], state=state)
             )
 
@@ -238,16 +256,33 @@ class OutboxStore:
         """Every row in ``state``, oldest first."""
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                sa.select(outbox).where(outbox.c.state == state.value).order_by(outbox.c.id)
+                sa.select(tables.outbox)
+                .where(tables.outbox.c.state == state.value)
+                .order_by(tables.outbox.c.id)
             )
             return [_row(r) for r in result.mappings()]
 
     async def count(self, state: RowState) -> int:
+        found = await probe(
+            self._db.url, "SELECT count(*) FROM outbox WHERE state = ?", (state.value,)
+        )
+        if found is not None:
+            return int(found[0][0])
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == state.value)
+                sa.select(sa.func.count())
+                .select_from(tables.outbox)
+                .where(tables.outbox.c.state == state.value)
             )
             return int(result.scalar_one())
+
+    async def _nothing_queued(self, *, after: int = 0) -> bool:
+        found = await probe(
+            self._db.url,
+            "SELECT 1 FROM outbox WHERE state = ? AND id > ? LIMIT 1",
+            (RowState.QUEUED.value, after),
+        )
+        return found == []
 
 
 def _row(r: RowMapping) -> OutboxRow:
@@ -271,17 +306,17 @@ def _row(r: RowMapping) -> OutboxRow:
 
 
 def _queued_by(owner: str) -> sa.ColumnElement[bool]:
-    return sa.and_(outbox.c.state == RowState.QUEUED.value, outbox.c.owner == owner)
+    return sa.and_(tables.outbox.c.state == RowState.QUEUED.value, tables.outbox.c.owner == owner)
 
 
 def _claimable(owner: str | None, now: datetime) -> sa.ColumnElement[bool]:
     """No owner (queued before owners existed), a lease that ran out, or ``owner``'s own."""
     free = sa.or_(
-        outbox.c.owner.is_(None),
-        outbox.c.lease_until.is_(None),
-        outbox.c.lease_until < now,
+        tables.outbox.c.owner.is_(None),
+        tables.outbox.c.lease_until.is_(None),
+        tables.outbox.c.lease_until < now,
     )
-    return free if owner is None else sa.or_(free, outbox.c.owner == owner)
+    return free if owner is None else sa.or_(free, tables.outbox.c.owner == owner)
 
 
 _CHUNK = 500  # ids per statement: far below SQLite's and asyncpg's bound-parameter limits

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from typing import TYPE_CHECKING, Any
 
 from bot.kernel.errors import ConfigError
+from bot.kernel.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+else:
+    # Loaded when the first engine is made: a bot on its SQLite file reads what it needs
+    # at start-up without it (bot.storage.sqlite_probe).
+    sa = lazy_import("sqlalchemy")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5.0
@@ -28,9 +33,11 @@ _BEGIN_OPTION = "opsbot_sqlite_begin"
 
 def make_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     """An engine for ``url``; ``schema`` (PostgreSQL only) becomes the search_path."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
         raise ConfigError("audit database url", [f"not a database URL: {exc}"]) from exc
     if parsed.drivername == "sqlite+aiosqlite":
         if schema is not None:
@@ -40,8 +47,8 @@ def make_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
                 "audit database url", ["SQLite needs a file path (sqlite+aiosqlite:///path)"]
             )
         engine = create_async_engine(parsed)
-        event.listen(engine.sync_engine, "connect", _sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     if parsed.drivername == "postgresql+asyncpg":
         connect_args: dict[str, Any] = {
@@ -64,7 +71,7 @@ def make_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
 
 def display_url(url: str) -> str:
     """``url`` without its password, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def error_reason(exc: BaseException, url: str | None = None) -> str:
@@ -74,7 +81,7 @@ def error_reason(exc: BaseException, url: str | None = None) -> str:
     text = str(original).strip()
     reason = text.splitlines()[0][:200] if text else type(original).__name__
     if url is not None:
-        parsed = make_url(url)
+        parsed = sa.engine.make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database:
             directory = Path(parsed.database).parent
             if directory.is_dir() and not os.access(directory, os.W_OK):

@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from bot.storage.files import fsync_dir
+from bot.storage.sqlite_probe import plain_sqlite_path
 
 SNAPSHOT = Path(__file__).resolve().parent / "sqlite_head.sql"
 _HEADER = "-- opsbot SQLite schema at revision "
@@ -33,7 +34,7 @@ def create_fresh(url: str, revision: str) -> bool:
     yet and the snapshot is at ``revision``. False when it did nothing (the file exists,
     the URL is not a plain SQLite file path, the snapshot is older or newer): the caller
     migrates as usual. Blocking: run it in a thread."""
-    path = _plain_sqlite_path(url)
+    path = plain_sqlite_path(url)
     if path is None or path.exists():
         return False
     try:
@@ -65,16 +66,6 @@ def create_fresh(url: str, revision: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-
-
-def _plain_sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite+aiosqlite:///"
-    if not url.startswith(prefix):
-        return None
-    rest = url[len(prefix) :]
-    if not rest or rest == ":memory:" or any(c in rest for c in "?#%"):
-        return None  # options or escapes: SQLAlchemy's URL parsing decides, on the usual path
-    return Path(rest)
 
 
 def snapshot_text(revision: str, dump: list[str]) -> str:

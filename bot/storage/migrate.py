@@ -11,13 +11,18 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
-
 from bot.kernel.errors import DependencyError
+from bot.kernel.lazy import lazy_import
 from bot.storage.engine import begin_immediate, display_url, error_reason, make_engine
 from bot.storage.fresh_sqlite import SNAPSHOT, create_fresh, snapshot_text
+from bot.storage.sqlite_probe import probe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection
+else:
+    sa = lazy_import("sqlalchemy")
 
 DEPENDENCY = "audit database"
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -27,9 +32,6 @@ _PG_MIGRATION_LOCK = 0x6F707362_6F7401  # "opsbot" + 1; any constant shared by a
 # this list without importing Alembic (a tenth of a second on every `opsbot` start); a
 # test keeps it equal to Alembic's own history.
 REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
-
-if TYPE_CHECKING:
-    from alembic.config import Config
 
 
 def alembic_config() -> Config:
@@ -66,7 +68,7 @@ async def upgrade(url: str, *, schema: str | None = None, snapshot: bool = True)
             await begin_immediate(conn)
             async with conn.begin():
                 await conn.run_sync(_upgrade_sync)
-    except SQLAlchemyError as exc:
+    except sa.exc.SQLAlchemyError as exc:
         raise DependencyError(
             DEPENDENCY, f"migration of {display_url(url)} failed: {error_reason(exc, url)}", exc
         ) from exc
@@ -79,11 +81,16 @@ async def upgrade(url: str, *, schema: str | None = None, snapshot: bool = True)
 
 
 async def current_revision(url: str, *, schema: str | None = None) -> str | None:
+    # An SQLite file at one revision (every start but the first and an upgrade's) is read
+    # without SQLAlchemy (bot.storage.sqlite_probe); anything else takes the long way.
+    found = await probe(url, "SELECT version_num FROM alembic_version")
+    if found is not None and len(found) == 1 and found[0][0] in REVISIONS:
+        return str(found[0][0])
     engine = make_engine(url, schema=schema)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current_sync)
-    except (SQLAlchemyError, OSError) as exc:
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
         where = display_url(url)
         raise DependencyError(
             DEPENDENCY,

@@ -9,12 +9,20 @@ Errors leave as :class:`~bot.kernel.errors.DependencyError`.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from bot.kernel.lazy import lazy_import
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import shared_state
+from bot.storage.sqlite_probe import probe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 
 class SharedValues:
@@ -22,6 +30,11 @@ class SharedValues:
         self._db = database
 
     async def get(self, key: str, now: datetime | None = None) -> str | None:
+        # Mostly nothing was ever set (the policy mode at start-up): say so without SQLAlchemy.
+        found = await probe(self._db.url, "SELECT 1 FROM shared_state WHERE key = ?", (key,))
+        if found == []:
+            return None
+        shared_state = tables.shared_state
         async with self._db.transaction() as conn:
             row = (
                 await conn.execute(
@@ -38,6 +51,7 @@ class SharedValues:
         return str(value)
 
     async def set(self, key: str, value: str, *, expires_at: datetime | None = None) -> None:
+        shared_state = tables.shared_state
         async with self._db.transaction() as conn:
             await self._delete(conn, key)
             await conn.execute(
@@ -45,6 +59,7 @@ class SharedValues:
             )
 
     async def set_if_absent(self, key: str, value: str) -> bool:
+        shared_state = tables.shared_state
         async with self._db.transaction() as conn:
             present = (
                 await conn.execute(sa.select(shared_state.c.key).where(shared_state.c.key == key))
@@ -57,6 +72,7 @@ class SharedValues:
     async def swap(self, key: str, expected: str, value: str) -> bool:
         """Replace ``expected`` by ``value``; False if the key holds anything else (another
         process changed it first)."""
+        shared_state = tables.shared_state
         async with self._db.transaction() as conn:
             result = await conn.execute(
                 shared_state.update()
@@ -67,4 +83,5 @@ class SharedValues:
 
     @staticmethod
     async def _delete(conn: AsyncConnection, key: str) -> None:
+        shared_state = tables.shared_state
         await conn.execute(shared_state.delete().where(shared_state.c.key == key))

@@ -12,16 +12,22 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import IntegrityError
 
+from bot.kernel.lazy import lazy_import
 from bot.kernel.message import Location
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import approvals
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import RowMapping
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 # No 0/o, 1/l/i: the id is read off a phone and typed at 3 a.m.
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -94,9 +100,9 @@ class ApprovalStore:
             )
             try:
                 async with self._db.transaction() as conn:
-                    await conn.execute(approvals.insert().values(**_row(approval)))
+                    await conn.execute(tables.approvals.insert().values(**_row(approval)))
             except Exception as exc:
-                if isinstance(exc.__cause__, IntegrityError):
+                if isinstance(exc.__cause__, sa.exc.IntegrityError):
                     continue  # the id was taken: draw another
                 raise
             return approval
@@ -105,7 +111,11 @@ class ApprovalStore:
     async def get(self, approval_id: str) -> Approval | None:
         async with self._db.transaction() as conn:
             row = (
-                (await conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)))
+                (
+                    await conn.execute(
+                        sa.select(tables.approvals).where(tables.approvals.c.id == approval_id)
+                    )
+                )
                 .mappings()
                 .first()
             )
@@ -124,15 +134,15 @@ class ApprovalStore:
         it was not (any more) pending: the caller reads it again to say why."""
         state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
         conditions = [
-            approvals.c.id == approval_id,
-            approvals.c.state == ApprovalState.PENDING.value,
-            approvals.c.expires_at > now,
+            tables.approvals.c.id == approval_id,
+            tables.approvals.c.state == ApprovalState.PENDING.value,
+            tables.approvals.c.expires_at > now,
         ]
         if approve:  # a requester may withdraw (deny) their own request, never approve it
-            conditions.append(approvals.c.requester != by)
+            conditions.append(tables.approvals.c.requester != by)
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                approvals.update()
+                tables.approvals.update()
                 .where(*conditions)
                 .values(state=state.value, decided_by=by, decided_at=now, reason=reason)
             )
@@ -142,11 +152,11 @@ class ApprovalStore:
         """Mark a pending request whose time is up as expired; True if this call did."""
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                approvals.update()
+                tables.approvals.update()
                 .where(
-                    approvals.c.id == approval_id,
-                    approvals.c.state == ApprovalState.PENDING.value,
-                    approvals.c.expires_at <= now,
+                    tables.approvals.c.id == approval_id,
+                    tables.approvals.c.state == ApprovalState.PENDING.value,
+                    tables.approvals.c.expires_at <= now,
                 )
                 .values(state=ApprovalState.EXPIRED.value, decided_at=now)
             )
@@ -157,12 +167,12 @@ class ApprovalStore:
             rows = (
                 (
                     await conn.execute(
-                        sa.select(approvals)
+                        sa.select(tables.approvals)
                         .where(
-                            approvals.c.state == ApprovalState.PENDING.value,
-                            approvals.c.expires_at > now,
+                            tables.approvals.c.state == ApprovalState.PENDING.value,
+                            tables.approvals.c.expires_at > now,
                         )
-                        .order_by(approvals.c.created_at)
+                        .order_by(tables.approvals.c.created_at)
                         .limit(limit)
                     )
                 )

@@ -21,21 +21,27 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import orjson
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import IntegrityError
 
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
 from bot.kernel.errors import DependencyError, InternalError
+from bot.kernel.lazy import lazy_import
 from bot.kernel.message import Location
 from bot.kernel.regex import LinearRegex, RegexError, compile_linear
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import silences
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import RowMapping
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 log = structlog.get_logger("opsbot.silences")
 
@@ -227,16 +233,20 @@ class SilenceStore:
         :meth:`Silences.draft`, which picks a free one)."""
         try:
             async with self._db.transaction() as conn:
-                await conn.execute(silences.insert().values(**_row(silence)))
+                await conn.execute(tables.silences.insert().values(**_row(silence)))
         except DependencyError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
                 raise InternalError(f"silence id {silence.id} is already taken", exc) from exc
             raise
 
     async def get(self, silence_id: str) -> Silence | None:
         async with self._db.transaction() as conn:
             row = (
-                (await conn.execute(sa.select(silences).where(silences.c.id == silence_id)))
+                (
+                    await conn.execute(
+                        sa.select(tables.silences).where(tables.silences.c.id == silence_id)
+                    )
+                )
                 .mappings()
                 .first()
             )
@@ -247,18 +257,22 @@ class SilenceStore:
         (the caller reads it again to say which)."""
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                silences.update()
+                tables.silences.update()
                 .where(
-                    silences.c.id == silence_id,
-                    silences.c.ended_at.is_(None),
-                    silences.c.ends_at > now,
+                    tables.silences.c.id == silence_id,
+                    tables.silences.c.ended_at.is_(None),
+                    tables.silences.c.ends_at > now,
                 )
                 .values(ended_by=by, ended_at=now)
             )
             if result.rowcount != 1:
                 return None
             row = (
-                (await conn.execute(sa.select(silences).where(silences.c.id == silence_id)))
+                (
+                    await conn.execute(
+                        sa.select(tables.silences).where(tables.silences.c.id == silence_id)
+                    )
+                )
                 .mappings()
                 .one()
             )
@@ -271,15 +285,15 @@ class SilenceStore:
             rows = (
                 (
                     await conn.execute(
-                        sa.select(silences)
+                        sa.select(tables.silences)
                         .where(
-                            silences.c.ended_at.is_(None),
-                            silences.c.told_at.is_(None),
-                            silences.c.notify_channel.is_not(None),
-                            silences.c.ends_at <= now,
-                            silences.c.ends_at > since,
+                            tables.silences.c.ended_at.is_(None),
+                            tables.silences.c.told_at.is_(None),
+                            tables.silences.c.notify_channel.is_not(None),
+                            tables.silences.c.ends_at <= now,
+                            tables.silences.c.ends_at > since,
                         )
-                        .order_by(silences.c.ends_at, silences.c.id)
+                        .order_by(tables.silences.c.ends_at, tables.silences.c.id)
                         .limit(TELL_BATCH)
                     )
                 )
@@ -292,8 +306,8 @@ class SilenceStore:
         """Mark the end told; False when another replica did first."""
         async with self._db.transaction() as conn:
             result = await conn.execute(
-                silences.update()
-                .where(silences.c.id == silence_id, silences.c.told_at.is_(None))
+                tables.silences.update()
+                .where(tables.silences.c.id == silence_id, tables.silences.c.told_at.is_(None))
                 .values(told_at=now)
             )
         return result.rowcount == 1
@@ -304,9 +318,11 @@ class SilenceStore:
             rows = (
                 (
                     await conn.execute(
-                        sa.select(silences)
-                        .where(silences.c.ended_at.is_(None), silences.c.ends_at > now)
-                        .order_by(silences.c.created_at.desc(), silences.c.id)
+                        sa.select(tables.silences)
+                        .where(
+                            tables.silences.c.ended_at.is_(None), tables.silences.c.ends_at > now
+                        )
+                        .order_by(tables.silences.c.created_at.desc(), tables.silences.c.id)
                     )
                 )
                 .mappings()

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 
+from bot.kernel.lazy import lazy_import
 from bot.storage.database import StateDatabase
-from bot.storage.state_schema import alerts
+from bot.storage.sqlite_probe import probe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import RowMapping
+
+    from bot.storage import state_schema as tables
+else:
+    sa = lazy_import("sqlalchemy")
+    tables = lazy_import("bot.storage.state_schema")
 
 
 @dataclass(slots=True)
@@ -71,19 +80,21 @@ class AlertStore:
         refreshed = ("group_key", "name", "severity", "summary", "labels")
         async with self._db.transaction() as conn:
             insert = (
-                postgresql.insert(alerts)
+                postgresql.insert(tables.alerts)
                 if conn.dialect.name == "postgresql"
-                else sqlite.insert(alerts)
+                else sqlite.insert(tables.alerts)
             )
             statement = insert.on_conflict_do_update(
-                index_elements=[alerts.c.fingerprint],
+                index_elements=[tables.alerts.c.fingerprint],
                 set_={name: insert.excluded[name] for name in refreshed},
             )
             # Many parameter sets for one statement: it is compiled once (and cached),
             # where one VALUES clause per row made SQLAlchemy compile a thousand binds.
             await conn.execute(statement, values)
             rows = (
-                await conn.execute(sa.select(alerts).where(alerts.c.fingerprint.in_(list(unique))))
+                await conn.execute(
+                    sa.select(tables.alerts).where(tables.alerts.c.fingerprint.in_(list(unique)))
+                )
             ).mappings()
             found = {r["fingerprint"]: _alert(r) for r in rows}
         return [found[a.fingerprint] for a in batch]
@@ -94,60 +105,85 @@ class AlertStore:
             return {}
         async with self._db.transaction() as conn:
             rows = (
-                await conn.execute(sa.select(alerts).where(alerts.c.fingerprint.in_(fingerprints)))
+                await conn.execute(
+                    sa.select(tables.alerts).where(tables.alerts.c.fingerprint.in_(fingerprints))
+                )
             ).mappings()
             known = {r["fingerprint"]: _alert(r) for r in rows}
             if known:
-                await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint.in_(list(known))))
+                await conn.execute(
+                    sa.delete(tables.alerts).where(tables.alerts.c.fingerprint.in_(list(known)))
+                )
         return known
 
     async def trim(self, keep: int) -> list[str]:
         """Drop the oldest alerts (by ``since``) past ``keep``; their fingerprints."""
         async with self._db.transaction() as conn:
             count = (
-                await conn.execute(sa.select(sa.func.count()).select_from(alerts))
+                await conn.execute(sa.select(sa.func.count()).select_from(tables.alerts))
             ).scalar_one()
             if count <= keep:
                 return []
             oldest = (
                 (
                     await conn.execute(
-                        sa.select(alerts.c.fingerprint)
-                        .order_by(alerts.c.since, alerts.c.fingerprint)
+                        sa.select(tables.alerts.c.fingerprint)
+                        .order_by(tables.alerts.c.since, tables.alerts.c.fingerprint)
                         .limit(int(count) - keep)
                     )
                 )
                 .scalars()
                 .all()
             )
-            await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint.in_(list(oldest))))
+            await conn.execute(
+                sa.delete(tables.alerts).where(tables.alerts.c.fingerprint.in_(list(oldest)))
+            )
         return list(oldest)
 
     async def remove(self, fingerprint: str) -> ActiveAlert | None:
         async with self._db.transaction() as conn:
             row = (
-                (await conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fingerprint)))
+                (
+                    await conn.execute(
+                        sa.select(tables.alerts).where(tables.alerts.c.fingerprint == fingerprint)
+                    )
+                )
                 .mappings()
                 .first()
             )
             if row is None:
                 return None
-            await conn.execute(sa.delete(alerts).where(alerts.c.fingerprint == fingerprint))
+            await conn.execute(
+                sa.delete(tables.alerts).where(tables.alerts.c.fingerprint == fingerprint)
+            )
         return _alert(row)
 
     async def get(self, fingerprint: str) -> ActiveAlert | None:
         async with self._db.transaction() as conn:
             row = (
-                (await conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fingerprint)))
+                (
+                    await conn.execute(
+                        sa.select(tables.alerts).where(tables.alerts.c.fingerprint == fingerprint)
+                    )
+                )
                 .mappings()
                 .first()
             )
         return None if row is None else _alert(row)
 
     async def all(self) -> list[ActiveAlert]:
+        # Read at start-up; mostly nothing fires (bot.storage.sqlite_probe).
+        if await probe(self._db.url, "SELECT 1 FROM alerts LIMIT 1") == []:
+            return []
         async with self._db.transaction() as conn:
             rows = (
-                (await conn.execute(sa.select(alerts).order_by(alerts.c.since, alerts.c.name)))
+                (
+                    await conn.execute(
+                        sa.select(tables.alerts).order_by(
+                            tables.alerts.c.since, tables.alerts.c.name
+                        )
+                    )
+                )
                 .mappings()
                 .all()
             )
@@ -158,12 +194,12 @@ class AlertStore:
         UPDATE: two people acking at once record one of them). Returns the row after."""
         async with self._db.transaction() as conn:
             await conn.execute(
-                sa.update(alerts)
-                .where(alerts.c.id == alert_id, alerts.c.acked_by.is_(None))
+                sa.update(tables.alerts)
+                .where(tables.alerts.c.id == alert_id, tables.alerts.c.acked_by.is_(None))
                 .values(acked_by=by, acked_at=at)
             )
             row = (
-                (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)))
+                (await conn.execute(sa.select(tables.alerts).where(tables.alerts.c.id == alert_id)))
                 .mappings()
                 .first()
             )
@@ -179,7 +215,9 @@ class AlertStore:
             values["post_key"] = key
         async with self._db.transaction() as conn:
             await conn.execute(
-                sa.update(alerts).where(alerts.c.fingerprint.in_(fingerprints)).values(**values)
+                sa.update(tables.alerts)
+                .where(tables.alerts.c.fingerprint.in_(fingerprints))
+                .values(**values)
             )
 
 
