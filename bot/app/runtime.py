@@ -15,12 +15,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from starlette.routing import BaseRoute
 
 from adapters.console.adapter import ConsoleAdapter
 from bot.app.config.models import Config
 from bot.app.connecting import AdapterKeeper, Backoff
-from bot.app.remote_console import console_routes
 from bot.app.services import Services
 from bot.app.storage import alert_inbox_path, database_url, open_trail, prepare_database
 from bot.app.witness import AuditWitness
@@ -81,7 +79,10 @@ from bot.storage.database import StateDatabase
 from bot.storage.shared_values import SharedValues
 
 if TYPE_CHECKING:
-    # Loaded when the bot serves HTTP: uvicorn is of no use to a console run with --no-http.
+    # Loaded when the bot serves HTTP: uvicorn, Starlette and the remote console's httpx
+    # are of no use to a console run with --no-http.
+    from starlette.routing import BaseRoute
+
     from bot.app.http_server import HttpServer
 
 
@@ -348,6 +349,8 @@ class Bot:
         token = self.config.console.token
         if self.remote_console is None or token is None:
             return []
+        from bot.app.remote_console import console_routes
+
         return console_routes(
             self.remote_console, token.get_secret_value(), lambda: len(self.jobs.running())
         )

@@ -1,6 +1,7 @@
 """Import only what the configuration uses (issue 19, item 1): a console `/whoami` on the
 example config loads no Redis client, no PostgreSQL driver, no chat platform SDK, no
-scheduler, and no Alembic (a new SQLite file is made from the schema's snapshot)."""
+scheduler, no HTTP stack, no SQLAlchemy and no Alembic (a new SQLite file is made from the
+schema's snapshot; the start-up reads of an SQLite file go through bot.storage.sqlite_probe)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from tests.processes import ROOT, clean_env, run_opsbot
 # Packages the example config does not need for a console `/whoami`: its only Redis is a
 # [[queues]] entry (read by /queue), its database is the embedded SQLite file, a console
 # schedules nothing (heartbeats and checks run when asked) and starts no chat adapter;
-# with --no-http, no HTTP server either.
+# with --no-http, no HTTP server either; it probes no service (httpx); on an SQLite file
+# with nothing interrupted, queued or firing, SQLAlchemy has nothing to do.
 NOT_FOR_WHOAMI = (
-    *("redis", "asyncpg", "apscheduler", "uvicorn"),
+    *("redis", "asyncpg", "apscheduler", "uvicorn", "starlette", "httpx"),
+    *("sqlalchemy", "aiosqlite"),
     *("slack_sdk", "slack_bolt", "telegram", "discord"),
 )
 
@@ -40,7 +43,7 @@ def _imported(data_dir: Path) -> set[str]:
     return {line.split("|")[-1].strip().split(".")[0] for line in lines[1:]}
 
 
-def test_console_whoami_imports_neither_redis_nor_a_driver_nor_a_platform_sdk(
+def test_console_whoami_imports_neither_redis_nor_sqlalchemy_nor_http_nor_a_platform_sdk(
     tmp_path: Path,
 ) -> None:
     # A fresh data dir: the SQLite file is made from the schema's snapshot, no Alembic.
@@ -80,11 +83,3 @@ def _contents(path: Path) -> tuple[list[tuple[object, ...]], dict[str, list[tupl
         return schema, rows
     finally:
         db.close()
-
-
-def test_console_whoami_on_sqlite_imports_no_sqlalchemy(tmp_path: Path) -> None:
-    # The start-up reads of the SQLite state (the schema revision, the audit chain's key,
-    # interrupted commands, retention, the outbox, firing alerts, the policy mode) are
-    # answered by bot.storage.sqlite_probe: with nothing to do there, no SQLAlchemy.
-    assert "sqlalchemy" not in _imported(tmp_path)  # a new data directory
-    assert "sqlalchemy" not in _imported(tmp_path)  # the same one again

@@ -35,9 +35,6 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from bot.delivery.channels import channel_destinations
 from bot.delivery.config import ChannelGroup
@@ -53,6 +50,11 @@ from bot.kernel.reply import Button, Reply, Status
 from bot.kernel.reply import Field as ReplyField
 
 if TYPE_CHECKING:
+    # Starlette loads with the HTTP server: a console run with --no-http takes no alerts.
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
     from bot.delivery.adapters import AdapterBoard
     from bot.kernel.metrics import Metrics
 
@@ -613,6 +615,7 @@ class BadRequest(Exception):
 
 def alert_routes(intake: AlertIntake, section: AlertsSection | None) -> list[Route]:
     """``POST /alerts/alertmanager`` and ``POST /alerts`` for the bot's HTTP server."""
+    from starlette.routing import Route
 
     async def alertmanager(request: Request) -> Response:
         return await _accept(request, section, intake, "alertmanager")
@@ -674,6 +677,8 @@ async def _accept(
         log.error("alerts.inbox_unwritable", error=str(exc))
         return _error(503, f"cannot take alerts now: {exc}; send again", retry_after=10)
     log.info("alerts.accepted", path=request.url.path, alerts=accepted)
+    from starlette.responses import JSONResponse
+
     return JSONResponse({"accepted": accepted}, status_code=202)
 
 
@@ -730,6 +735,8 @@ def first_problem(exc: ValidationError) -> str:
 
 
 def _error(status: int, message: str, *, retry_after: int | None = None) -> Response:
+    from starlette.responses import JSONResponse
+
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)

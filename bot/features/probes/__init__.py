@@ -3,17 +3,49 @@ heartbeats and checks, and the `[[services]]` they ask (`config`, `targets`): HT
 endpoints, and TCP ports, Redis and PostgreSQL servers, Prometheus queries and metrics
 (`readers`)."""
 
-from bot.features.probes.health import (
-    HealthResult,
-    HealthState,
-    ProbeTarget,
-    ResponseShape,
-    probe_all,
-    probe_health,
-)
-from bot.features.probes.request import HttpRequest
-from bot.features.probes.services import probe_service, probe_services, service_target
-from bot.features.probes.version import VersionResult, fetch_all_versions, fetch_version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.features.probes.health import (
+        HealthResult,
+        HealthState,
+        ProbeTarget,
+        ResponseShape,
+        probe_all,
+        probe_health,
+    )
+    from bot.features.probes.request import HttpRequest
+    from bot.features.probes.services import probe_service, probe_services, service_target
+    from bot.features.probes.version import VersionResult, fetch_all_versions, fetch_version
+
+# The probes (httpx and its TLS stack) load when a probe first runs: the config's
+# [[services]] and [[checks]] import bot.features.probes.config, and a bot that probes
+# nothing (a console `/whoami`) never needs them.
+_LAZY = {
+    "HealthResult": "bot.features.probes.health",
+    "HealthState": "bot.features.probes.health",
+    "ProbeTarget": "bot.features.probes.health",
+    "ResponseShape": "bot.features.probes.health",
+    "probe_all": "bot.features.probes.health",
+    "probe_health": "bot.features.probes.health",
+    "HttpRequest": "bot.features.probes.request",
+    "probe_service": "bot.features.probes.services",
+    "probe_services": "bot.features.probes.services",
+    "service_target": "bot.features.probes.services",
+    "VersionResult": "bot.features.probes.version",
+    "fetch_all_versions": "bot.features.probes.version",
+    "fetch_version": "bot.features.probes.version",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bot.features.probes' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "HealthResult",
