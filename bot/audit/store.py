@@ -259,11 +259,7 @@ class AuditStore:
         if self._key is None and not self._reading_only:
             await self._refuse_a_keyed_chain_without_key()
         if self._sqlite_writer is not None:
-            try:
-                await self._sqlite_writer.start()
-            except (OSError, sqlite3.Error) as exc:
-                # Not fatal: the first batch retries, and spools if it still cannot write.
-                _log.warning("auditlog.writer_process_failed", error=str(exc))
+            self._sqlite_writer.start_soon()
         self._queue = _Inbox(self._queue_size)
         # Entries left in the spool by an earlier run are sent first.
         self._spool_depth = len(await asyncio.to_thread(self._read_spool))
@@ -427,6 +423,10 @@ class AuditStore:
             if any(item is _STOP for item in items):
                 stopping = True
                 items = [item for item in items if item is not _STOP]
+            if self._sqlite_writer is not None:
+                # Batches go as they did once the process runs; only a lone command's
+                # entries commit inline meanwhile (_commit_now).
+                await self._sqlite_writer.started()
             if not stopping and self._pipeline(items):
                 continue
             # The careful path: one batch at a time, spooling what cannot be written.

@@ -26,7 +26,9 @@ async def db(tmp_path: Path) -> Db:
     return Db("sqlite", url, None)
 
 
-def writer_pid(store: AuditStore) -> int:
+async def writer_pid(store: AuditStore) -> int:
+    # The process starts in the background, after start() returns.
+    await wait_until(lambda: store.writer_pid is not None)
     pid = store.writer_pid
     assert pid is not None
     return pid
@@ -36,7 +38,7 @@ async def test_entries_are_written_by_a_process_of_their_own(db: Db, tmp_path: P
     store = db.store(tmp_path)
     await store.start()
     try:
-        pid = writer_pid(store)
+        pid = await writer_pid(store)
         assert pid != os.getpid()
         await asyncio.gather(*(store.append_durably(entry(i)) for i in range(300)))
         assert await db.request_ids() == [f"req-{i:04d}" for i in range(300)]
@@ -79,7 +81,7 @@ async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(
     store = db.store(tmp_path, retry_initial=0.05, retry_max=0.2)
     await store.start()
     try:
-        first = writer_pid(store)
+        first = await writer_pid(store)
         waiting = [asyncio.ensure_future(store.append_durably(entry(i))) for i in range(2000)]
         await asyncio.sleep(0)  # queued; the writer starts sending frames
         await asyncio.sleep(0)
@@ -88,7 +90,7 @@ async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(
         await store.append_durably(entry(2000))
         await wait_until(lambda: store.spool_depth == 0)
         await store.flush()
-        assert writer_pid(store) != first
+        assert await writer_pid(store) != first
         ids = await db.request_ids()
         # At least once: a frame committed just before the kill may be sent again from
         # the spool. Every entry is there, and the first copies are in order.

@@ -11,8 +11,8 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.auditlog_helpers import wait_until
@@ -30,8 +30,10 @@ def committed(data_dir: Path, user: str, command: str) -> list[tuple[str, str]]:
         ).fetchall()
 
 
-@contextmanager
-def writer_stopped(tb: TestBot) -> Iterator[None]:
+@asynccontextmanager
+async def writer_stopped(tb: TestBot) -> AsyncIterator[None]:
+    # The process starts in the background (the first commands commit inline meanwhile).
+    await wait_until(lambda: tb.bot.audit.store.writer_pid is not None)
     pid = tb.bot.audit.store.writer_pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
@@ -46,7 +48,7 @@ async def test_a_lone_command_is_committed_before_its_reply_without_the_writer_p
 ) -> None:
     async with running_bot(CONFIG, data_dir=tmp_path) as tb:
         await tb.send("/whoami", as_="bob")  # the writer process is up and idle
-        with writer_stopped(tb):
+        async with writer_stopped(tb):
             began = time.monotonic()
             reply = await tb.send("/whoami", as_="bob")
             took = time.monotonic() - began
@@ -100,7 +102,7 @@ async def test_commands_arriving_together_still_go_through_the_writer_process(
 ) -> None:
     async with running_bot(CONFIG, data_dir=tmp_path) as tb:
         await tb.send("/whoami", as_="bob")
-        with writer_stopped(tb):
+        async with writer_stopped(tb):
             replies = await asyncio.gather(*(tb.send("/whoami", as_="bob") for _ in range(20)))
             assert all(r is not None and "You are bob" in r.title + r.text for r in replies)
             # Answered after reply_wait, their entries queued for the stopped process.
