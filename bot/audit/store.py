@@ -423,9 +423,10 @@ class AuditStore:
             if any(item is _STOP for item in items):
                 stopping = True
                 items = [item for item in items if item is not _STOP]
-            if self._sqlite_writer is not None:
+            if self._sqlite_writer is not None and any(item.entries for item in items):
                 # Batches go as they did once the process runs; only a lone command's
-                # entries commit inline meanwhile (_commit_now).
+                # entries commit inline meanwhile (_commit_now). A flush with nothing
+                # to write (start-up's) does not wait for it.
                 await self._sqlite_writer.started()
             if not stopping and self._pipeline(items):
                 continue
