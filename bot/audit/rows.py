@@ -22,7 +22,7 @@ from bot.audit.record import (
 )
 
 # The audit_log columns, in the order rows are built: the chain's four, then the entry's
-# fields in FIELD_NAMES order (bot.audit.store checks this against the schema).
+# fields in FIELD_NAMES order (tests/audit/test_auditlog_store.py checks it against the schema).
 COLUMNS = ("seq", "prev_hash", "hash", "key_id", *FIELD_NAMES)
 _CHAIN_COLUMNS = 4
 _ARGS = FIELD_NAMES.index("args")

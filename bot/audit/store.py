@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import sqlite3
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -151,8 +152,8 @@ class _DatabaseDown(Exception):
 @functools.cache
 def _asyncpg_unavailable() -> tuple[type[BaseException], ...]:
     """asyncpg errors that mean the server went away or cannot take us now, whatever
-    SQLAlchemy wrapped them in. asyncpg loads here, at the first error to classify: a bot on
-    the embedded SQLite file never needs it."""
+    SQLAlchemy wrapped them in. Asked only once asyncpg is loaded: a bot on the embedded
+    SQLite file never needs it."""
     import asyncpg  # type: ignore[import-untyped]
 
     return (
@@ -178,13 +179,18 @@ def is_connection_error(exc: BaseException) -> bool:
     full), worth spooling and retrying; not "this entry is wrong"."""
     if isinstance(exc, OSError | TimeoutError | sqlite3.OperationalError):
         return True
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return True
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    # Only SQLAlchemy raises its errors: when it is not loaded, there are none to check (and
+    # an error of the sqlite3 writer must not load it on the event loop).
+    if sys.modules.get("sqlalchemy.exc") is not None:
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return True
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return True
     original = getattr(exc, "orig", None)
     chain = (exc, original, getattr(original, "__cause__", None), exc.__cause__)
-    return any(isinstance(e, (*_asyncpg_unavailable(), OSError)) for e in chain if e is not None)
+    # asyncpg raised it only if it is loaded (a PostgreSQL engine loads it).
+    unavailable = _asyncpg_unavailable() if "asyncpg" in sys.modules else ()
+    return any(isinstance(e, (*unavailable, OSError)) for e in chain if e is not None)
 
 
 class AuditStore:

@@ -110,15 +110,16 @@ class SqliteWriterProcess:
         """Return once the start begun by :meth:`start_soon` is over (well or not)."""
         starting = self._starting
         if starting is not None and not starting.done():
-            await asyncio.shield(starting)
+            await asyncio.wait([starting])  # never raises: _start_quietly keeps its errors
 
     async def _start_quietly(self) -> None:
         try:
             await self._running()
-        except (OSError, sqlite3.Error) as exc:
-            # Not fatal: the first batch retries, and spools if it still cannot write.
+        except Exception as exc:
+            # Not fatal, whatever it was: the first batch starts it again (the careful
+            # path), and spools or holds its entries if that fails too.
             if not self._closed:
-                _log.warning("auditlog.writer_process_failed", error=str(exc))
+                _log.warning("auditlog.writer_process_failed", error=f"{type(exc).__name__}: {exc}")
 
     def submit(self, entries: Sequence[AuditEntry]) -> asyncio.Future[Answer]:
         """Send ``entries`` as one transaction; the future gets the answer: ``("ok", "")``,
@@ -196,8 +197,7 @@ class SqliteWriterProcess:
         self._closed = True
         async with self._spawning:  # a start under way finishes first: its process is closed
             pass
-        if self._starting is not None:
-            await self._starting
+        await self.started()
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -263,6 +263,10 @@ class SqliteWriterProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
+            # A process group of its own: Ctrl-C in a terminal signals the bot's group, and
+            # must not reach a writer still starting (it ignores SIGINT only once its code
+            # runs). It stops when the bot closes its stdin, or dies with it (EOF).
+            process_group=0,
         )
         assert proc.stdin is not None
         secret = pickle.dumps(None if self._key is None else self._key.secret)

@@ -19,7 +19,7 @@ import sys
 import threading
 from types import ModuleType
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # a parent package may lazy_import in its __init__
 
 
 def lazy_import(name: str) -> ModuleType:

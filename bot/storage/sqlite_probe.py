@@ -36,7 +36,9 @@ def plain_sqlite_path(url: str) -> Path | None:
 def sqlite_time(value: datetime) -> str:
     """``value`` as SQLAlchemy stores a UTC datetime in SQLite (bot.storage.schema's
     UTCDateTime: naive UTC, SQLite's DATETIME text), so that text comparisons order it."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: stored times are timezone-aware")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 async def probe(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]] | None:

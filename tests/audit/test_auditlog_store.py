@@ -501,3 +501,12 @@ def test_the_revision_list_start_up_checks_against_is_alembics_history() -> None
     history = [rev.revision for rev in script.walk_revisions()]  # newest first
     assert tuple(reversed(history)) == REVISIONS
     assert script.get_current_head() == head_revision()
+
+
+def test_the_row_layout_is_the_audit_log_table() -> None:
+    # The sqlite3 writer builds rows in bot.audit.rows.COLUMNS order; the table is
+    # bot.storage.schema's (which the migrations make).
+    from bot.audit.rows import COLUMNS
+    from bot.storage.schema import audit_log
+
+    assert tuple(column.name for column in audit_log.columns) == COLUMNS
