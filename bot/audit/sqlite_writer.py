@@ -49,6 +49,11 @@ from bot.storage.claim_sql import PRUNE_SQL, claim_sql
 HEADER = struct.Struct("!I")
 BUSY_TIMEOUT_S = 10.0  # bot.storage.engine.SQLITE_BUSY_TIMEOUT_MS, without its imports
 HEAD_ID = 1
+_HEAD_SQL = (
+    "SELECT h.seq, h.hash, (SELECT max(seq) FROM audit_log WHERE seq > h.seq AND seq <= h.seq + ?)"
+    " FROM audit_chain_head AS h WHERE h.id = ?"
+)
+_INSERT_SQL = insert_sql("qmark")
 PAST_HEAD_WINDOW = 1_000_000  # rows past the head that new rows are written after
 Answer = tuple[str, str]
 ClaimAnswer = tuple[str, list[tuple[str, str]]]
@@ -149,23 +154,19 @@ class Inserter:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            head = conn.execute(
-                "SELECT seq, hash FROM audit_chain_head WHERE id = ?", (HEAD_ID,)
-            ).fetchone()
+            # The head, and the last of any rows past it (forged, or left by hand): they must
+            # not jam the log, so the new rows go after them, linked to the head; verify
+            # names the first of them. Within reach of the head only: one forged row at seq
+            # 2**63-1 must not make every later seq overflow. One statement: this runs for
+            # every command typed alone (inline), where each round trip shows.
+            head = conn.execute(_HEAD_SQL, (PAST_HEAD_WINDOW, HEAD_ID)).fetchone()
             if head is None:
                 raise sqlite3.IntegrityError(
                     "the audit chain head row is missing: run `opsbot db upgrade`"
                 )
             head_seq = int(head[0])
             head_key_id = self._head_key_id(conn, head_seq)
-            # Rows past the head (forged, or left by hand) must not jam the log: write
-            # after them, linked to the head; verify names the first of them.
-            # Within reach of the head only: one forged row at seq 2**63-1 must not make
-            # every later seq overflow.
-            top = conn.execute(
-                "SELECT max(seq) FROM audit_log WHERE seq > ? AND seq <= ?",
-                (head_seq, head_seq + PAST_HEAD_WINDOW),
-            ).fetchone()[0]
+            top = head[2]
             rows, seq, prev = linked_rows(
                 max(head_seq, int(top or 0)),
                 str(head[1]),
@@ -174,7 +175,10 @@ class Inserter:
                 key=self._key,
                 head_key_id=head_key_id,
             )
-            conn.executemany(insert_sql("qmark"), rows)
+            if len(rows) == 1:
+                conn.execute(_INSERT_SQL, rows[0])  # executemany costs more for one
+            else:
+                conn.executemany(_INSERT_SQL, rows)
             conn.execute(
                 "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = ?", (seq, prev, HEAD_ID)
             )
