@@ -9,11 +9,13 @@ contextvars as usual, and both are merged.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -43,6 +45,20 @@ class SecretMasker:
         return value
 
 
+def render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
+    """One JSON line, ASCII only (a stream may not take UTF-8). orjson writes it at a third
+    of json's cost, which showed on every command (structlog advises it for speed); a line
+    it cannot write (a lone surrogate, an int past 64 bits) or that is not ASCII is written
+    by json instead, escaped, in the same compact form."""
+    try:
+        line = orjson.dumps(event, default=repr).decode()
+    except TypeError:
+        line = ""
+    if line and line.isascii():
+        return line
+    return json.dumps(event, default=repr, separators=(",", ":"))
+
+
 def _writable(_: WrappedLogger, __: str, line: Any) -> Any:
     """The rendered line with lone surrogates and NUL escaped: any str may reach a log
     field (a command name typed in chat), and a stream refuses to write a surrogate."""
@@ -53,11 +69,9 @@ def configure_logging(
     level: str, fmt: str, stream: TextIO | None = None, secrets: Iterable[str] = ()
 ) -> None:
     out = stream or sys.stderr
-    json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        render_json if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -118,8 +119,9 @@ def test_run_serves_http_and_stops_gracefully_on_sigterm() -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
-    assert '"event": "opsbot.started"' in output
-    assert '"event": "opsbot.stopped"' in output
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+    assert "opsbot.started" in events
+    assert "opsbot.stopped" in events
 
 
 def _free_port() -> int:

@@ -6,7 +6,10 @@ import io
 import json
 import logging
 
-from bot.app.logs import configure_logging
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.app.logs import configure_logging, render_json
 
 
 def test_library_log_lines_come_out_as_json_with_their_logger_and_secrets_masked() -> None:
@@ -32,3 +35,23 @@ def test_library_log_lines_come_out_as_json_with_their_logger_and_secrets_masked
     assert lines[0]["event"] == "Shard 0 is lagging (***)"
     assert "ConnectionResetError: peer went away" in lines[1]["exception"]
     assert all("timestamp" in line for line in lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet=st.characters(codec=None, exclude_categories=())),
+    number=st.integers(min_value=-(2**70), max_value=2**70),
+)
+def test_a_json_line_is_ascii_and_says_what_was_logged(text: str, number: int) -> None:
+    # Any str can reach a log field (a command name typed in chat), lone surrogates too,
+    # and ints past 64 bits: the line is one ASCII line that parses back to the values.
+    line = render_json(None, "info", {"event": "command.done", "text": text, "n": number})
+    assert line.isascii()
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed == {"event": "command.done", "text": text, "n": number}
+
+
+def test_an_object_json_cannot_write_is_logged_as_its_repr() -> None:
+    line = render_json(None, "info", {"event": "x", "value": {1, 2}, "key": {3: "three"}})
+    assert json.loads(line) == {"event": "x", "value": "{1, 2}", "key": {"3": "three"}}
