@@ -101,7 +101,8 @@ from bot.audit import (  # noqa: E402
     head_revision,
     upgrade,
 )
-from bot.audit.store import _COLUMNS, _insert_sql, _row_tuple  # noqa: E402
+from bot.audit.rows import COLUMNS  # noqa: E402
+from bot.audit.store import _insert_sql, _row_tuple  # noqa: E402
 from bot.kernel.command import CommandSpec, NoArgs, NoDeps, Request, Risk  # noqa: E402  # noqa: E402
 from bot.kernel.reply import Reply, Status  # noqa: E402
 from bot.storage.engine import make_engine  # noqa: E402
@@ -721,7 +722,7 @@ async def _pg_query_db(base: URL, rows: int, rebuild: bool) -> QueryDb:
                 await conn.execute(f'DROP INDEX "{index["indexname"]}"')
             last: tuple[Any, ...] = ()
             for batch in _batches(_chained_rows(rows, end, sqlite=False), 50_000):
-                await conn.copy_records_to_table("audit_log", records=batch, columns=_COLUMNS)
+                await conn.copy_records_to_table("audit_log", records=batch, columns=COLUMNS)
                 last = batch[-1]
             await conn.execute(
                 "UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1", last[0], last[2]
