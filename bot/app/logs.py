@@ -70,9 +70,7 @@ def configure_logging(
 ) -> None:
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any = (
-        render_json if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
+    renderer: Any = render_json if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

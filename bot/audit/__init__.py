@@ -9,10 +9,11 @@ result = await store.verify()        # the first edited/deleted/reordered row, i
 await store.close()
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.audit.chain import GENESIS_HASH, ChainVerifier, VerifyResult, entry_hash
 from bot.audit.record import AuditEntry, StoredEntry, canonical_json
+from bot.kernel.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from bot.audit.store import AuditStore
@@ -28,13 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bot.audit' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

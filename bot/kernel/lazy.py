@@ -14,10 +14,13 @@ import under ``TYPE_CHECKING`` so that type checking sees the module::
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import Any
 
 _lock = threading.RLock()  # a parent package may lazy_import in its __init__
 
@@ -41,3 +44,16 @@ def lazy_import(name: str) -> ModuleType:
         if parent:
             setattr(sys.modules[parent], child, module)
         return module
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` (PEP 562) that imports each exported name's module when
+    the name is first read: ``__getattr__ = lazy_exports(__name__, {"Name": "pkg.module"})``."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    return __getattr__

@@ -3,7 +3,9 @@ heartbeats and checks, and the `[[services]]` they ask (`config`, `targets`): HT
 endpoints, and TCP ports, Redis and PostgreSQL servers, Prometheus queries and metrics
 (`readers`)."""
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bot.kernel.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from bot.features.probes.health import (
@@ -38,13 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bot.features.probes' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
