@@ -47,8 +47,7 @@ import bot.audit.rows as row_layout
 from bot.audit.chain import GENESIS_HASH, ChainKey, ChainVerifier, TableEnds, VerifyResult
 from bot.audit.record import AuditEntry, StoredEntry, format_at
 from bot.audit.rows import insert_sql, linked_rows
-from bot.audit.sqlite_writer import HEAD_ID as HEAD_ROW
-from bot.audit.sqlite_writer import PAST_HEAD_WINDOW
+from bot.audit.sqlite_writer import HEAD_ID, PAST_HEAD_WINDOW
 from bot.audit.writer_process import SqliteWriterProcess
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.errors import DependencyError, InternalError
@@ -278,7 +277,7 @@ class AuditStore:
             self._url,
             "SELECT key_id FROM audit_log WHERE seq = "
             "(SELECT seq FROM audit_chain_head WHERE id = ?)",
-            (HEAD_ROW,),
+            (HEAD_ID,),
         )
         if found is not None:
             key_id = found[0][0] if found else None
@@ -620,7 +619,7 @@ class AuditStore:
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
             await conn.execute(
                 schema.audit_chain_head.update()
-                .where(schema.audit_chain_head.c.id == schema.HEAD_ID)
+                .where(schema.audit_chain_head.c.id == HEAD_ID)
                 .values(seq=seq, hash=prev)
             )
 
@@ -783,7 +782,7 @@ class AuditStore:
             head = (
                 await conn.execute(
                     sa.select(schema.audit_chain_head.c.seq, schema.audit_chain_head.c.hash).where(
-                        schema.audit_chain_head.c.id == schema.HEAD_ID
+                        schema.audit_chain_head.c.id == HEAD_ID
                     )
                 )
             ).first()
@@ -1007,11 +1006,11 @@ class AuditStore:
             if (
                 await conn.execute(
                     schema.audit_anchor.update()
-                    .where(schema.audit_anchor.c.id == schema.HEAD_ID)
+                    .where(schema.audit_anchor.c.id == HEAD_ID)
                     .values(**values)
                 )
             ).rowcount == 0:
-                await conn.execute(schema.audit_anchor.insert().values(id=schema.HEAD_ID, **values))
+                await conn.execute(schema.audit_anchor.insert().values(id=HEAD_ID, **values))
             # The event goes in the same transaction as the removal: an anchor without the
             # event that names it is what a removal by hand looks like (verify says so).
             event = AuditEntry(
@@ -1035,7 +1034,7 @@ class AuditStore:
             await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
             await conn.execute(
                 schema.audit_chain_head.update()
-                .where(schema.audit_chain_head.c.id == schema.HEAD_ID)
+                .where(schema.audit_chain_head.c.id == HEAD_ID)
                 .values(seq=seq, hash=prev)
             )
         return removed
@@ -1079,7 +1078,7 @@ async def _lock_head(conn: AsyncConnection) -> tuple[int, str]:
 
 async def _read_head(conn: AsyncConnection, *, lock: bool = False) -> tuple[int, str]:
     query = sa.select(schema.audit_chain_head.c.seq, schema.audit_chain_head.c.hash).where(
-        schema.audit_chain_head.c.id == schema.HEAD_ID
+        schema.audit_chain_head.c.id == HEAD_ID
     )
     return _head_values((await conn.execute(query.with_for_update() if lock else query)).first())
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from bot.kernel.lazy import lazy_import
 from bot.storage.database import StateDatabase
-from bot.storage.sqlite_probe import probe
+from bot.storage.sqlite_probe import from_sqlite_time, probe
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -30,10 +30,17 @@ class SharedValues:
         self._db = database
 
     async def get(self, key: str, now: datetime | None = None) -> str | None:
-        # Mostly nothing was ever set (the policy mode at start-up): say so without SQLAlchemy.
-        found = await probe(self._db.url, "SELECT 1 FROM shared_state WHERE key = ?", (key,))
-        if found == []:
+        row = await self._read_directly(key)
+        if row is None:
+            row = await self._read(key)
+        if not row:
             return None
+        value, expires_at = row
+        if expires_at is not None and now is not None and expires_at <= now:
+            return None
+        return value
+
+    async def _read(self, key: str) -> tuple[()] | tuple[str, datetime | None]:
         shared_state = tables.shared_state
         async with self._db.transaction() as conn:
             row = (
@@ -43,12 +50,24 @@ class SharedValues:
                     )
                 )
             ).first()
-        if row is None:
+        return () if row is None else (str(row[0]), row[1])
+
+    async def _read_directly(self, key: str) -> tuple[()] | tuple[str, datetime | None] | None:
+        """The row as sqlite3 reads it from the SQLite file, ``()`` when there is none: the
+        policy mode is read this way at start-up and for every high-risk action, without
+        SQLAlchemy (bot.storage.sqlite_probe). None when that cannot tell."""
+        found = await probe(
+            self._db.url, "SELECT value, expires_at FROM shared_state WHERE key = ?", (key,)
+        )
+        if found is None:
             return None
-        value, expires_at = row
-        if expires_at is not None and now is not None and expires_at <= now:
-            return None
-        return str(value)
+        if not found:
+            return ()
+        value, expires_text = found[0]
+        if expires_text is None:
+            return str(value), None
+        expires_at = from_sqlite_time(expires_text)
+        return None if expires_at is None else (str(value), expires_at)
 
     async def set(self, key: str, value: str, *, expires_at: datetime | None = None) -> None:
         shared_state = tables.shared_state

@@ -41,6 +41,18 @@ def sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+def from_sqlite_time(text: object) -> datetime | None:
+    """A time as :func:`sqlite_time` (and SQLAlchemy) stores it, back as an aware UTC
+    datetime; None for anything else (then the caller asks through SQLAlchemy)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else None
+
+
 async def probe(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]] | None:
     """The rows of one read-only statement on the SQLite file of ``url``; None when this
     cannot answer (the caller then asks through SQLAlchemy)."""

@@ -37,6 +37,13 @@ async def test_a_time_reads_as_sqlalchemy_stored_it(tmp_path: Path, at: datetime
     before = "SELECT count(*) FROM shared_state WHERE expires_at < ?"
     assert await probe(url, before, (sqlite_time(at + timedelta(microseconds=1)),)) == [(1,)]
     assert await probe(url, before, (sqlite_time(at),)) == [(0,)]
+    # And back: SharedValues reads it with sqlite3, expiring at the same instant.
+    await db.start()
+    try:
+        assert await SharedValues(db).get("k", now=at - timedelta(microseconds=1)) == "v"
+        assert await SharedValues(db).get("k", now=at) is None
+    finally:
+        await db.close()
 
 
 def test_a_naive_time_is_refused() -> None:
