@@ -370,7 +370,18 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             f"opsbot {__version__} console as '{principal}' ({source}). /help lists commands; "
             "Ctrl-D quits."
         )
-        await _until(stop, console.repl(_stdin_reader(loop), _print_now))
+        session = asyncio.ensure_future(
+            console.repl(_until_stopped(stop, _stdin_reader(loop)), _print_now)
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not session.done():
+            # SIGTERM while a command runs: no more reading, but the person sees its
+            # answer, given as long as running jobs get before they are cancelled.
+            await asyncio.wait({session}, timeout=config.jobs.shutdown_grace.total_seconds())
+        for task in (session, stopped):
+            task.cancel()
+        await asyncio.gather(session, stopped, return_exceptions=True)
         return 0
     finally:
         await console.stop()
@@ -390,6 +401,27 @@ async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
     for pending in (task, stopper):
         pending.cancel()
     await asyncio.gather(task, stopper, return_exceptions=True)
+
+
+def _until_stopped(
+    stop: asyncio.Event, read_line: Callable[[], Awaitable[str | None]]
+) -> Callable[[], Awaitable[str | None]]:
+    """``read_line``, ending the input (None) once ``stop`` is set."""
+
+    async def read_or_stop() -> str | None:
+        if stop.is_set():
+            return None
+        line = asyncio.ensure_future(read_line())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({line, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not line.done():
+                line.cancel()
+        return None if line.cancelled() else line.result()
+
+    return read_or_stop
 
 
 def _print_now(text: str) -> None:

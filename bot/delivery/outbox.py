@@ -191,6 +191,7 @@ class Outbox:
         self._settling: set[int] = set()  # out of the queues, row not yet deleted / dead
         self._undeleted: set[int] = set()  # delivered, but deleting the row failed
         self._leases: asyncio.Task[None] | None = None
+        self._queueing: set[asyncio.Task[bool]] = set()  # posts whose callers may be gone
         self._renew_now = asyncio.Event()
         self._running = False
         self._stored = store is None  # may post() queue yet (the database is up)
@@ -241,6 +242,8 @@ class Outbox:
         """Deliver what can be delivered within ``grace`` seconds, then stop the workers
         and release the rest: it stays queued, and another replica (or this one, started
         again) takes it over at once."""
+        if self._queueing:
+            await asyncio.wait(self._queueing)
         await self.drain(grace)
         was_running, self._running = self._running, False
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
@@ -299,6 +302,18 @@ class Outbox:
         if not self._stored:
             log.warning("outbox.not_started", platform=destination.platform, title=reply.title)
             return False
+        # Queued by a task of its own, so that a caller cancelled meanwhile (a job's
+        # progress update as the job ends, a command at shutdown) neither drops the message
+        # nor abandons its database write halfway: an aiosqlite connection cancelled inside
+        # its BEGIN IMMEDIATE was seen to leave the next writer waiting forever.
+        queueing = asyncio.create_task(self._queue(destination, reply, key, coalesce))
+        self._queueing.add(queueing)
+        queueing.add_done_callback(self._queueing.discard)
+        return await asyncio.shield(queueing)
+
+    async def _queue(
+        self, destination: Location, reply: Reply, key: str | None, coalesce: bool
+    ) -> bool:
         async with self._lock:
             lane = self._lane(destination)
             replaced = [

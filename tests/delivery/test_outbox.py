@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 import time
 from pathlib import Path
 
@@ -216,6 +217,30 @@ async def test_queued_messages_survive_a_restart(tmp_path: Path) -> None:
         assert poster.got[1][3] == "job:1"
     async with running_bot(data_dir=tmp_path) as tb:
         assert tb.bot.outbox.queued == 0  # delivered rows are gone
+
+
+async def test_a_post_whose_caller_is_cancelled_is_still_delivered(tmp_path: Path) -> None:
+    """A job's progress update cancelled as the job ends, while its write waits for the
+    database: the message still goes out, and the next post is not held up."""
+    dest = Location("fake", "C1")
+    async with running_bot(data_dir=tmp_path) as tb:
+        poster = Poster()
+        tb.bot.outbox.register("fake", poster)
+        other_writer = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+        try:
+            other_writer.execute("BEGIN IMMEDIATE")
+            caller = asyncio.create_task(tb.bot.outbox.post(dest, Reply(title="⏳ job j1")))
+            await asyncio.sleep(0.3)  # its transaction waits for the lock
+            caller.cancel()
+            await asyncio.gather(caller, return_exceptions=True)
+            other_writer.execute("ROLLBACK")
+        finally:
+            other_writer.close()
+        await poster.wait_for(1, within=5)
+        async with asyncio.timeout(5):
+            assert await tb.bot.outbox.post(dest, Reply(title="job j1 finished"))
+        await poster.wait_for(2, within=5)
+        assert poster.titles == ["⏳ job j1", "job j1 finished"]
 
 
 async def test_console_job_results_still_arrive_through_the_queue() -> None:

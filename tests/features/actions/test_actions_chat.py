@@ -224,7 +224,8 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
     scripts: Scripts, tmp_path: Path
 ) -> None:
     """The real `opsbot console` process: SIGTERM lets the job run out its grace (0.5 s),
-    then kills its process group and records it as cancelled before exiting."""
+    then kills its process group and records it as cancelled before exiting. The command
+    was still waiting for its answer (ack_after): the person sees it, then the result."""
     text = actions_config(scripts).replace("[http]\nport = 0", "[http]\nenabled = false")
     text = text.replace('name = "opsbot"', f'name = "opsbot"\ndata_dir = "{tmp_path / "data"}"', 1)
     config = tmp_path / "opsbot.toml"
@@ -246,7 +247,9 @@ async def test_sigterm_with_a_job_running_cancels_it_and_records_it(
             await proc.wait()
     assert proc.returncode == 0
     assert not process_alive(pid)
-    assert "was cancelled by shutdown" in out.decode()
+    printed = out.decode()
+    assert "hang is running as job" in printed
+    assert printed.index("is running as job") < printed.index("was cancelled by shutdown")
     with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
         rows = db.execute(
             "SELECT stage, status, detail FROM audit_log WHERE kind = 'job' ORDER BY seq"
