@@ -242,8 +242,8 @@ class Outbox:
         """Deliver what can be delivered within ``grace`` seconds, then stop the workers
         and release the rest: it stays queued, and another replica (or this one, started
         again) takes it over at once."""
-        if self._queueing:
-            await asyncio.wait(self._queueing)
+        if self._queueing:  # posts whose callers were cancelled: into the queue first
+            await asyncio.wait(self._queueing, timeout=grace)
         await self.drain(grace)
         was_running, self._running = self._running, False
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
