@@ -374,14 +374,18 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             console.repl(_until_stopped(stop, _stdin_reader(loop)), _print_now)
         )
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not session.done():
-            # SIGTERM while a command runs: no more reading, but the person sees its
-            # answer, given as long as running jobs get before they are cancelled.
-            await asyncio.wait({session}, timeout=config.jobs.shutdown_grace.total_seconds())
-        for task in (session, stopped):
-            task.cancel()
-        await asyncio.gather(session, stopped, return_exceptions=True)
+        try:
+            await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done():
+                # SIGTERM while a command runs: no more reading and no new job, but the
+                # person sees its answer if it comes as soon as a job's acknowledgement
+                # would; the jobs' own grace starts after that (bot.stop()).
+                bot.jobs.stop_accepting()
+                jobs = config.jobs
+                answer_within = min(jobs.ack_after, jobs.shutdown_grace).total_seconds()
+                await asyncio.wait({session}, timeout=answer_within)
+        finally:  # Ctrl-C included: nothing is read or run while the bot stops
+            await _cancel(session, stopped)
         return 0
     finally:
         await console.stop()
@@ -397,10 +401,16 @@ async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
     """Run ``work`` until it ends or ``stop`` is set, whichever comes first."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for pending in (task, stopper):
-        pending.cancel()
-    await asyncio.gather(task, stopper, return_exceptions=True)
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel(task, stopper)
+
+
+async def _cancel(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _until_stopped(

@@ -466,9 +466,13 @@ class JobBoard:
             else:  # a job still starting (its audit entry, its slots): no busy loop
                 await asyncio.sleep(0.01)
 
+    def stop_accepting(self) -> None:
+        """From now on no job starts (shutdown has begun); running ones go on."""
+        self._accepting = False
+
     async def drain(self, grace: float | None = None) -> None:
         """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""
-        self._accepting = False
+        self.stop_accepting()
         grace = self._config.shutdown_grace.total_seconds() if grace is None else grace
         tasks = {j.task for j in self._running.values() if j.task is not None}
         if not tasks:
