@@ -74,11 +74,11 @@ import contextvars
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     from bot.delivery.store import OutboxRow, OutboxStore
 
 log = structlog.get_logger("opsbot.outbound")
+_T = TypeVar("_T")
 
 
 class NoAdapter(Exception):
@@ -128,6 +129,7 @@ LEASE_S = 60.0
 
 _MARGIN = 0.2  # of the lease: a message goes out only while its lease was confirmed
 # less than lease * (1 - margin) ago, so the post has that long before another may take it
+SETTLE_WAIT_S = 10.0  # at stop, for writes still running: a busy SQLite file's timeout
 _CLAIM_BATCH = 500  # ids looked at per claim statement
 
 
@@ -191,7 +193,8 @@ class Outbox:
         self._settling: set[int] = set()  # out of the queues, row not yet deleted / dead
         self._undeleted: set[int] = set()  # delivered, but deleting the row failed
         self._leases: asyncio.Task[None] | None = None
-        self._queueing: set[asyncio.Task[bool]] = set()  # posts whose callers may be gone
+        # Database writes that finish even when their caller is cancelled meanwhile.
+        self._unabandoned: set[asyncio.Task[Any]] = set()
         self._renew_now = asyncio.Event()
         self._running = False
         self._stored = store is None  # may post() queue yet (the database is up)
@@ -242,8 +245,7 @@ class Outbox:
         """Deliver what can be delivered within ``grace`` seconds, then stop the workers
         and release the rest: it stays queued, and another replica (or this one, started
         again) takes it over at once."""
-        if self._queueing:  # posts whose callers were cancelled: into the queue first
-            await asyncio.wait(self._queueing, timeout=grace)
+        await self._writes_done(grace)  # posts whose callers were cancelled: queued first
         await self.drain(grace)
         was_running, self._running = self._running, False
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
@@ -255,6 +257,9 @@ class Outbox:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Deliveries settling as their worker was cancelled: their rows must be gone before
+        # the rest is released, or the next start sends them again.
+        await self._writes_done(max(grace, SETTLE_WAIT_S))
         if was_running:
             await self._release()
         left = self.queued
@@ -306,10 +311,18 @@ class Outbox:
         # progress update as the job ends, a command at shutdown) neither drops the message
         # nor abandons its database write halfway: an aiosqlite connection cancelled inside
         # its BEGIN IMMEDIATE was seen to leave the next writer waiting forever.
-        queueing = asyncio.create_task(self._queue(destination, reply, key, coalesce))
-        self._queueing.add(queueing)
-        queueing.add_done_callback(self._queueing.discard)
-        return await asyncio.shield(queueing)
+        return await self._unabandoned_write(self._queue(destination, reply, key, coalesce))
+
+    async def _unabandoned_write(self, write: Coroutine[Any, Any, _T]) -> _T:
+        """``write`` in a task of its own, finished even if the caller is cancelled."""
+        task = asyncio.create_task(write)
+        self._unabandoned.add(task)
+        task.add_done_callback(self._unabandoned.discard)
+        return await asyncio.shield(task)
+
+    async def _writes_done(self, within: float) -> None:
+        if self._unabandoned:
+            await asyncio.wait(self._unabandoned, timeout=within)
 
     async def _queue(
         self, destination: Location, reply: Reply, key: str | None, coalesce: bool
@@ -541,8 +554,13 @@ class Outbox:
             lane.items.remove(item)
         if self._store is None or not ids:
             return
+        # Finished even if this worker is cancelled now (stop's grace ran out): a delivered
+        # row left in the table would be sent again after the restart.
+        await self._unabandoned_write(self._forget(self._store, ids))
+
+    async def _forget(self, store: OutboxStore, ids: list[int]) -> None:
         try:
-            await self._store.delete(ids)
+            await store.delete(ids)
         except Exception:
             # Delivered but still in the table: its lease is renewed while the delete is
             # retried, so no replica delivers it again.

@@ -243,6 +243,39 @@ async def test_a_post_whose_caller_is_cancelled_is_still_delivered(tmp_path: Pat
         assert poster.titles == ["⏳ job j1", "job j1 finished"]
 
 
+async def test_a_message_delivered_as_stop_runs_out_of_time_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM with a slow database: the platform took the message, its row's delete is
+    still waiting for the lock when the outbox's grace runs out. The next start must not
+    send it a second time."""
+    dest = Location("fake", "C1")
+    delivered: list[str] = []
+    taken = asyncio.Event()
+    async with running_bot(data_dir=tmp_path) as tb:
+        other_writer = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+        loop = asyncio.get_running_loop()
+
+        async def platform(destination: Location, reply: Reply, key: str | None) -> None:
+            delivered.append(reply.title)
+            other_writer.execute("BEGIN IMMEDIATE")  # the row's delete waits for this
+            loop.call_later(1.0, other_writer.execute, "ROLLBACK")
+            taken.set()
+
+        try:
+            tb.bot.outbox.register("fake", platform)
+            assert await tb.bot.outbox.post(dest, Reply(title="deploy v9 finished"))
+            async with asyncio.timeout(5):
+                await taken.wait()
+            await tb.bot.outbox.stop(grace=0.2)
+        finally:
+            await asyncio.sleep(1.0)  # the other writer's ROLLBACK has run
+            other_writer.close()
+    async with running_bot(data_dir=tmp_path) as tb:
+        assert tb.bot.outbox.queued == 0
+    assert delivered == ["deploy v9 finished"]
+
+
 async def test_console_job_results_still_arrive_through_the_queue() -> None:
     async with running_bot() as tb:
         dest = Location("console", "ops")
