@@ -77,7 +77,8 @@ class AlertInbox:
                     await asyncio.to_thread(self._append, b"".join(data for data, _ in batch))
                 except BaseException as exc:
                     for _, waiter in batch:
-                        if not waiter.done():
+                        # Not our own: raised here, it would be a future nobody retrieves.
+                        if waiter is not done and not waiter.done():
                             waiter.set_exception(exc)
                     raise
                 self._size += sum(len(data) for data, _ in batch)

@@ -236,6 +236,7 @@ class AlertIntake:
         self._idle = asyncio.Event()  # set while nothing waits in the inbox
         self._idle.set()
         self._processor: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()  # stop() asked: finish the delivery in hand
 
     def channels_for(self, labels: Mapping[str, str]) -> list[str]:
         """The first route whose matchers all equal the labels, else the defaults."""
@@ -289,13 +290,24 @@ class AlertIntake:
         if self._inbox is not None and self._processor is None:
             self._processor = asyncio.create_task(self._process_inbox(), name="alert-inbox")
 
-    async def stop(self) -> None:
-        """Stop processing; what is left stays in the inbox for the next start."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop processing; what is left stays in the inbox for the next start. The
+        delivery being processed is finished first (within ``grace``): cut off inside its
+        database writes, it would hold up the writes that follow at shutdown, and be
+        processed again after the restart."""
         task, self._processor = self._processor, None
-        if task is not None:
-            task.cancel()
+        if task is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        try:
+            _, late = await asyncio.wait({task}, timeout=grace)
+            for running in late:
+                running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        finally:
+            self._stopping.clear()
 
     async def drained(self) -> None:
         """Return once every delivery taken so far is processed (tests, benchmarks)."""
@@ -304,7 +316,7 @@ class AlertIntake:
     async def _process_inbox(self) -> None:
         assert self._inbox is not None
         inbox = self._inbox
-        while True:
+        while not self._stopping.is_set():
             # Cleared before the read: a delivery written after it sets it again.
             self._wake.clear()
             deliveries: list[Delivery] = []
@@ -312,10 +324,13 @@ class AlertIntake:
             try:
                 deliveries = await inbox.take(_INBOX_BATCH)
                 for delivery in deliveries:
+                    if self._stopping.is_set():
+                        inbox.rewind(delivery)  # the rest waits for the next start
+                        break
                     await self._process(delivery)
                     processed.append(delivery)
                     self._waiting = max(0, self._waiting - 1)
-                await inbox.done(deliveries)
+                await inbox.done(processed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
