@@ -4,7 +4,7 @@ firing alert of the group alert <id> was posted with (the "Ack all" button)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.audit.trail import AuditTrail
 from bot.features.alerts.board import AlertBoard
@@ -21,8 +21,7 @@ class AckArgs(Args):
     id: str
 
 
-@dataclass(frozen=True, slots=True)
-class AckDeps:
+class AckDeps(Struct, frozen=True):
     """The alert board, and the audit trail the acknowledgement is recorded in."""
 
     alerts: AlertBoard

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.features.alerts.board import AlertBoard
 from bot.features.alerts.silences import Silences
@@ -12,8 +12,7 @@ from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
 
 
-@dataclass(frozen=True, slots=True)
-class AlertsDeps:
+class AlertsDeps(Struct, frozen=True):
     """The firing alerts, the silences that mute them, and the clock for their age."""
 
     alerts: AlertBoard

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.features.actions.approvals import ApprovalStore
 from bot.kernel.clock import Clock
@@ -11,8 +11,7 @@ from bot.kernel.durations import format_duration
 from bot.kernel.reply import Reply, Status, Table
 
 
-@dataclass(frozen=True, slots=True)
-class ApprovalsDeps:
+class ApprovalsDeps(Struct, frozen=True):
     """The approval requests, and the clock that tells which still wait."""
 
     approvals: ApprovalStore

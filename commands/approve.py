@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.features.actions.service import ActionService
 from bot.features.runbooks.service import RunbookService
@@ -14,8 +14,7 @@ class ApproveArgs(Args):
     id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ApproveDeps:
+class ApproveDeps(Struct, frozen=True):
     """The action service, which decides the request and runs the action."""
 
     actions: ActionService

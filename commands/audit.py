@@ -4,10 +4,10 @@ and jobs too)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
+from msgspec import Struct
 from pydantic import Field as ArgField
 from pydantic import field_validator
 
@@ -57,8 +57,7 @@ class AuditArgs(Args):
         return value.removeprefix("/")
 
 
-@dataclass(frozen=True, slots=True)
-class AuditDeps:
+class AuditDeps(Struct, frozen=True):
     """The audit trail it queries, and the clock the window ends at."""
 
     audit: AuditTrail

@@ -3,7 +3,7 @@ replica or, with several replicas, on the one running it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.cluster.redis_clients import StateRedisUnavailable
 from bot.features.actions.job_locks import RemoteJob
@@ -23,8 +23,7 @@ class CancelArgs(Args):
     job: str
 
 
-@dataclass(frozen=True, slots=True)
-class CancelDeps:
+class CancelDeps(Struct, frozen=True):
     """The job board; for a job on another replica, the configured actions and the
     authorizer that decides whether this person may stop it."""
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from msgspec import Struct
 
 from bot.cluster.scheduler import Scheduler
 from bot.features.alerts.checks import Checks, job_name
@@ -29,8 +30,7 @@ class ChecksArgs(Args):
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ChecksDeps:
+class ChecksDeps(Struct, frozen=True):
     """The checks and their state, the scheduler that runs one now, the clock."""
 
     checks: Checks

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.features.actions.service import ActionService
 from bot.features.runbooks.service import RunbookService
@@ -15,8 +15,7 @@ class DenyArgs(Args):
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class DenyDeps:
+class DenyDeps(Struct, frozen=True):
     """The action service, which decides the request and tells the requester."""
 
     actions: ActionService

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.cluster.http_clients import HttpClients
 from bot.cluster.redis_clients import RedisClients
@@ -19,8 +19,7 @@ class HealthArgs(Args):
     service: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HealthDeps:
+class HealthDeps(Struct, frozen=True):
     """The configured services and the clients that probe them (HTTP; Redis for services
     of kind redis)."""
 

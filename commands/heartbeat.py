@@ -3,9 +3,10 @@ run, post one at once, or pause them (audited)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+
+from msgspec import Struct
 
 from bot.audit.trail import AuditTrail
 from bot.cluster.redis_clients import StateRedisUnavailable
@@ -33,8 +34,7 @@ class HeartbeatArgs(Args):
     second: str | None = None  # pause: the heartbeat
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatDeps:
+class HeartbeatDeps(Struct, frozen=True):
     """The heartbeats, the scheduler that runs and pauses them, the audit trail, the clock."""
 
     heartbeats: Heartbeats

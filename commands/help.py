@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.kernel.command import Access, Args, CommandSpec, Request
 from bot.kernel.errors import UsageError
@@ -16,8 +16,7 @@ class HelpArgs(Args):
     command: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HelpDeps:
+class HelpDeps(Struct, frozen=True):
     """The catalog, which knows what this person may run here."""
 
     catalog: Catalog

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
+
+from msgspec import Struct
 
 from bot.cluster.redis_clients import StateRedisUnavailable
 from bot.features.actions.job_locks import Holder
@@ -16,8 +17,7 @@ from bot.kernel.reply import Reply, Status, Table
 _SHOWN_FINISHED = 10
 
 
-@dataclass(frozen=True, slots=True)
-class JobsDeps:
+class JobsDeps(Struct, frozen=True):
     """The job board, and the clock for how long each job ran."""
 
     jobs: JobBoard

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
+
+from msgspec import Struct
 
 from bot.features.policy.config import PolicyMode
 from bot.features.policy.store import PolicyState
@@ -25,8 +26,7 @@ class PolicyArgs(Args):
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyDeps:
+class PolicyDeps(Struct, frozen=True):
     """The policy switch, and the clock for how long the mode stays off."""
 
     policy: PolicySwitch

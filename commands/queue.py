@@ -4,9 +4,10 @@ each configured Redis stream, each judged against its thresholds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 from bot.cluster.redis_clients import RedisClients
 from bot.features.queues.watched import WatchedQueues
@@ -41,8 +42,7 @@ class QueueArgs(Args):
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class QueueDeps:
+class QueueDeps(Struct, frozen=True):
     """The configured queues and the Redis connections that read them."""
 
     queues: WatchedQueues

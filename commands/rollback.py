@@ -6,7 +6,7 @@ The action itself (script, argument schema, approvers) is the ``rollback`` entry
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.features.actions.service import ActionService
 from bot.kernel.command import ActionRef, ActionVerb, Args, CommandSpec, Request, Risk
@@ -20,8 +20,7 @@ class RollbackArgs(Args):
     dry_run: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RollbackDeps:
+class RollbackDeps(Struct, frozen=True):
     """The action service, which runs the rollback action or asks for approval."""
 
     actions: ActionService

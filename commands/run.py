@@ -3,8 +3,7 @@ same rules as /rollback (roles, argument schema, approval for high risk)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from msgspec import Struct
 from pydantic import Field
 
 from bot.features.actions.arguments import usage
@@ -24,8 +23,7 @@ class RunArgs(Args):
     dry_run: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RunDeps:
+class RunDeps(Struct, frozen=True):
     """The action service, which runs actions, and the authorizer, which lists those
     the person may run."""
 

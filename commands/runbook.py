@@ -4,8 +4,7 @@ approval for the whole runbook when a step is high risk)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from msgspec import Struct
 from pydantic import Field
 
 from bot.features.runbooks.service import RunbookService
@@ -24,8 +23,7 @@ class RunbookArgs(Args):
     dry_run: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RunbookDeps:
+class RunbookDeps(Struct, frozen=True):
     """The runbook service, which plans and runs runbooks, and the authorizer, which
     lists those the person may run."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from msgspec import Struct
 from pydantic import Field as ModelField
 
 from bot.audit.trail import AuditTrail
@@ -42,8 +42,7 @@ class SilenceArgs(Args):
     named: dict[str, str | bool] | str | bool = ModelField(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class SilenceDeps:
+class SilenceDeps(Struct, frozen=True):
     """The silences, the alerts they would mute, the audit trail, the bot's name, the
     clock (is a silence already in force long enough?)."""
 

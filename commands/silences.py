@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
+
+from msgspec import Struct
 
 from bot.features.alerts.silences import Silences
 from bot.kernel.clock import Clock
@@ -14,8 +15,7 @@ from bot.kernel.reply import Reply, Status, Table
 _REASON_SHOWN = 60  # characters of the reason in the table
 
 
-@dataclass(frozen=True, slots=True)
-class SilencesDeps:
+class SilencesDeps(Struct, frozen=True):
     """The silences in force and the clock."""
 
     silences: Silences

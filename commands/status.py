@@ -3,7 +3,7 @@ the leader."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.cluster.leader import Leadership
 from bot.delivery.adapters import AdapterBoard
@@ -17,8 +17,7 @@ from bot.kernel.reply import Field, Reply, Status
 from bot.kernel.version import __version__
 
 
-@dataclass(frozen=True, slots=True)
-class StatusDeps:
+class StatusDeps(Struct, frozen=True):
     """When the bot started and from which config, its adapters, its policy mode, the
     clock for its uptime, and the leader lease (Redis reachability, who leads)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.audit.trail import AuditTrail
 from bot.features.alerts.silences import Silence, Silences
@@ -18,8 +18,7 @@ class UnsilenceArgs(Args):
     id: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnsilenceDeps:
+class UnsilenceDeps(Struct, frozen=True):
     """The silences, the audit trail that records the change, the clock."""
 
     silences: Silences

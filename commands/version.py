@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from bot.cluster.http_clients import HttpClients
 from bot.features.probes.targets import ServiceTargets
@@ -16,8 +16,7 @@ class VersionArgs(Args):
     service: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class VersionDeps:
+class VersionDeps(Struct, frozen=True):
     """The configured services and the HTTP client that asks them."""
 
     targets: ServiceTargets

@@ -69,3 +69,23 @@ def test_bot_holds_layers_not_modules() -> None:
         "pipeline",
         "storage",
     ]
+
+
+# Each stdlib dataclass costs ~0.6 ms of exec() when its module is imported: with ~100 of
+# them, that was 60 ms of a 420 ms start-up (issue 19). Value types are msgspec Structs,
+# made in C; these keep a dataclass for what a Struct has no way to say.
+DATACLASSES_KEPT = {
+    "bot/audit/record.py": "AuditEntry caches its canonical JSON outside __init__ and eq",
+    "bot/features/actions/prepared.py": "PreparedAction keeps its environment out of repr",
+    "bot/features/alerts/silences.py": "Matcher caches its compiled regex outside eq",
+}
+
+
+def test_value_types_are_structs_not_dataclasses() -> None:
+    using = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("bot", "commands", "adapters")
+        for path in (ROOT / package).rglob("*.py")
+        if "@dataclass" in path.read_text("utf-8")
+    }
+    assert using == set(DATACLASSES_KEPT)

@@ -14,9 +14,9 @@ re-registering views; the View here is only the layout of the buttons.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import discord
+from msgspec import Struct
 
 from bot.kernel.render import STATUS_MARK, format_table, outcome_line, split_message
 from bot.kernel.reply import Button, Reply, Status
@@ -50,8 +50,7 @@ _FENCE = "```"
 _FOOTER_RESERVE = 64  # "request 5d0c2f0e41a7" and a margin, kept free in every message
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(Struct, frozen=True):
     """One Discord message: its embeds and, on the last message of a reply, its buttons."""
 
     embeds: list[discord.Embed]

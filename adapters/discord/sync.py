@@ -21,7 +21,6 @@ import re
 import shlex
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import aiohttp
@@ -30,6 +29,7 @@ import discord.gateway
 import discord.http
 import yarl
 from annotated_types import Ge, Le, MaxLen, MinLen
+from msgspec import Struct
 from pydantic.fields import FieldInfo
 
 from adapters.discord.config import TOKEN_VARIABLES, DiscordSection
@@ -57,8 +57,7 @@ class Role(enum.Enum):
     REST_WORDS = "rest_words"  # the remaining words as typed, options included (/run)
 
 
-@dataclass(frozen=True, slots=True)
-class SlashOption:
+class SlashOption(Struct, frozen=True):
     name: str  # the args-model field it fills
     kind: discord.AppCommandOptionType
     description: str

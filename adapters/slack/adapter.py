@@ -21,13 +21,13 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
 import structlog
 from aiohttp import web
+from msgspec import Struct
 from pydantic import SecretStr
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -539,8 +539,7 @@ class SlackAdapter:
 # -- payloads -> Messages (pure functions) ----------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ButtonPress:
+class ButtonPress(Struct, frozen=True):
     message: Message  # the button's command, from the presser
     label: str
     channel_id: str

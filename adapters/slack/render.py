@@ -10,8 +10,9 @@ messages (the buttons go with the last one).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from bot.kernel.render import STATUS_MARK, format_table, outcome_line, render_text
 from bot.kernel.reply import Button, Field, Reply
@@ -28,8 +29,7 @@ ACTION_PREFIX = "opsbot_button_"
 Block = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class SlackMessage:
+class SlackMessage(Struct, frozen=True):
     """What chat.postMessage, chat.update or a response_url take: ``text`` and ``blocks``."""
 
     text: str

@@ -49,11 +49,11 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from msgspec import Struct
 from telegram import (
     Bot,
     CallbackQuery,
@@ -109,8 +109,7 @@ _NOT_MODIFIED = "message is not modified"
 App = Application[Any, Any, Any, Any, Any, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimits:
+class RateLimits(Struct, frozen=True):
     """Outbound limits (Telegram's published ones by default); 0 turns a limit off."""
 
     overall_per_second: float = 30

@@ -18,9 +18,9 @@ import contextlib
 import functools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
+from msgspec import Struct
 
 from bot.delivery.adapters import AdapterBoard
 from bot.kernel.adapter import Adapter, AdapterError, MessageHandler
@@ -28,8 +28,7 @@ from bot.kernel.adapter import Adapter, AdapterError, MessageHandler
 _log = structlog.get_logger("opsbot.runtime")
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
+class Backoff(Struct, frozen=True):
     """``first`` s, doubling up to ``cap`` s; each wait is drawn from its upper half, so
     replicas that lost the platform together do not come back in step."""
 

@@ -11,9 +11,10 @@ dependencies by hand from only those parts.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from typing import Any, TypeVar
+
+import msgspec
 
 T = TypeVar("T")
 
@@ -36,13 +37,13 @@ class Services:
             raise LookupError(f"no {kind.__name__} is registered") from None
 
     def provide(self, needs: type[T], *, command: str = "") -> T:
-        """An instance of the dataclass ``needs``, each field the registered service of
+        """An instance of the struct ``needs``, each field the registered service of
         the field's type."""
-        if not dataclasses.is_dataclass(needs):
-            raise TypeError(f"/{command}: needs={needs!r} is not a dataclass")
+        if not (isinstance(needs, type) and issubclass(needs, msgspec.Struct)):
+            raise TypeError(f"/{command}: needs={needs!r} is not a msgspec Struct")
         hints = typing.get_type_hints(needs)
         values: dict[str, object] = {}
-        for field in dataclasses.fields(needs):
+        for field in msgspec.structs.fields(needs):
             kind = hints[field.name]
             if kind not in self._by_type:
                 raise LookupError(

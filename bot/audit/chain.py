@@ -25,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
+from msgspec import Struct
 
 from bot.audit.record import AuditEntry, StoredEntry
 
@@ -36,18 +38,20 @@ MIN_KEY_CHARS = 32
 _KEY_ID_LABEL = b"opsbot audit key id"
 
 
-@dataclass(frozen=True, slots=True)
-class ChainKey:
+class ChainKey(Struct, frozen=True):
     """A secret the chain is keyed with, and its public id (derived from the secret, so a
     key cannot be given the id of another)."""
 
-    secret: bytes = field(repr=False)
+    secret: bytes
     key_id: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(
+        msgspec.structs.force_setattr(
             self, "key_id", hmac.new(self.secret, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
         )
+
+    def __repr__(self) -> str:
+        return f"ChainKey(key_id={self.key_id!r})"  # never the secret
 
     @classmethod
     def from_text(cls, text: str) -> ChainKey:
@@ -101,8 +105,7 @@ def key_event(key: ChainKey, previous_key_id: str | None, at: datetime, replica:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class TableEnds:
+class TableEnds(Struct, frozen=True):
     """What the table says about the chain's ends: the head row's (seq, hash), the
     retention anchor's (seq, hash); None where the row is missing."""
 
@@ -110,8 +113,7 @@ class TableEnds:
     anchor: tuple[int, str] | None
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
+class VerifyResult(Struct, frozen=True):
     ok: bool
     checked: int  # rows whose links were checked
     problem: str | None = None  # the first problem, in words

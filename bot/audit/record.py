@@ -16,6 +16,7 @@ from itertools import compress
 from typing import Any
 
 import orjson
+from msgspec import Struct
 
 STAGES = frozenset({"decided", "started", "finished", "approval", "event"})
 DECISIONS = frozenset({"allowed", "denied"})
@@ -29,7 +30,8 @@ def canonical_json(value: Any) -> str:
 # Not frozen: a frozen dataclass's __init__ sets each of these fields through
 # object.__setattr__, five times the cost of a plain one, and the pipeline builds three
 # entries per command (bench/audit.py). Treat entries as immutable all the same: the
-# canonical form is cached, and nothing in opsbot assigns to an entry's fields.
+# canonical form is cached, and nothing in opsbot assigns to an entry's fields. A dataclass
+# (not a msgspec Struct): the cache is a field outside __init__, equality and repr.
 @dataclass(slots=True)
 class AuditEntry:
     """One audit event, before it has a place in the chain."""
@@ -141,8 +143,7 @@ def canonical_of(values: Sequence[Any], at_text: str | None = None) -> str:
     return canonical_json(kept)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
+class StoredEntry(Struct, frozen=True):
     """An entry with its place in the chain."""
 
     seq: int

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
+
+from msgspec.structs import replace
 
 from bot.kernel.errors import ConfigError
 from bot.kernel.regex import LinearRegex, RegexError, compile_linear

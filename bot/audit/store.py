@@ -36,12 +36,12 @@ import sqlite3
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from msgspec import Struct
 
 import bot.audit.rows as row_layout
 from bot.audit.chain import GENESIS_HASH, ChainKey, ChainVerifier, TableEnds, VerifyResult
@@ -74,8 +74,7 @@ _PAGE = 2_000
 _log = structlog.get_logger("opsbot.auditlog")
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(Struct):
     entries: tuple[AuditEntry, ...]  # empty: a flush barrier (or the stop sign)
     done: asyncio.Future[None] | None
 

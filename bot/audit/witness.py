@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 import structlog
+from msgspec import Struct
 
 from bot.audit.record import canonical_json, format_at
 from bot.audit.store import AuditStore
@@ -32,8 +32,7 @@ _log = structlog.get_logger("opsbot.audit")
 MAX_WITNESS_LINE = 512  # bytes: a point is ~150; a longer line is not one
 
 
-@dataclass(frozen=True, slots=True)
-class WitnessPoint:
+class WitnessPoint(Struct, frozen=True):
     seq: int
     hash: str
     at: datetime

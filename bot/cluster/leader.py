@@ -38,10 +38,10 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
+from msgspec import Struct
 from pydantic import SecretStr
 
 from bot.cluster.redis_clients import RedisClients, redis_error
@@ -141,8 +141,7 @@ class LostLeadership(InternalError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class LeaderView:
+class LeaderView(Struct, frozen=True):
     """What /ready, /status and /metrics show of the cluster, as of the lease task's last
     round trip (every ``leader_renew_every``): no I/O to read it."""
 

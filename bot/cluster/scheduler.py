@@ -32,11 +32,11 @@ import asyncio
 import contextvars
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from msgspec import Struct
 
 from bot.cluster.leader import Leadership, LostLeadership, SoleLeader
 from bot.cluster.pauses import SharedPauses
@@ -50,8 +50,7 @@ log = structlog.get_logger("opsbot.scheduler")
 JobFunc = Callable[[], Awaitable[object]]
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+class Slot(Struct, frozen=True):
     """The time of the schedule a run is for; ``late``: run after a hand-over or an
     outage, not at that time."""
 
@@ -63,16 +62,14 @@ class Slot:
 SlotFunc = Callable[[Slot | None], Awaitable[object]]
 
 
-@dataclass(frozen=True, slots=True)
-class Every:
+class Every(Struct, frozen=True):
     interval: timedelta
 
     def describe(self) -> str:
         return f"every {format_duration(self.interval)}"
 
 
-@dataclass(frozen=True, slots=True)
-class Cron:
+class Cron(Struct, frozen=True):
     """A 5-field crontab line (minute hour day-of-month month day-of-week), in UTC, with
     crontab's meaning: day of week 0 or 7 is Sunday, and a line that restricts both day
     fields runs when either matches."""
@@ -86,8 +83,7 @@ class Cron:
 Schedule = Every | Cron
 
 
-@dataclass(frozen=True, slots=True)
-class JobView:
+class JobView(Struct, frozen=True):
     """A job as ``/heartbeat`` shows it."""
 
     name: str
@@ -97,8 +93,7 @@ class JobView:
     running: bool
 
 
-@dataclass(slots=True, eq=False)
-class _Job:
+class _Job(Struct, eq=False):
     name: str
     func: SlotFunc
     schedule: Schedule

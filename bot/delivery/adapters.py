@@ -4,11 +4,11 @@ which platforms can be posted to now."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 
-@dataclass(slots=True)
-class AdapterBoard:
+class AdapterBoard(Struct):
     """Each adapter's state as /status and /ready report it."""
 
     states: dict[str, str] = field(default_factory=dict)

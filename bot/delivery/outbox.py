@@ -75,13 +75,13 @@ import math
 import random
 from collections import deque
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiolimiter import AsyncLimiter
+from msgspec import Struct, field
 
 from bot.kernel.adapter import LeaseLapsed, PlatformLimits, Poster, Rate, posting_while
 from bot.kernel.clock import Clock, SystemClock
@@ -101,8 +101,7 @@ class NoAdapter(Exception):
     """Why a message became a dead letter without an attempt: nothing here could post it."""
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(Struct, frozen=True):
     """``attempts`` deliveries in all; the n-th retry waits about ``base * 2**(n-1)`` s
     (at most ``cap``), times a random factor in [0.5, 1] so retries do not march in step."""
 
@@ -133,8 +132,7 @@ SETTLE_WAIT_S = 10.0  # at stop, for writes still running: a busy SQLite file's 
 _CLAIM_BATCH = 500  # ids looked at per claim statement
 
 
-@dataclass(slots=True, eq=False)
-class _Item:
+class _Item(Struct, eq=False):
     id: int | None  # None: the database could not take it; delivered from memory only
     reply: Reply
     key: str | None
@@ -147,8 +145,7 @@ class _Item:
     queued: float = 0.0  # monotonic time it was queued (or claimed) here
 
 
-@dataclass(slots=True, eq=False)
-class _Lane:
+class _Lane(Struct, eq=False):
     """One destination's queue and its worker."""
 
     items: deque[_Item] = field(default_factory=deque)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from msgspec import Struct
 
 from bot.kernel.lazy import lazy_import
 from bot.kernel.reply import Button, Field, Reply, Status, Table
@@ -41,8 +41,7 @@ class RowState(enum.StrEnum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(Struct, frozen=True):
     id: int
     platform: str
     workspace: str

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Protocol
+
+from msgspec import Struct
 
 from bot.kernel.errors import OpsbotError
 from bot.kernel.message import Location, Message
@@ -78,8 +79,7 @@ def check_post_attempt() -> None:
         raise LeaseLapsed
 
 
-@dataclass(frozen=True, slots=True)
-class Rate:
+class Rate(Struct, frozen=True):
     """At most ``count`` messages per ``seconds`` (a leaky bucket: ``count`` is the burst)."""
 
     count: float
@@ -90,8 +90,7 @@ def _never(_: Location) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
-class PlatformLimits:
+class PlatformLimits(Struct, frozen=True):
     """The rates a platform allows, as its adapter declares them (a platform fact, so it
     lives with the adapter); the outbox waits for them before each post."""
 

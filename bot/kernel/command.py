@@ -1,7 +1,6 @@
 """The contract every chat command implements: a typed spec and one handler signature.
 
-    @dataclass(frozen=True)
-    class AuditDeps:               # the services this command uses, and nothing else
+    class AuditDeps(Struct, frozen=True):  # the services this command uses, nothing else
         audit: AuditTrail
         clock: Clock
 
@@ -19,9 +18,9 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from msgspec import Struct
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bot.kernel.errors import UsageError
@@ -33,8 +32,7 @@ if TYPE_CHECKING:
     from bot.kernel.reply import Reply
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
+class Principal(Struct, frozen=True):
     """A person as the config names them, with their roles expanded."""
 
     name: str
@@ -50,16 +48,14 @@ class ActionVerb(enum.StrEnum):
     RUNBOOK = "runbook"  # target: the runbook's name
 
 
-@dataclass(frozen=True, slots=True)
-class ActionRef:
+class ActionRef(Struct, frozen=True):
     """What an action command acts on, for the authorizer to resolve and decide."""
 
     verb: ActionVerb
     target: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Struct, frozen=True):
     """The authorizer's one answer for a request: allowed or not, the rule that decided
     (a config key path or a built-in rule, recorded in the audit log), why not, and
     whether a second person must approve before an action runs."""
@@ -70,8 +66,7 @@ class Decision:
     needs_approval: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(Struct, frozen=True):
     """What a command handler is told about the request: who asked, where, the id every
     audit entry, log line and reply of this request carries, and what was decided."""
 
@@ -109,13 +104,11 @@ ArgsT = TypeVar("ArgsT", bound=Args)
 DepsT = TypeVar("DepsT")
 
 
-@dataclass(frozen=True, slots=True)
-class NoDeps:
+class NoDeps(Struct, frozen=True):
     """For a command that needs no service (``/whoami``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CommandSpec(Generic[ArgsT, DepsT]):
+class CommandSpec(Struct, Generic[ArgsT, DepsT], frozen=True):
     name: str
     summary: str
     usage: str

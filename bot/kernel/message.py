@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 
+from msgspec import Struct, field
 
-@dataclass(frozen=True, slots=True)
-class Location:
+
+class Location(Struct, frozen=True):
     """Where a conversation happens: a platform's channel, and the thread in it if any.
 
     The one location type: a message arrives from one, a reply and every unprompted post
@@ -22,8 +22,7 @@ class Location:
 OptionValue = str | int | float | bool
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedCommand:
+class ParsedCommand(Struct, frozen=True):
     """Chat text read as a command: its name, bare words and options."""
 
     name: str
@@ -36,8 +35,7 @@ class ParsedCommand:
     problem: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Struct, frozen=True):
     """An incoming message, translated by an adapter.
 
     ``location`` is where it was written; ``user_id`` is the platform's own id

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 
 class Status(enum.StrEnum):
@@ -15,20 +16,17 @@ class Status(enum.StrEnum):
     USAGE = "usage"
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(Struct, frozen=True):
     name: str
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class Table:
+class Table(Struct, frozen=True):
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Button:
+class Button(Struct, frozen=True):
     """A button an adapter renders natively (Slack, Telegram, Discord). Pressing it sends
     ``command`` on behalf of the presser, through the whole pipeline (policy, approval
     rules, audit), exactly as if they had typed it; the console shows the text instead."""
@@ -38,8 +36,7 @@ class Button:
     style: str = "default"  # "primary", "danger" or "default"
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(Struct, frozen=True):
     """A reply: a title line with a status, then optional text, fields, table, code block.
 
     ``request_id`` is filled in by the pipeline so every answer can be traced to

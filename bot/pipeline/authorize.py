@@ -14,8 +14,9 @@ rule that matched (a config key path or a built-in rule), so the audit log can a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from bot.features.actions.config import ActionConfig
 from bot.features.actions.service import ActionService
@@ -38,16 +39,14 @@ from bot.kernel.regex import LinearRegex, compile_linear
 from bot.pipeline.config import ANY_ROLE
 
 
-@dataclass(frozen=True, slots=True)
-class _ArgRule:
+class _ArgRule(Struct, frozen=True):
     arg: str
     pattern: LinearRegex
     roles: frozenset[str]
     path: str
 
 
-@dataclass(frozen=True, slots=True)
-class _CommandRule:
+class _CommandRule(Struct, frozen=True):
     path: str
     roles: frozenset[str] | None  # None: any known principal
     channels: frozenset[str]

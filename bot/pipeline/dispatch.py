@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from msgspec import Struct, field
 
 from bot.audit import AuditEntry
 from bot.audit.redact import Redactor
@@ -60,8 +60,7 @@ _OUTCOME_OF_STATUS = {
 }
 
 
-@dataclass(slots=True)
-class _Invocation:
+class _Invocation(Struct):
     """What the audit record will say, filled in as the message moves along."""
 
     command: str | None = None

@@ -12,8 +12,9 @@ or the bot stopping).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import datetime
+
+from msgspec import Struct
 
 from bot.kernel.message import Location
 
@@ -21,8 +22,7 @@ WINDOW_S = 60.0
 _MAX_SENDERS = 10_000  # senders being counted at once; the oldest window closes first
 
 
-@dataclass(slots=True)
-class Quieted:
+class Quieted(Struct):
     """Messages of one sender, of one kind, counted instead of recorded."""
 
     sender: str  # platform:user id

@@ -7,12 +7,12 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from bot.audit import AuditEntry, upgrade
@@ -41,8 +41,7 @@ async def _echo(_: Request, args: EchoArgs, _deps: NoDeps) -> Reply:
 SEEN_BY_TOUCH: list[list[tuple[str, str]]] = []
 
 
-@dataclass(frozen=True)
-class TouchDeps:
+class TouchDeps(msgspec.Struct, frozen=True):
     audit: AuditTrail
 
 

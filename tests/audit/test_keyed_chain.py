@@ -9,6 +9,7 @@ import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bot.audit import AuditStore, StoredEntry
@@ -104,7 +105,7 @@ async def test_without_the_key_an_edit_cannot_be_made_to_verify(
         elif forger == "wrong-key":
             # The key id copied, the HMAC made with a key of the intruder's own.
             forged = ChainKey(OTHER_KEY.secret)
-            object.__setattr__(forged, "key_id", KEY.key_id)
+            msgspec.structs.force_setattr(forged, "key_id", KEY.key_id)
             await rewrite(db, store, 6, key=forged)
             expected = (6, "seq 6: hash mismatch (row edited)")
         else:
@@ -263,3 +264,9 @@ async def test_a_row_at_the_end_of_the_seq_range_cannot_jam_the_writer(
         assert (await store.verify([KEY])).ok
     finally:
         await store.close()
+
+
+def test_a_key_shows_its_id_never_its_secret() -> None:
+    shown = f"{KEY!r} {KEY!s} {[KEY]}"
+    assert KEY.key_id in shown
+    assert KEY.secret.decode() not in shown and str(KEY.secret) not in shown

@@ -4,9 +4,9 @@ without booting a bot."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from bot.app.config import parse_config
@@ -15,7 +15,7 @@ from bot.cluster.http_clients import HttpClients
 from bot.cluster.redis_clients import RedisClients
 from bot.features.probes.config import Service
 from bot.features.probes.targets import ServiceTargets
-from bot.kernel.command import Decision, NoDeps, Principal, Request
+from bot.kernel.command import Decision, Principal, Request
 from bot.kernel.errors import UsageError
 from bot.kernel.message import Location, Message
 from bot.kernel.reply import Status
@@ -62,22 +62,21 @@ async def test_health_runs_with_only_its_services_and_an_http_client() -> None:
         )
 
 
-def test_every_command_declares_dataclass_dependencies_the_bot_provides() -> None:
+def test_every_command_declares_struct_dependencies_the_bot_provides() -> None:
     config = parse_config(BASE_CONFIG, "test", {}, [spec.name for spec in COMMANDS])
     bot = Bot(config, COMMANDS)  # no I/O until start()
     for spec in COMMANDS:
-        assert spec.needs is NoDeps or dataclasses.is_dataclass(spec.needs), spec.name
+        assert issubclass(spec.needs, msgspec.Struct), spec.name
         deps = bot.services.provide(spec.needs, command=spec.name)
-        for field in dataclasses.fields(deps):  # type: ignore[arg-type]
+        for field in msgspec.structs.fields(deps):
             assert getattr(deps, field.name) is not None, (spec.name, field.name)
     # Nothing reaches everything: the widest command sees five services of twenty.
-    widest = max(len(dataclasses.fields(spec.needs)) for spec in COMMANDS)  # type: ignore[arg-type]
+    widest = max(len(spec.needs.__struct_fields__) for spec in COMMANDS)
     assert widest <= 5
 
 
 def test_a_dependency_the_runtime_does_not_provide_is_named() -> None:
-    @dataclasses.dataclass(frozen=True)
-    class Wants:
+    class Wants(msgspec.Struct, frozen=True):
         unknown: Location
 
     config = parse_config(BASE_CONFIG, "test", {}, [spec.name for spec in COMMANDS])

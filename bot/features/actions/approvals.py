@@ -10,11 +10,11 @@ from __future__ import annotations
 import enum
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from msgspec import Struct
 
 from bot.kernel.lazy import lazy_import
 from bot.kernel.message import Location
@@ -41,8 +41,7 @@ class ApprovalState(enum.StrEnum):
     EXPIRED = "expired"
 
 
-@dataclass(frozen=True, slots=True)
-class Approval:
+class Approval(Struct, frozen=True):
     id: str
     request_id: str
     action: str

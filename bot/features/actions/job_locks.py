@@ -51,11 +51,11 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import structlog
+from msgspec import Struct
 
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable, redis_error
 
@@ -83,8 +83,7 @@ _CANCEL_POLL_S = 0.5
 _CANCEL_REQUEST_TTL_MS = 60_000
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(Struct, frozen=True):
     """The job holding a slot, as the other replicas read it from the lock's value."""
 
     job_id: str
@@ -136,16 +135,14 @@ class Holder:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class Conflict:
+class Conflict(Struct, frozen=True):
     """Why a job may not start: its action's slots, or its lock group, are all held."""
 
     kind: Literal["action", "group"]
     holders: tuple[Holder, ...]  # may be empty: a slot freed between the two reads
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteJob:
+class RemoteJob(Struct, frozen=True):
     """A job running on another replica, as its action slot in Redis shows it."""
 
     holder: Holder

@@ -19,11 +19,11 @@ import enum
 import functools
 import secrets
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
+from msgspec import Struct
 
 from bot.audit import AuditEntry
 from bot.audit.redact import Redactor
@@ -64,8 +64,7 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
-class Requester:
+class Requester(Struct, frozen=True):
     """Who asked for the job and where: the audit entries and the follow-ups use it."""
 
     principal: str
@@ -77,8 +76,7 @@ class Requester:
     rule: str = ""
 
 
-@dataclass(slots=True, eq=False)
-class Job:
+class Job(Struct, eq=False):
     id: str
     prepared: PreparedAction
     requester: Requester

@@ -23,9 +23,9 @@ import os
 import signal
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import structlog
+from msgspec import Struct
 
 from bot.features.actions.process import JOB_VARIABLE, marker_owner, process_identity
 
@@ -44,8 +44,7 @@ _NAME = JOB_VARIABLE.encode() + b"="
 Members = list[tuple[int, str]]  # (pid, request id) of the marked processes of a group
 
 
-@dataclass(frozen=True, slots=True)
-class Orphan:
+class Orphan(Struct, frozen=True):
     """One orphaned process group and what was done to it."""
 
     request_id: str  # of the job's audit entries ("started", then "finished" interrupted)

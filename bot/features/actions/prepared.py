@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.features.actions.config import ActionConfig
 
 
+# A dataclass: its environment (secrets) is kept out of its repr with field(repr=False).
 @dataclass(frozen=True, slots=True)
 class PreparedAction:
     """An action with checked values, ready to run exactly as shown to people."""

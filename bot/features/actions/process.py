@@ -45,12 +45,12 @@ import socket
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+from msgspec import Struct
 
 from bot.audit.redact import Redactor
 from bot.kernel.errors import DependencyError, InternalError
@@ -157,8 +157,7 @@ class RunStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(Struct, frozen=True):
     """How a run ended.
 
     ``exit_code`` is the process's own exit status when it ended by itself (``OK``: 0;
@@ -308,8 +307,7 @@ class ActionProcess:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
+class Captured(Struct, frozen=True):
     """What a short helper command (a ``values_from`` lister) printed, unredacted."""
 
     status: RunStatus  # OK, FAILED or TIMEOUT

@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
+from msgspec import Struct
 
 from bot.cluster.scheduler import Every, Scheduler
 from bot.features.alerts.board import ActiveAlert, AlertBoard
@@ -59,8 +59,7 @@ log = structlog.get_logger("opsbot.checks")
 SOURCE = "check"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(Struct, frozen=True):
     """One run's measurement: its level and one line saying why."""
 
     level: Severity
@@ -288,8 +287,7 @@ def clean_query(query: str, limit: int = 80) -> str:
 # ------------------------------------------------------------------ the state machine
 
 
-@dataclass(frozen=True, slots=True)
-class CheckView:
+class CheckView(Struct, frozen=True):
     """What ``/checks`` shows of one check."""
 
     name: str

@@ -19,20 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 import structlog
+from msgspec import Struct
 
 from bot.storage.files import append_durably, fsync_dir
 
 log = structlog.get_logger("opsbot.alerts")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(Struct, frozen=True):
     source: str  # "alertmanager" or "generic"
     received_at: datetime
     alerts: int

@@ -28,12 +28,12 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import orjson
 import structlog
+from msgspec import Struct
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.delivery.channels import channel_destinations
@@ -112,8 +112,7 @@ class GenericDelivery(_Payload):
 # ---------------------------------------------------------------------- what the bot keeps
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(Struct, frozen=True):
     """One alert of a delivery, whatever format it came in."""
 
     fingerprint: str
@@ -129,8 +128,7 @@ class Alert:
         return short_id(self.fingerprint)
 
 
-@dataclass(frozen=True, slots=True)
-class AlertGroup:
+class AlertGroup(Struct, frozen=True):
     key: str
     labels: dict[str, str]  # the labels every alert of the group has
     alerts: tuple[Alert, ...]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import orjson
 import structlog
+from msgspec import Struct
 
 from bot.kernel.clock import Clock
 from bot.kernel.durations import format_duration
@@ -78,6 +79,7 @@ class MatcherError(ValueError):
         self.reason = reason
 
 
+# A dataclass: the compiled regex is cached on the instance, outside equality and repr.
 @dataclass(frozen=True, slots=True)
 class Matcher:
     """``name op value``. Raises :class:`MatcherError` when the name, operator or regex
@@ -171,8 +173,7 @@ def format_matchers(matchers: Sequence[Matcher]) -> str:
     return " ".join(str(m) for m in matchers)
 
 
-@dataclass(frozen=True, slots=True)
-class Silence:
+class Silence(Struct, frozen=True):
     id: str
     matchers: tuple[Matcher, ...]
     reason: str

@@ -8,11 +8,11 @@ One row per fingerprint. Firing again only refreshes what the sender says about 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
+from msgspec import Struct
 
 from bot.kernel.lazy import lazy_import
 from bot.storage.database import StateDatabase
@@ -28,8 +28,7 @@ else:
     tables = lazy_import("bot.storage.state_schema")
 
 
-@dataclass(slots=True)
-class ActiveAlert:
+class ActiveAlert(Struct):
     id: str  # what /ack takes: short, derived from the fingerprint
     fingerprint: str
     source: str  # "inbound" (over HTTP) or "check"

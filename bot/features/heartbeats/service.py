@@ -21,7 +21,6 @@ late by the next leader, once, and says so ("heartbeat for 10:05:00 UTC, posted 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 import structlog
 
 from bot.cluster.scheduler import Cron, Every, Schedule, Scheduler, Slot
@@ -134,7 +134,7 @@ class Heartbeats:
                 f"Heartbeat for {due} UTC, posted late: no replica was leading when it was "
                 "due (a leader hand-over or a Redis outage)."
             )
-            reply = dataclasses.replace(reply, text=f"{reply.text}\n{note}".strip())
+            reply = msgspec.structs.replace(reply, text=f"{reply.text}\n{note}".strip())
         targets: list[Location] = []
         for destination in self.destinations(beat):
             if self._serves(destination.platform):

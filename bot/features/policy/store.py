@@ -11,9 +11,10 @@ entry, so the expiry is recorded once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
+
+from msgspec import Struct
 
 from bot.cluster.redis_clients import STATE_TIMEOUT_S, StateRedisUnavailable, redis_error
 from bot.features.policy.config import PolicyMode
@@ -26,8 +27,7 @@ if TYPE_CHECKING:
     from bot.cluster.redis_clients import RedisClients
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyState:
+class PolicyState(Struct, frozen=True):
     mode: PolicyMode
     until: datetime | None = None
     changed_by: str = "config"

@@ -17,10 +17,10 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import httpx
 import structlog
+from msgspec import Struct
 
 from bot.features.probes.request import HttpRequest
 from bot.kernel.errors import exception_causes
@@ -53,18 +53,16 @@ class ResponseShape(enum.StrEnum):
     JSON = "json"
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeTarget:
+class ProbeTarget(Struct, frozen=True):
     name: str
     url: str
     timeout_s: float
     shape: ResponseShape = ResponseShape.AUTO
     # Method, headers (secrets among them), body and the statuses that count as up.
-    request: HttpRequest = HttpRequest()  # noqa: RUF009 (frozen: one shared default is fine)
+    request: HttpRequest = HttpRequest()  # frozen: one shared default is fine
 
 
-@dataclass(frozen=True, slots=True)
-class HealthResult:
+class HealthResult(Struct, frozen=True):
     service: str
     state: HealthState
     http_status: int | None
@@ -77,8 +75,7 @@ class HealthResult:
 # HTTP plumbing shared with version.py
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
+class Fetched(Struct, frozen=True):
     """A final (non-redirect) response, with at most MAX_BODY_BYTES of its body."""
 
     status: int
@@ -286,15 +283,13 @@ def _word_state(raw: str) -> HealthState | None:
     return _WORD_STATES.get(raw.strip().lower())
 
 
-@dataclass(frozen=True, slots=True)
-class _Component:
+class _Component(Struct, frozen=True):
     name: str
     status: str
     state: HealthState | None  # None: a status word we do not know
 
 
-@dataclass(frozen=True, slots=True)
-class _BodyVerdict:
+class _BodyVerdict(Struct, frozen=True):
     state: HealthState | None  # None: the body does not judge the service
     failing: tuple[str, ...]
     note: str | None

@@ -16,11 +16,11 @@ import math
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from msgspec import Struct
 from pydantic import SecretStr
 
 from bot.features.probes.request import HttpRequest
@@ -50,8 +50,7 @@ class ProbeFailed(Exception):
     """The thing could not be read; the message is one secret-free line."""
 
 
-@dataclass(frozen=True, slots=True)
-class Timed:
+class Timed(Struct, frozen=True):
     """What was read and how long the exchange took."""
 
     latency_ms: float

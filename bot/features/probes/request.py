@@ -5,13 +5,12 @@ Kept free of httpx (slow to import): the config models build it at start-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 __all__ = ["HttpRequest"]
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
+class HttpRequest(Struct, frozen=True):
     """``headers`` hold resolved values, secrets included: never log or show them."""
 
     method: str = "GET"

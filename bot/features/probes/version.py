@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import httpx
 import structlog
+from msgspec import Struct
 
 from bot.features.probes.health import (
     MAX_BODY_BYTES,
@@ -44,8 +44,7 @@ _VERSION_PATHS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class VersionResult:
+class VersionResult(Struct, frozen=True):
     service: str
     version: str | None
     http_status: int | None

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
+from msgspec import Struct
 from pydantic import SecretStr
 
 from bot.features.queues.config import FloorLevel, Level, QueueConfig
@@ -63,8 +63,7 @@ def below(value: int, level: FloorLevel) -> Severity:
     return _below(value, level.warn, level.critical)
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
+class Figure(Struct, frozen=True):
     """One measured figure, named after its key in ``QueueThresholds``."""
 
     name: str
@@ -85,16 +84,14 @@ class Figure:
 _SECONDS = frozenset({"oldest_pending_idle"})
 
 
-@dataclass(frozen=True, slots=True)
-class Consumer:
+class Consumer(Struct, frozen=True):
     name: str
     idle_s: float
     pending: int
     stalled: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GroupState:
+class GroupState(Struct, frozen=True):
     name: str | None  # None: the stream has no consumer group, so nobody reads it
     consumers: tuple[Consumer, ...]
     pending: Figure
@@ -112,8 +109,7 @@ class GroupState:
         return max(f.severity for f in self.figures)
 
 
-@dataclass(frozen=True, slots=True)
-class QueueState:
+class QueueState(Struct, frozen=True):
     queue: str
     stream: str
     length: Figure
@@ -130,8 +126,7 @@ class QueueState:
         return max(levels, default=Severity.OK)
 
 
-@dataclass(frozen=True, slots=True)
-class QueueFailure:
+class QueueFailure(Struct, frozen=True):
     """The queue could not be inspected; ``reason`` says why in one line, never a secret."""
 
     queue: str

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from bot.features.actions.prepared import PreparedAction
 from bot.features.runbooks.config import PLACEHOLDER, RunbookConfig, Step
 from bot.kernel.durations import format_duration
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
+class PlannedStep(Struct, frozen=True):
     """One step, resolved. ``prepared``: an action step's checked action."""
 
     number: str  # "2" for steps, "on failure 1" for on_failure steps
@@ -39,8 +39,7 @@ class PlannedStep:
         return f"post to {', '.join(step.post.channels)}: {self.values['text']}"
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Struct, frozen=True):
     runbook: RunbookConfig
     values: dict[str, str]  # the runbook's checked arguments
     steps: tuple[PlannedStep, ...]

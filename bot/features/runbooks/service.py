@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+from msgspec import Struct
 
 from bot.audit.trail import ALLOWED, STARTED, AuditTrail
 from bot.delivery.channels import channel_destinations
@@ -52,8 +52,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("opsbot.runbooks")
 
 
-@dataclass(slots=True, eq=False)
-class RunbookRun:
+class RunbookRun(Struct, eq=False):
     plan: Plan
     requester: Requester  # who asked, where; its request_id is the runbook's
     task: asyncio.Task[bool] | None = None
