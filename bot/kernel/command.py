@@ -93,7 +93,7 @@ class Access(enum.StrEnum):
 class Args(BaseModel):
     """Base of argument models: frozen, and unknown options are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class NoArgs(Args):

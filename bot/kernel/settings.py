@@ -26,7 +26,7 @@ class Strict(BaseModel):
     """A config model: unknown keys are refused (a typo in an allow-list must stop the
     bot, not silently grant or deny: errbot#711, #1606), and it cannot change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _duration(value: Any) -> Any:

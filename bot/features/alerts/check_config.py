@@ -130,7 +130,7 @@ TIMED = frozenset({CheckKind.TCP, CheckKind.REDIS, CheckKind.POSTGRES})
 
 
 class CheckConfig(HttpOptions):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     name: Name
     kind: CheckKind

@@ -18,7 +18,7 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class AlertRoute(Strict):

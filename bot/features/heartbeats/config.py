@@ -31,7 +31,7 @@ Crontab = Annotated[str, AfterValidator(_crontab)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class HeartbeatConfig(Strict):
