@@ -266,7 +266,7 @@ async def _opsbot_child(opts: argparse.Namespace) -> dict[str, Any]:
     configure_logging(opts.log_level, config.bot.log_format)
     bot_section = config.bot.model_copy(update={"replica_id": config.bot.replica_id + "-console"})
     config = config.model_copy(update={"bot": bot_section})
-    bot = Bot(config, COMMANDS, config_source=str(path))
+    bot = Bot(config, COMMANDS, config_source=str(path), export_metrics=False)
     console = ConsoleAdapter("alice", "ops", bot.clock)
     await bot.start(serve_http=False, defer_scheduled=True)
     await bot.start_on_demand()

@@ -340,7 +340,8 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
             update={"replica_id": config.bot.replica_id + "-console"}
         )
         config = config.model_copy(update={"bot": bot_section})
-    bot = Bot(config, COMMANDS, config_source=source)
+    serve_http = config.http.enabled and not args.no_http
+    bot = Bot(config, COMMANDS, config_source=source, export_metrics=serve_http)
     console = ConsoleAdapter(
         principal, args.channel or config.console.channel, bot.clock, write=_print_now
     )
@@ -349,7 +350,7 @@ async def _console(args: argparse.Namespace, config: Config, source: str) -> int
     # SIGTERM: stop reading, let running jobs finish within jobs.shutdown_grace, cancel
     # the rest (bot.stop() does that), as `opsbot run` does.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await bot.start(serve_http=False if args.no_http else None, defer_scheduled=True)
+    await bot.start(serve_http=serve_http, defer_scheduled=True)
     await bot.start_on_demand()
     try:
         await console.start(bot.handle)
@@ -543,7 +544,7 @@ async def _serve(config: Config, source: str) -> int:
 
     _configure_logging(config, quiet=False)
     log = structlog.get_logger("opsbot")
-    bot = Bot(config, COMMANDS, config_source=source)
+    bot = Bot(config, COMMANDS, config_source=source, export_metrics=config.http.enabled)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

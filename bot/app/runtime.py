@@ -64,7 +64,7 @@ from bot.features.runbooks.service import RunbookService
 from bot.kernel.adapter import Adapter
 from bot.kernel.clock import Clock, SystemClock
 from bot.kernel.command import CommandSpec
-from bot.kernel.errors import DependencyError
+from bot.kernel.errors import DependencyError, InternalError
 from bot.kernel.failures import failure_line, report_failure
 from bot.kernel.info import BotInfo
 from bot.kernel.message import Message
@@ -94,12 +94,15 @@ class Bot:
         *,
         clock: Clock | None = None,
         config_source: str = "",
+        export_metrics: bool = True,
     ) -> None:
+        """``export_metrics=False``: a bot that will not serve HTTP (a console with
+        --no-http) keeps no metrics and loads no Prometheus client."""
         self.config = config
         self.clock = clock or SystemClock()
         self.info = BotInfo(config.bot.name, config_source, self.clock.now())
         self.audit: AuditTrail = open_trail(config, self.clock)
-        self.metrics = Metrics()
+        self.metrics = Metrics(exported=export_metrics)
         self.directory = Directory(config.identities, config.roles, config.channels)
         self.redis_clients = RedisClients()
         self.state_db = StateDatabase(database_url(config))
@@ -325,6 +328,8 @@ class Bot:
         await self.alert_intake.prepare()
         self.alert_intake.start()
         if self.config.http.enabled if serve_http is None else serve_http:
+            if not self.metrics.exported:
+                raise InternalError("a bot built with export_metrics=False cannot serve HTTP")
             from bot.app.http_server import HttpServer, build_app
 
             server = HttpServer(

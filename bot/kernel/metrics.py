@@ -1,23 +1,94 @@
-"""Prometheus metrics, on a registry owned by one bot (no process-global state)."""
+"""Prometheus metrics, on a registry owned by one bot (no process-global state).
+
+A bot that serves no HTTP (``opsbot console --no-http``) has no ``/metrics`` to read them
+from: its :class:`Metrics` is built with ``exported=False``, counts nothing and never
+imports the Prometheus client (its exposition module loads http.server, email and
+urllib.request: ~25 ms of a console's start-up, issue 19)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
+from bot.kernel.errors import InternalError
 from bot.kernel.version import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+# What opsbot calls on its metrics: the Prometheus client's types, or _Unexported.
+class CounterLike(Protocol):
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> CounterLike: ...
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None: ...
+
+
+class GaugeLike(Protocol):
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> GaugeLike: ...
+    def set(self, value: float) -> None: ...
+    def set_function(self, f: Callable[[], float]) -> None: ...
+
+
+class HistogramLike(Protocol):
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> HistogramLike: ...
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None: ...
+
+
+class _Unexported:
+    """Every metric of a bot whose metrics nobody can read: each call does nothing."""
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> _Unexported:
+        return self
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        pass
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        pass
+
+
+_UNEXPORTED = _Unexported()
+
+
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+    def __init__(self, *, exported: bool = True) -> None:
+        self.exported = exported
         self._command_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self.registry: CollectorRegistry | None = None
+        self.commands: CounterLike = _UNEXPORTED
+        self.latency: HistogramLike = _UNEXPORTED
+        self.denials: CounterLike = _UNEXPORTED
+        self.errors: CounterLike = _UNEXPORTED
+        self.policy_off: GaugeLike = _UNEXPORTED
+        self.build: GaugeLike = _UNEXPORTED
+        self.audit_spool: GaugeLike = _UNEXPORTED
+        self.alert_limits: CounterLike = _UNEXPORTED
+        self.audit_writable: GaugeLike = _UNEXPORTED
+        self.outbox_queued: GaugeLike = _UNEXPORTED
+        self.outbox_dead_letters: GaugeLike = _UNEXPORTED
+        self.started: GaugeLike = _UNEXPORTED
+        self.heartbeat_last_success: GaugeLike = _UNEXPORTED
+        self.alert_events: CounterLike = _UNEXPORTED
+        self.alerts_firing: GaugeLike = _UNEXPORTED
+        self.refused_requests: CounterLike = _UNEXPORTED
+        self.check_state: GaugeLike = _UNEXPORTED
+        if exported:
+            self._register()
+
+    def _register(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=False)
         self.commands = Counter(
             "opsbot_commands",
             "Commands handled, by command and outcome",
@@ -121,6 +192,10 @@ class Metrics:
         """Who leads, and (with replicas on a Redis) whether that Redis answers: read when
         scraped. ``sum(opsbot_is_leader)`` 0 across replicas means checks and heartbeats
         are not running anywhere."""
+        if self.registry is None:
+            return
+        from prometheus_client import Gauge
+
         Gauge(
             "opsbot_is_leader",
             "1 while this replica leads the scheduled work (checks, heartbeats)",
@@ -148,4 +223,8 @@ class Metrics:
         latency.observe(seconds)
 
     def render(self) -> bytes:
+        if self.registry is None:
+            raise InternalError("these metrics are not exported (built with exported=False)")
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """Import only what the configuration uses (issue 19, item 1): a console `/whoami` on the
 example config loads no Redis client, no PostgreSQL driver, no chat platform SDK, no
-scheduler, no HTTP stack, no SQLAlchemy and no Alembic (a new SQLite file is made from the
-schema's snapshot; the start-up reads of an SQLite file go through bot.storage.sqlite_probe)."""
+scheduler, no HTTP stack, no Prometheus client, no SQLAlchemy and no Alembic (a new SQLite
+file is made from the schema's snapshot; the start-up reads of an SQLite file go through
+bot.storage.sqlite_probe)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from tests.processes import ROOT, clean_env, run_opsbot
 # Packages the example config does not need for a console `/whoami`: its only Redis is a
 # [[queues]] entry (read by /queue), its database is the embedded SQLite file, a console
 # schedules nothing (heartbeats and checks run when asked) and starts no chat adapter;
-# with --no-http, no HTTP server either; it probes no service (httpx); on an SQLite file
-# with nothing interrupted, queued or firing, SQLAlchemy has nothing to do.
+# with --no-http, no HTTP server either, so no /metrics to keep metrics for; it probes no
+# service (httpx); on an SQLite file with nothing interrupted, queued or firing,
+# SQLAlchemy has nothing to do.
 NOT_FOR_WHOAMI = (
-    *("redis", "asyncpg", "apscheduler", "uvicorn", "starlette", "httpx"),
+    *("redis", "asyncpg", "apscheduler", "uvicorn", "starlette", "httpx", "prometheus_client"),
     *("sqlalchemy", "aiosqlite"),
     *("slack_sdk", "slack_bolt", "telegram", "discord"),
 )
