@@ -34,7 +34,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
     StringConstraints,
     field_validator,
     model_validator,
@@ -48,7 +47,7 @@ from bot.features.probes.config import (
     url_secrets,
 )
 from bot.kernel.durations import format_duration, parse_duration
-from bot.kernel.settings import Duration, Name, Port
+from bot.kernel.settings import Duration, HttpUrl, Name, Port
 
 DEFAULT_INTERVAL = timedelta(minutes=1)
 # More often than this hammers what is checked and turns a blip into an alert.

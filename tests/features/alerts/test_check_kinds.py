@@ -719,3 +719,12 @@ def _events(path: Path, event: str) -> list[dict[str, Any]]:
             if isinstance(entry, dict) and entry.get("event") == event:
                 found.append(entry)
     return found
+
+
+def test_a_check_url_that_is_not_http_is_a_config_error_naming_the_key() -> None:
+    config = BASE_CONFIG + check(
+        "api", "prometheus", url="ftp://prom", query="up", warn=1, critical=2
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(config, "test", {}, [c.name for c in COMMANDS])
+    assert "checks[0].url: 'ftp://prom' is not an http:// or https:// URL" in raised.value.problems
