@@ -69,7 +69,8 @@ _SHOWN_LABELS = 6  # common labels shown under a group's message
 
 class _Payload(BaseModel):
     # Senders add fields over time (Alertmanager did, v1 to v4): unknown keys are ignored.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Built with the first delivery: a bot that takes no webhook never needs them.
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class AlertmanagerAlert(_Payload):
