@@ -24,8 +24,9 @@ The peers answer the same thing the same way. opsdroid: a ``whoami`` regex skill
 policy and no audit, messages handed to ``OpsDroid.parse`` as a connector does, answers
 caught by the connector's ``send``. opsbot: built as ``opsbot console --no-http`` builds
 it (examples/opsbot.toml, policy strict, every command audited in the SQLite log of a
-fresh data dir), the flood budget raised so one sender is not throttled, ``/whoami``
-through the console adapter's ``send``. Both log at INFO (``--log-level``), to a file.
+fresh data dir, no metrics kept: there is no /metrics to serve them), the flood budget
+raised so one sender is not throttled, ``/whoami`` through the console adapter's
+``send``. Both log at INFO (``--log-level``), to a file.
 
 Each peer runs in a virtual environment holding its own runtime dependencies only:
 ``bench/.cache/opsdroid-venv`` and ``bench/.cache/opsbot-venv`` (``pip install .``, as
