@@ -1,7 +1,7 @@
 """The services one bot is made of, by type, and each command's dependencies built from
 them.
 
-A command names what it uses in a small frozen dataclass (``needs`` in its spec): each
+A command names what it uses in a small frozen Struct (``needs`` in its spec): each
 field's type is a service (``audit: AuditTrail``, ``clock: Clock``). :meth:`provide`
 fills it from the services the runtime registered, once, at start-up; a field whose type
 was not registered is a programming error, reported with the command's name. So a
@@ -41,10 +41,9 @@ class Services:
         the field's type."""
         if not (isinstance(needs, type) and issubclass(needs, msgspec.Struct)):
             raise TypeError(f"/{command}: needs={needs!r} is not a msgspec Struct")
-        hints = typing.get_type_hints(needs)
         values: dict[str, object] = {}
-        for field in msgspec.structs.fields(needs):
-            kind = hints[field.name]
+        for field in msgspec.structs.fields(needs):  # types resolved, as get_type_hints does
+            kind = field.type
             if kind not in self._by_type:
                 raise LookupError(
                     f"/{command} needs {field.name}: {getattr(kind, '__name__', kind)}, "

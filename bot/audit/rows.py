@@ -1,7 +1,7 @@
 """Entries as the rows of ``audit_log``: chained (seq, previous hash, hash, key id) and
 turned into the INSERT's parameters.
 
-Works on an entry's field values (:meth:`AuditEntry.values`), not the dataclass, and
+Works on an entry's field values (:meth:`AuditEntry.values`), not the entry object, and
 imports no SQLAlchemy: the SQLite writer process (``bot.audit.sqlite_writer``) uses it,
 and it must start fast and stay small.
 """

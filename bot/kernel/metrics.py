@@ -60,30 +60,35 @@ _UNEXPORTED = _Unexported()
 
 
 class Metrics:
+    # Every metric does nothing until _register() puts the Prometheus client's in its place.
+    commands: CounterLike = _UNEXPORTED
+    latency: HistogramLike = _UNEXPORTED
+    denials: CounterLike = _UNEXPORTED
+    errors: CounterLike = _UNEXPORTED
+    policy_off: GaugeLike = _UNEXPORTED
+    build: GaugeLike = _UNEXPORTED
+    audit_spool: GaugeLike = _UNEXPORTED
+    alert_limits: CounterLike = _UNEXPORTED
+    audit_writable: GaugeLike = _UNEXPORTED
+    outbox_queued: GaugeLike = _UNEXPORTED
+    outbox_dead_letters: GaugeLike = _UNEXPORTED
+    started: GaugeLike = _UNEXPORTED
+    heartbeat_last_success: GaugeLike = _UNEXPORTED
+    alert_events: CounterLike = _UNEXPORTED
+    alerts_firing: GaugeLike = _UNEXPORTED
+    refused_requests: CounterLike = _UNEXPORTED
+    check_state: GaugeLike = _UNEXPORTED
+
     def __init__(self, *, exported: bool = True) -> None:
-        self.exported = exported
         self._command_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self.registry: CollectorRegistry | None = None
-        self.commands: CounterLike = _UNEXPORTED
-        self.latency: HistogramLike = _UNEXPORTED
-        self.denials: CounterLike = _UNEXPORTED
-        self.errors: CounterLike = _UNEXPORTED
-        self.policy_off: GaugeLike = _UNEXPORTED
-        self.build: GaugeLike = _UNEXPORTED
-        self.audit_spool: GaugeLike = _UNEXPORTED
-        self.alert_limits: CounterLike = _UNEXPORTED
-        self.audit_writable: GaugeLike = _UNEXPORTED
-        self.outbox_queued: GaugeLike = _UNEXPORTED
-        self.outbox_dead_letters: GaugeLike = _UNEXPORTED
-        self.started: GaugeLike = _UNEXPORTED
-        self.heartbeat_last_success: GaugeLike = _UNEXPORTED
-        self.alert_events: CounterLike = _UNEXPORTED
-        self.alerts_firing: GaugeLike = _UNEXPORTED
-        self.refused_requests: CounterLike = _UNEXPORTED
-        self.check_state: GaugeLike = _UNEXPORTED
         if exported:
             self._register()
+
+    @property
+    def exported(self) -> bool:
+        return self.registry is not None
 
     def _register(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

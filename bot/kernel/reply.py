@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+import msgspec
 from msgspec import Struct
 
 
@@ -59,20 +60,7 @@ class Reply(Struct, frozen=True):
     private: bool = False
 
     def with_request_id(self, request_id: str) -> Reply:
-        # Positional, not dataclasses.replace(): this runs for every reply, and replace()
-        # looks the fields up again each time.
-        return Reply(
-            self.title,
-            self.status,
-            self.text,
-            self.fields,
-            self.table,
-            self.code,
-            self.buttons,
-            request_id,
-            self.outcome,
-            self.private,
-        )
+        return msgspec.structs.replace(self, request_id=request_id)
 
     @property
     def is_failure(self) -> bool:
