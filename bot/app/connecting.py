@@ -7,8 +7,8 @@ adapters and the HTTP server serve. Once connected it watches the adapter's stat
 connection the platform library gave up on ("error: …") is closed and started afresh, the
 same way. A permanent failure (a missing or refused token) is not retried: the same
 config would be refused again, and hammering a platform with a bad token can get the
-token or the IP blocked. The adapter stays in "error: …" (so /ready is 503) until the
-config is fixed and the bot restarted.
+token or the IP blocked. The adapter stays in "error: …" (a 503 from /ready if it never
+connected, ``degraded`` if it had) until the config is fixed and the bot restarted.
 """
 
 from __future__ import annotations

@@ -466,7 +466,12 @@ class Bot:
     async def readiness(self) -> dict[str, str]:
         checks = {"audit": self.audit.state()}
         states = await self.adapters.refresh()
-        checks.update({f"adapter:{name}": state for name, state in states.items()})
+        checks.update(
+            {
+                f"adapter:{name}": _adapter_readiness(state, self.adapters.has_connected(name))
+                for name, state in states.items()
+            }
+        )
         if self.config.state.redis_url is not None:
             checks["redis"] = _redis_readiness(self.leadership.view())
         return checks
@@ -491,6 +496,19 @@ class Bot:
 
 _log = structlog.get_logger("opsbot.runtime")
 OUTBOX_GRACE_S = 5.0  # at stop, how long queued posts may take to go out
+
+
+def _adapter_readiness(state: str, connected_before: bool) -> str:
+    from bot.app.http_server import DEGRADED
+
+    # Not ready until a platform has been reached once: a new replica joins (and a rolling
+    # update goes on) only once it can talk to its platforms. After that, losing one is
+    # degraded, not unready, for the same reason as Redis: every replica loses the platform
+    # together, and a 503 from all of them would take alert intake and the other platforms'
+    # webhooks off the load balancer just when alerts matter.
+    if state == "connected" or not connected_before:
+        return state
+    return f"{DEGRADED}: {state}"
 
 
 def _redis_readiness(view: LeaderView) -> str:

@@ -15,9 +15,16 @@ class AdapterBoard(Struct):
     # Who the bot is on each platform it connected to ("@opsbot_bot"), for /status.
     identities: dict[str, str] = field(default_factory=dict)
     _probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
+    _connected_once: set[str] = field(default_factory=set)
 
     def set(self, adapter: str, state: str) -> None:
         self.states[adapter] = state
+        if state == "connected":
+            self._connected_once.add(adapter)
+
+    def has_connected(self, adapter: str) -> bool:
+        """Whether the adapter was connected at some point since the bot started."""
+        return adapter in self._connected_once
 
     def named(self, adapter: str, identity: str) -> None:
         if identity:

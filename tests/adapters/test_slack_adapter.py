@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -46,6 +47,7 @@ async def slack_bot(
     config_text: str = BASE_CONFIG,
     *,
     extra_commands: Sequence[CommandSpec[Any, Any]] = (),
+    serve_http: bool = False,
     **slack_options: Any,
 ) -> AsyncIterator[tuple[TestBot, FakeSlack, list[SlackAdapter]]]:
     """The real bot with the Slack adapter attached to a fresh fake Slack."""
@@ -58,7 +60,9 @@ async def slack_bot(
 
     async with FakeSlack() as slack:
         config = config_text + slack.config(**slack_options)
-        running = running_bot(config, adapters=[factory], extra_commands=extra_commands)
+        running = running_bot(
+            config, adapters=[factory], extra_commands=extra_commands, serve_http=serve_http
+        )
         async with asyncio.timeout(30), running as tb:
             assert tb.bot.adapters.states["slack"] == "connected", tb.bot.adapters.states
             yield tb, slack, made
@@ -599,17 +603,26 @@ async def test_the_umbrella_runs_any_command_alone_is_help_and_listed_ones_run_t
         assert await slack.wait_for(lambda: slack.find_response("You are bob"))
 
 
-async def test_ready_and_status_show_a_connection_lost_after_start() -> None:
-    async with slack_bot() as (tb, slack, _):
-        assert (await tb.bot.readiness())["adapter:slack"] == "connected"
-        assert "slack: connected" in await tb.exec("/status", as_="alice")
-        # Slack goes away for good: the Socket Mode client keeps trying, and says so.
-        await slack.stop()
-        state = ""
-        for _ in range(100):
-            state = (await tb.bot.readiness())["adapter:slack"]
-            if state != "connected":
-                break
-            await asyncio.sleep(0.05)
-        assert state == "reconnecting"
-        assert "slack: reconnecting" in await tb.exec("/status", as_="alice")
+async def test_a_connection_lost_after_start_is_degraded_not_unready() -> None:
+    """Slack lost after the bot connected to it: /status says so, and /ready says
+    ``degraded`` but stays 200. Every replica loses Slack together, and a 503 from all of
+    them would take alert intake (and the other platforms' webhooks) off the load balancer
+    just when alerts matter; posts to Slack wait in the outbox meanwhile."""
+    async with slack_bot(serve_http=True) as (tb, slack, _):
+        assert tb.bot.http_server is not None
+        base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            ready = await client.get("/ready")
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["adapter:slack"] == "connected"
+            assert "slack: connected" in await tb.exec("/status", as_="alice")
+            # Slack goes away for good: the Socket Mode client keeps trying, and says so.
+            await slack.stop()
+            for _ in range(100):
+                ready = await client.get("/ready")
+                if ready.json()["checks"]["adapter:slack"] != "connected":
+                    break
+                await asyncio.sleep(0.05)
+            assert ready.status_code == 200, ready.json()
+            assert ready.json()["checks"]["adapter:slack"] == "degraded: reconnecting"
+            assert "slack: reconnecting" in await tb.exec("/status", as_="alice")
