@@ -153,6 +153,7 @@ class AdapterKeeper:
                 state = await self.adapter.state()
             except Exception as exc:
                 state = f"error: {type(exc).__name__}: {exc}"
+            self._board.set(self.adapter.name, state)  # its metric moves without a reader
             if state.startswith("error"):
                 return state.removeprefix("error: ")
 

@@ -120,7 +120,7 @@ class Bot:
                 else SqlPolicyStore(shared_values)
             ),
         )
-        self.adapters = AdapterBoard()
+        self.adapters = AdapterBoard(connected=self.metrics.adapter_connected)
         self.http_clients = HttpClients()
         self.outbox = Outbox(
             OutboxStore(self.state_db),

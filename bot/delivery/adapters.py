@@ -4,12 +4,19 @@ which platforms can be posted to now."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from msgspec import Struct, field
 
+if TYPE_CHECKING:
+    from bot.kernel.metrics import GaugeLike
+
 
 class AdapterBoard(Struct):
-    """Each adapter's state as /status and /ready report it."""
+    """Each adapter's state as /status and /ready report it; ``connected``, when given,
+    is set to 1 or 0 with each state seen (``opsbot_adapter_connected{platform}``)."""
+
+    connected: GaugeLike | None = None
 
     states: dict[str, str] = field(default_factory=dict)
     # Who the bot is on each platform it connected to ("@opsbot_bot"), for /status.
@@ -19,8 +26,11 @@ class AdapterBoard(Struct):
 
     def set(self, adapter: str, state: str) -> None:
         self.states[adapter] = state
-        if state == "connected":
+        is_connected = state == "connected"
+        if is_connected:
             self._connected_once.add(adapter)
+        if self.connected is not None:
+            self.connected.labels(adapter).set(1 if is_connected else 0)
 
     def has_connected(self, adapter: str) -> bool:
         """Whether the adapter was connected at some point since the bot started."""
@@ -40,9 +50,10 @@ class AdapterBoard(Struct):
     async def refresh(self) -> dict[str, str]:
         for adapter, probe in list(self._probes.items()):
             try:
-                self.states[adapter] = await probe()
+                state = await probe()
             except Exception as exc:
-                self.states[adapter] = f"error: {type(exc).__name__}: {exc}"
+                state = f"error: {type(exc).__name__}: {exc}"
+            self.set(adapter, state)
         return dict(self.states)
 
     def serves(self, platform: str) -> bool:

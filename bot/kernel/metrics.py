@@ -78,6 +78,7 @@ class Metrics:
     alerts_firing: GaugeLike = _UNEXPORTED
     refused_requests: CounterLike = _UNEXPORTED
     check_state: GaugeLike = _UNEXPORTED
+    adapter_connected: GaugeLike = _UNEXPORTED
 
     def __init__(self, *, exported: bool = True) -> None:
         self._command_children: dict[tuple[str, str], Any] = {}
@@ -188,6 +189,15 @@ class Metrics:
             "opsbot_check_state",
             "Each check's state: 0 ok, 1 warn, 2 critical",
             ["check"],
+            registry=self.registry,
+        )
+        # What to alert on when a platform is lost: /ready stays 200 then (every replica
+        # loses it together), so this is the signal.
+        self.adapter_connected = Gauge(
+            "opsbot_adapter_connected",
+            "1 while the chat adapter is connected to its platform; 0 while it starts, "
+            "reconnects or has failed",
+            ["platform"],
             registry=self.registry,
         )
 

@@ -616,8 +616,17 @@ async def test_a_connection_lost_after_start_is_degraded_not_unready() -> None:
             assert ready.status_code == 200
             assert ready.json()["checks"]["adapter:slack"] == "connected"
             assert "slack: connected" in await tb.exec("/status", as_="alice")
+            connected = 'opsbot_adapter_connected{platform="slack"}'
+            assert f"{connected} 1.0" in (await client.get("/metrics")).text
             # Slack goes away for good: the Socket Mode client keeps trying, and says so.
             await slack.stop()
+            # The metric to alert on now that /ready stays 200: it moves without a person
+            # reading /ready or /status (the adapter's state is watched every 5 s).
+            for _ in range(80):
+                if f"{connected} 0.0" in (await client.get("/metrics")).text:
+                    break
+                await asyncio.sleep(0.1)
+            assert f"{connected} 0.0" in (await client.get("/metrics")).text
             for _ in range(100):
                 ready = await client.get("/ready")
                 if ready.json()["checks"]["adapter:slack"] != "connected":
