@@ -76,6 +76,7 @@ from adapters.telegram.commands import (
 )
 from adapters.telegram.config import TOKEN_VARIABLES, TelegramSection
 from adapters.telegram.limiter import LeaseCheckingRateLimiter
+from adapters.telegram.polling import PollRequest
 from adapters.telegram.render import (
     TEXT_LIMIT,
     alert_text,
@@ -171,6 +172,8 @@ class TelegramAdapter:
         self._poll_timeout = poll_timeout
         self._answer_within = answer_within
         self._app: App | None = None
+        self._polls: PollRequest | None = None
+        self._poll_failure = ""  # why the last getUpdates failed, while it does
         self._handler: MessageHandler | None = None
         self._token = ""
         self._username = ""
@@ -194,11 +197,13 @@ class TelegramAdapter:
         token = require_token(section)
         webhook = self._webhook_settings() if section.mode == "webhook" else None
         self._token = token
+        self._polls = polls = PollRequest()
         app: App = (
             Application.builder()
             .token(token)
             .base_url(section.api_url)
             .base_file_url(section.file_url)
+            .get_updates_request(polls)
             .rate_limiter(
                 LeaseCheckingRateLimiter(
                     overall_max_rate=self._limits.overall_per_second,
@@ -462,7 +467,8 @@ class TelegramAdapter:
 
     def _on_poll_error(self, error: TelegramError) -> None:
         # PTB retries getUpdates with back-off (1 s, then x1.5 up to 30 s); say so once each.
-        log.warning("telegram.poll_failed", error=self._scrub(error), retrying=True)
+        self._poll_failure = self._scrub(error)
+        log.warning("telegram.poll_failed", error=self._poll_failure, retrying=True)
 
     # -- out ------------------------------------------------------------------------------
 
@@ -470,7 +476,12 @@ class TelegramAdapter:
         app = self._app
         if app is None or app.updater is None:
             return "stopped"
-        return "connected" if app.updater.running else "error: polling or the webhook stopped"
+        if not app.updater.running:
+            return "error: polling or the webhook stopped"
+        if self._polls is not None and self._polls.failing:
+            # PTB tries again by itself: not an error for the keeper to restart over.
+            return f"reconnecting: {self._poll_failure or 'getUpdates failed'}"
+        return "connected"
 
     async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         key = keyed_slot(destination, key)

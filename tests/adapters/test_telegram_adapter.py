@@ -417,6 +417,34 @@ async def test_an_unreachable_bot_api_is_tried_again_until_it_answers(down: str)
                 await tg.__aexit__(None, None, None)
 
 
+async def test_a_bot_api_lost_after_start_reads_reconnecting_until_a_poll_gets_through(
+    tg: FakeTelegram,
+) -> None:
+    """python-telegram-bot keeps polling through a Bot API outage, so the updater runs on
+    and looked connected: /ready, /status and opsbot_adapter_connected could not tell.
+    Now a failed getUpdates makes it "reconnecting" (degraded, as every replica loses the
+    platform together) until a poll gets through again."""
+    async with telegram_bot(tg) as tb:
+        tg.fail_next("getUpdates", 502, times=2)
+        state = ""
+        for _ in range(100):
+            state = (await tb.bot.readiness())["adapter:telegram"]
+            if state != "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert re.fullmatch(r"degraded: reconnecting: .*Bad Gateway.*", state), state
+        assert tg.token not in state
+        assert "telegram: reconnecting" in await tb.exec("/status", as_="alice")
+        for _ in range(200):  # PTB waits 1 s, then 1.5 s, before the next tries
+            state = (await tb.bot.readiness())["adapter:telegram"]
+            if state == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert state == "connected"
+        update = tg.command("/whoami", user_id=ALICE)
+        assert "You are alice" in (await tg.wait_call("sendMessage", replying_to=update)).text
+
+
 async def test_stopping_cancels_a_pending_retry() -> None:
     tg = FakeTelegram(listen_port=_free_port())
     async with asyncio.timeout(5):
