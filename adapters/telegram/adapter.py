@@ -173,7 +173,6 @@ class TelegramAdapter:
         self._answer_within = answer_within
         self._app: App | None = None
         self._polls: PollRequest | None = None
-        self._poll_failure = ""  # why the last getUpdates failed, while it does
         self._handler: MessageHandler | None = None
         self._token = ""
         self._username = ""
@@ -467,8 +466,7 @@ class TelegramAdapter:
 
     def _on_poll_error(self, error: TelegramError) -> None:
         # PTB retries getUpdates with back-off (1 s, then x1.5 up to 30 s); say so once each.
-        self._poll_failure = self._scrub(error)
-        log.warning("telegram.poll_failed", error=self._poll_failure, retrying=True)
+        log.warning("telegram.poll_failed", error=self._scrub(error), retrying=True)
 
     # -- out ------------------------------------------------------------------------------
 
@@ -478,9 +476,10 @@ class TelegramAdapter:
             return "stopped"
         if not app.updater.running:
             return "error: polling or the webhook stopped"
-        if self._polls is not None and self._polls.failing:
+        failure = self._polls.failure if self._polls is not None else None
+        if failure is not None:
             # PTB tries again by itself: not an error for the keeper to restart over.
-            return f"reconnecting: {self._poll_failure or 'getUpdates failed'}"
+            return f"reconnecting: getUpdates failed: {failure.replace(self._token, '***')}"
         return "connected"
 
     async def post(self, destination: Location, reply: Reply, key: str | None) -> None:

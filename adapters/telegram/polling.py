@@ -14,17 +14,25 @@ from telegram.request import HTTPXRequest
 
 
 class PollRequest(HTTPXRequest):
-    """The request object python-telegram-bot uses for getUpdates only."""
+    """The request object python-telegram-bot uses for getUpdates only. ``failure``: why
+    the last getUpdates failed (it may hold the token: scrub it), None once one succeeds."""
 
     def __init__(self) -> None:
         super().__init__(connection_pool_size=1)  # what Application.builder() gives getUpdates
-        self.failing = False
+        self.failure: str | None = None
 
     async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
         try:
             code, payload = await super().do_request(*args, **kwargs)
-        except Exception:
-            self.failing = True
+        except Exception as exc:  # PTB's NetworkError or TimedOut, raised again as it is
+            self.failure = str(exc) or type(exc).__name__
             raise
-        self.failing = code != HTTPStatus.OK
+        self.failure = None if code == HTTPStatus.OK else _http_failure(code)
         return code, payload
+
+
+def _http_failure(code: int) -> str:
+    try:
+        return f"HTTP {code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
