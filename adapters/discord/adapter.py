@@ -99,6 +99,9 @@ class DiscordAdapter:
         self._handler: MessageHandler | None = None
         self._client: discord.Client | None = None
         self._gateway: asyncio.Task[None] | None = None
+        # From a disconnect until the session is resumed or a new one is READY: discord.py's
+        # is_ready() stays true meanwhile.
+        self._dropped = False
         self._stopping = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._posted: OrderedDict[str, list[int]] = OrderedDict()
@@ -117,6 +120,7 @@ class DiscordAdapter:
         point_at(self._section)
         client = self._new_client()
         self._client, self._handler, self._stopping = client, handler, False
+        self._dropped = False
         try:
             async with asyncio.timeout(self._ready_timeout):
                 await login(client, token, self._section)
@@ -160,7 +164,8 @@ class DiscordAdapter:
                 f"error: {_gateway_problem(failure) if failure else 'the gateway connection ended'}"
             )
         # discord.py resumes or re-identifies by itself after a drop.
-        return "connected" if client.is_ready() and not client.is_closed() else "reconnecting"
+        up = client.is_ready() and not client.is_closed() and not self._dropped
+        return "connected" if up else "reconnecting"
 
     async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
         key = keyed_slot(destination, key)
@@ -233,6 +238,18 @@ class DiscordAdapter:
         @client.event
         async def on_interaction(interaction: discord.Interaction[discord.Client]) -> None:
             await self._on_interaction(interaction)
+
+        @client.event
+        async def on_disconnect() -> None:
+            self._dropped = True
+
+        @client.event
+        async def on_resumed() -> None:
+            self._dropped = False
+
+        @client.event
+        async def on_connect() -> None:  # READY: a new session, the first or one after a drop
+            self._dropped = False
 
         @client.event
         async def on_error(event: str, /, *args: Any, **kwargs: Any) -> None:

@@ -289,7 +289,24 @@ async def test_commands_are_answered_after_the_gateway_drops(
         interaction = await fake.slash("whoami", user=CAROL)
         reply = await fake.wait_call("POST", followups(fake, interaction))
         assert "You are carol" in reply.text
-        assert tb.bot.adapters.states["discord"] == "connected"
+        assert (await tb.bot.readiness())["adapter:discord"] == "connected"
+
+
+async def test_a_gateway_lost_after_start_reads_reconnecting(fake: FakeDiscord) -> None:
+    """discord.py reconnects by itself and keeps saying it is ready meanwhile, so a bot cut
+    off from the gateway looked connected to /ready, /status and opsbot_adapter_connected.
+    From its disconnect until it resumes (the test above: "connected" again) it is
+    "reconnecting": degraded, as every replica loses Discord together."""
+    async with discord_bot(fake) as tb:
+        await fake.stop()  # gone for good: discord.py keeps trying
+        state = ""
+        for _ in range(100):
+            state = (await tb.bot.readiness())["adapter:discord"]
+            if state != "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert state == "degraded: reconnecting"
+        assert "discord: reconnecting" in await tb.exec("/status", as_="alice")
 
 
 @pytest.mark.parametrize(
