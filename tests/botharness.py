@@ -131,6 +131,19 @@ class TestBot:
             reply = await self.console.wait_posted(lambda r: contains in render_text(r))
         return render_text(reply)
 
+    async def adapter_check(
+        self, adapter: str, until: Callable[[str], bool], *, within: float = 10.0
+    ) -> str:
+        """The adapter's check in /ready's body (``bot.readiness()``), read every 50 ms
+        until ``until`` holds of it; its last value when ``within`` s ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            state = (await self.bot.readiness())[f"adapter:{adapter}"]
+            if until(state) or loop.time() >= deadline:
+                return state
+            await asyncio.sleep(0.05)
+
     def all_posted(self) -> list[str]:
         return [render_text(reply) for _, reply in self.console.posted]
 

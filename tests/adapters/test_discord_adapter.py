@@ -299,12 +299,7 @@ async def test_a_gateway_lost_after_start_reads_reconnecting(fake: FakeDiscord) 
     "reconnecting": degraded, as every replica loses Discord together."""
     async with discord_bot(fake) as tb:
         await fake.stop()  # gone for good: discord.py keeps trying
-        state = ""
-        for _ in range(100):
-            state = (await tb.bot.readiness())["adapter:discord"]
-            if state != "connected":
-                break
-            await asyncio.sleep(0.05)
+        state = await tb.adapter_check("discord", lambda state: state != "connected")
         assert state == "degraded: reconnecting"
         assert "discord: reconnecting" in await tb.exec("/status", as_="alice")
 

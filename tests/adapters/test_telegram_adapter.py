@@ -426,21 +426,14 @@ async def test_a_bot_api_lost_after_start_reads_reconnecting_until_a_poll_gets_t
     platform together) until a poll gets through again."""
     async with telegram_bot(tg) as tb:
         tg.fail_next("getUpdates", 502, times=2)
-        state = ""
-        for _ in range(100):
-            state = (await tb.bot.readiness())["adapter:telegram"]
-            if state != "connected":
-                break
-            await asyncio.sleep(0.05)
+        state = await tb.adapter_check("telegram", lambda state: state != "connected")
         assert state == "degraded: reconnecting: getUpdates failed: HTTP 502 Bad Gateway", state
         assert tg.token not in state
         assert "telegram: reconnecting" in await tb.exec("/status", as_="alice")
-        for _ in range(200):  # PTB waits 1 s, then 1.5 s, before the next tries
-            state = (await tb.bot.readiness())["adapter:telegram"]
-            if state == "connected":
-                break
-            await asyncio.sleep(0.05)
-        assert state == "connected"
+        # PTB waits 1 s, then 1.5 s, before the next tries.
+        assert await tb.adapter_check("telegram", lambda state: state == "connected") == (
+            "connected"
+        )
         update = tg.command("/whoami", user_id=ALICE)
         assert "You are alice" in (await tg.wait_call("sendMessage", replying_to=update)).text
 
