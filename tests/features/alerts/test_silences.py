@@ -421,9 +421,11 @@ async def test_a_catastrophic_pattern_and_a_long_label_keep_chat_answering() -> 
         took = time.perf_counter() - started
         assert await muting is None  # the pattern does not match: not muted
         assert "You are bob" in answer
-        assert took < 0.1, f"/whoami took {took * 1000:.0f} ms"
+        # Python's re takes ~7 s here (0.23 s at 22 characters, doubling with each one); the
+        # bound leaves room for a busy machine's pauses, which a few ms would not.
+        assert took < 1.0, f"/whoami took {took * 1000:.0f} ms"
         started = time.perf_counter()
         assert await tb.bot.silences.muting({"alertname": "a" * 100_000 + "!"}) is None
-        assert time.perf_counter() - started < 0.1
+        assert time.perf_counter() - started < 1.0
         refused = await tb.exec('/silence alertname=~"(a)\\1" 1h backreference', as_="bob")
         assert "invalid regular expression (RE2 syntax)" in refused
