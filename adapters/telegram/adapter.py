@@ -479,7 +479,7 @@ class TelegramAdapter:
         failure = self._polls.failure if self._polls is not None else None
         if failure is not None:
             # PTB tries again by itself: not an error for the keeper to restart over.
-            return f"reconnecting: getUpdates failed: {failure.replace(self._token, '***')}"
+            return f"reconnecting: getUpdates failed: {self._scrub(failure)}"
         return "connected"
 
     async def post(self, destination: Location, reply: Reply, key: str | None) -> None:
@@ -555,7 +555,7 @@ class TelegramAdapter:
             sent.append(message.message_id)
         return sent
 
-    def _scrub(self, error: BaseException) -> str:
+    def _scrub(self, error: BaseException | str) -> str:
         return scrub(error, self._token)
 
     def _bot(self) -> Bot:

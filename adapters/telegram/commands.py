@@ -67,7 +67,7 @@ def require_token(section: TelegramSection) -> str:
     return section.token.get_secret_value().strip()
 
 
-def scrub(error: BaseException, token: str) -> str:
+def scrub(error: BaseException | str, token: str) -> str:
     """A vendor error's text without the token (PTB puts it in some messages)."""
     return str(error).replace(token, "***") or type(error).__name__
 
