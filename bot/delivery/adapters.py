@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from msgspec import Struct, field
 
+from bot.kernel.text import storable
+
 if TYPE_CHECKING:
     from bot.kernel.metrics import GaugeLike
 
@@ -25,6 +27,9 @@ class AdapterBoard(Struct):
     _connected_once: set[str] = field(default_factory=set)
 
     def set(self, adapter: str, state: str) -> None:
+        # A state carries the platform's own words, which may hold what no JSON body
+        # (/ready) or chat reply (/status) can take.
+        state = storable(state)
         self.states[adapter] = state
         is_connected = state == "connected"
         if is_connected:
@@ -38,7 +43,7 @@ class AdapterBoard(Struct):
 
     def named(self, adapter: str, identity: str) -> None:
         if identity:
-            self.identities[adapter] = identity
+            self.identities[adapter] = storable(identity)
 
     def watch(self, adapter: str, probe: Callable[[], Awaitable[str]]) -> None:
         """Ask ``probe`` for the adapter's state whenever the states are read."""

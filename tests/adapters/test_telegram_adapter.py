@@ -438,6 +438,27 @@ async def test_a_bot_api_lost_after_start_reads_reconnecting_until_a_poll_gets_t
         assert "You are alice" in (await tg.wait_call("sendMessage", replying_to=update)).text
 
 
+async def test_an_error_text_no_json_can_carry_is_shown_escaped_by_ready() -> None:
+    """The platform's own words end up in an adapter's state, and JSON may carry what UTF-8
+    cannot (a lone surrogate, as ``\\udc80``): /ready still answers, with it escaped."""
+    tg = FakeTelegram()
+    tg.fail_next("getMe", 502, times=1000, description="Bad \udc80 Gateway\x00")
+    await tg.__aenter__()
+    try:
+        config = BASE_CONFIG + tg.config()
+        async with running_bot(config, adapters=[telegram()], serve_http=True) as tb:
+            assert tb.bot.http_server is not None
+            base = f"http://127.0.0.1:{tb.bot.http_server.bound_port}"
+            async with httpx.AsyncClient(base_url=base) as client:
+                ready = await client.get("/ready")
+            assert ready.status_code == 503, ready.text
+            state = ready.json()["checks"]["adapter:telegram"]
+            assert "Bad \\udc80 Gateway\\x00" in state, state
+            assert "telegram: connecting: " in await tb.exec("/status", as_="alice")
+    finally:
+        await tg.__aexit__(None, None, None)
+
+
 async def test_stopping_cancels_a_pending_retry() -> None:
     tg = FakeTelegram(listen_port=_free_port())
     async with asyncio.timeout(5):

@@ -306,10 +306,11 @@ class FakeTelegram:
         retry_after: int | None = None,
         drop: bool = False,
         times: int = 1,
+        description: str = "Bad Gateway",
     ) -> None:
         """The next ``times`` calls of ``method`` fail: HTTP ``status`` (429 whenever
         ``retry_after`` is given), or the connection is dropped without an answer."""
-        body: dict[str, Any] = {"ok": False, "error_code": status, "description": "Bad Gateway"}
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             status = 429
             body = {
